@@ -1,0 +1,1 @@
+"""cvl_ros.model."""
