@@ -1,0 +1,354 @@
+"""CVLNet: the model object, its config, and safe checkpoints (safetensors + JSON, no pickle).
+
+The API separates the costs the node and the tile database need apart:
+
+* ``encode_ground(images (B,3,H,W))`` -> per-frame features (B,C,h,w): one backbone pass per
+  keyframe, cacheable.
+* ``project_and_fuse(frame_feats (B,N,C,h,w), K, T_grid_cams, camera_height_m)`` ->
+  ``GroundDescriptor``: GVP of every cached frame for the newest pose + fusion + descriptor head.
+* ``encode_satellite(tiles (T,3,P,P))`` -> ``SatelliteDescriptor`` (features + uncertainty),
+  precomputable.
+* ``match(ground, sat, pairwise=True)`` -> ``MatchResult`` (scores, metric displacements, maps).
+
+``forward/loss/metrics`` serve training on batches shaped like ``cvl_ros.datasets.KittiCVL``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cvl_ros.model.backbones import build_backbone
+from cvl_ros.model.fusion import FUSIONS, build_fusion
+from cvl_ros.model.loss import displacement_ce_loss, triplet_loss
+from cvl_ros.model.matching import (
+    GroundDescriptor,
+    MatchResult,
+    SatelliteDescriptor,
+    UncertaintyNet,
+    match_descriptors,
+)
+from cvl_ros.model.projection import ResizeProjection, UNetProjection, project_to_overhead
+
+__all__ = [
+    "CVLNetConfig",
+    "CVLNet",
+    "CheckpointError",
+    "GroundDescriptor",
+    "SatelliteDescriptor",
+    "MatchResult",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CHECKPOINT_FORMAT",
+]
+
+LOG = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "cvl_ros.cvlnet/1"
+BACKBONES = ("mobilenet_v2", "vgg16", "resnet50")
+PROJECTIONS = ("gvp", "none", "unet")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match this code's model."""
+
+
+@dataclass
+class CVLNetConfig:
+    """Model configuration (JSON-serialisable; stored in every checkpoint).
+
+    Geometry: ``ground_hw`` network input (H, W) of ground frames (K refers to it);
+    ``sat_px`` satellite crop side in pixels covering ``coverage_m`` metres (also the overhead
+    grid's coverage); ``grid_cells`` S; ``camera_height_m`` default height of the camera above
+    the ground plane. Network: ``backbone`` (mobilenet_v2 | vgg16 | resnet50), ``pretrained`` /
+    ``pretrained_path`` (ImageNet weights), ``feature_dim`` C of per-frame features,
+    ``descriptor_dim`` D of the matched descriptors. Ablations: ``projection`` (gvp | none |
+    unet), ``fusion`` (pcsf | conv2d | conv3d | lstm | attn_conv2d | attn_conv3d | attn_lstm),
+    ``use_ssm`` (False: centre-aligned matching only), ``use_uncertainty`` (False: U = 1),
+    ``search_cells`` r of the (2r+1)^2 shift window. Loss: ``triplet_alpha``,
+    ``displacement_loss_weight`` (extension, default 0 = the paper's loss).
+    """
+
+    backbone: str = "mobilenet_v2"
+    pretrained: bool = True
+    pretrained_path: str | None = None
+    ground_hw: tuple = (128, 512)
+    sat_px: int = 256
+    coverage_m: float = 100.0
+    grid_cells: int = 32
+    feature_dim: int = 16
+    descriptor_dim: int = 4
+    projection: str = "gvp"
+    fusion: str = "pcsf"
+    use_ssm: bool = True
+    use_uncertainty: bool = True
+    search_cells: int = 3
+    camera_height_m: float = 1.65
+    triplet_alpha: float = 10.0
+    max_frames: int = 16
+    pcsf_heads: int = 2
+    pcsf_layers: int = 2
+    uncertainty_min: float = 0.05
+    displacement_loss_weight: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ground_hw = tuple(int(v) for v in self.ground_hw)
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if len(self.ground_hw) != 2:
+            raise ValueError("ground_hw must be (H, W)")
+
+    @property
+    def cell_m(self) -> float:
+        """Metres per overhead / satellite descriptor cell."""
+        return self.coverage_m / self.grid_cells
+
+    @property
+    def sat_m_per_px(self) -> float:
+        """Metres per satellite input pixel."""
+        return self.coverage_m / self.sat_px
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict."""
+        d = dataclasses.asdict(self)
+        d["ground_hw"] = list(self.ground_hw)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CVLNetConfig:
+        """Build from a dict; unknown keys are ignored with a warning."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            LOG.warning("CVLNetConfig: ignoring unknown keys %s", unknown)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class CVLNet(nn.Module):
+    """Cross-view video-based localisation network (GVP + fusion + SSM)."""
+
+    def __init__(self, config: CVLNetConfig | None = None, load_pretrained: bool = True) -> None:
+        super().__init__()
+        cfg = config or CVLNetConfig()
+        self.config = cfg
+        pre = cfg.pretrained and load_pretrained
+        C, D, S = cfg.feature_dim, cfg.descriptor_dim, cfg.grid_cells  # noqa: N806
+        self.ground_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre)
+        self.sat_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre)
+        if cfg.projection == "none":
+            self.projector = ResizeProjection(S)
+        elif cfg.projection == "unet":
+            self.projector = UNetProjection(C, S)
+        else:
+            self.projector = None
+        self.fusion = build_fusion(cfg.fusion, C, cfg.max_frames, cfg.pcsf_heads, cfg.pcsf_layers)
+        self.ground_head = nn.Conv2d(C, D, 1)
+        self.sat_head = nn.Conv2d(C, D, 1)
+        self.uncertainty_net = UncertaintyNet(C, u_min=cfg.uncertainty_min)
+
+    # ------------------------------------------------------------------ split API
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return next(self.parameters()).device
+
+    @property
+    def search_radius(self) -> int:
+        """Half-width r of the shift window actually used (0 without SSM)."""
+        return int(self.config.search_cells) if self.config.use_ssm else 0
+
+    def encode_ground(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) RGB in [0,1] at ``ground_hw`` -> per-frame features (B,C,h,w)."""
+        if tuple(images.shape[-2:]) != self.config.ground_hw:
+            raise ValueError(f"ground images must be resized to {self.config.ground_hw} (K "
+                             f"scaled to match), got {tuple(images.shape[-2:])}")
+        return self.ground_backbone(images)
+
+    def project_and_fuse(self, frame_feats: torch.Tensor, K, T_grid_cams,  # noqa: N803
+                         camera_height_m=None) -> GroundDescriptor:
+        """Project cached per-frame features for the newest pose and fuse them.
+
+        ``frame_feats`` (B,N,C,h,w) with frame 0 the newest; ``K`` (B,N,3,3) for ``ground_hw``;
+        ``T_grid_cams`` (B,N,4,4) optical-frame poses in frame 0's ENU grid frame
+        (``cvl_ros.camera.relative_camera_poses``); ``camera_height_m`` float or (B,) (default
+        from the config). Returns a ``GroundDescriptor`` ((B,D,S,S), mask (B,1,S,S)).
+        """
+        cfg = self.config
+        dev, dt = frame_feats.device, frame_feats.dtype
+        if camera_height_m is None:
+            camera_height_m = cfg.camera_height_m
+        if self.projector is None:
+            K = torch.as_tensor(K, device=dev, dtype=dt)  # noqa: N806
+            T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)  # noqa: N806
+            overhead, mask = project_to_overhead(frame_feats, K, T, camera_height_m,
+                                                 cfg.grid_cells, cfg.coverage_m, cfg.ground_hw)
+        else:
+            overhead, mask = self.projector(frame_feats)
+        fused, fmask = self.fusion(overhead, mask)
+        return GroundDescriptor(self.ground_head(fused) * fmask, fmask)
+
+    def encode_satellite(self, tiles: torch.Tensor) -> SatelliteDescriptor:
+        """(T,3,P,P) RGB in [0,1] -> ``SatelliteDescriptor`` ((T,D,S,S), U (T,1,S,S))."""
+        feats = self.sat_backbone(tiles)
+        S = self.config.grid_cells  # noqa: N806
+        if tuple(feats.shape[-2:]) != (S, S):
+            feats = F.interpolate(feats, size=(S, S), mode="bilinear", align_corners=False)
+        desc = self.sat_head(feats)
+        if self.config.use_uncertainty:
+            unc = self.uncertainty_net(feats)
+        else:
+            unc = torch.ones_like(desc[:, :1])
+        return SatelliteDescriptor(desc, unc)
+
+    def match(self, ground: GroundDescriptor, sat: SatelliteDescriptor,
+              pairwise: bool = True, search_cells: int | None = None) -> MatchResult:
+        """Score grounds vs tiles; ``search_cells`` overrides r (e.g. a dense search)."""
+        r = self.config.search_cells if search_cells is None else int(search_cells)
+        return match_descriptors(ground, sat, self.config.cell_m, r, self.config.use_ssm,
+                                 self.config.use_uncertainty, pairwise)
+
+    # ------------------------------------------------------------------ training API
+    def encode_ground_sequence(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,N,3,H,W) -> (B,N,C,h,w) (one backbone pass over all frames)."""
+        B, N = images.shape[:2]  # noqa: N806
+        f = self.encode_ground(images.flatten(0, 1))
+        return f.reshape(B, N, *f.shape[1:])
+
+    def forward(self, batch: dict) -> dict:
+        """Batch dict (images, K, T_grid_cams, camera_height_m, sat) -> predictions.
+
+        Returns ``ground``/``sat`` descriptors and the pairwise ``score`` (B,B),
+        ``displacement_m`` (B,B,2) and ``score_map`` (B,B,k,k) (ground rows, tile columns).
+        """
+        feats = self.encode_ground_sequence(batch["images"])
+        h = batch.get("camera_height_m")
+        ground = self.project_and_fuse(feats, batch["K"], batch["T_grid_cams"], h)
+        sat = self.encode_satellite(batch["sat"])
+        m = self.match(ground, sat, pairwise=True)
+        return {"ground": ground, "sat": sat, "score": m.score,
+                "displacement_m": m.displacement_m, "score_map": m.score_map}
+
+    def loss(self, pred: dict, batch: dict) -> dict:
+        """Triplet loss (Eq. 7, both directions) + optional displacement term (extension)."""
+        out = triplet_loss(pred["score"], self.config.triplet_alpha)
+        w = self.config.displacement_loss_weight
+        if w > 0 and self.search_radius > 0:
+            idx = torch.arange(pred["score"].shape[0], device=pred["score"].device)
+            dl = displacement_ce_loss(pred["score_map"][idx, idx],
+                                      batch["displacement_m"].to(pred["score"].dtype),
+                                      self.config.cell_m)
+            out["displacement"] = dl
+            out["total"] = out["total"] + w * dl
+        return out
+
+    @torch.no_grad()
+    def metrics(self, pred: dict, batch: dict) -> dict:
+        """In-batch retrieval and localisation metrics (scalars as 0-dim tensors)."""
+        score = pred["score"]
+        B = score.shape[0]  # noqa: N806
+        idx = torch.arange(B, device=score.device)
+        top1 = score.argmax(1)
+        pos = score[idx, idx]
+        neg = score.masked_fill(torch.eye(B, dtype=torch.bool, device=score.device), -1e9)
+        disp = pred["displacement_m"][idx, idx]
+        gt = batch["displacement_m"].to(disp.dtype)
+        err = (disp - gt).norm(dim=-1)
+        # error of the top-1 tile's prediction, in the query tile's frame is unknown here:
+        # report the positive pair's displacement error and in-batch recall@1.
+        return {
+            "recall@1_batch": (top1 == idx).float().mean(),
+            "pos_score": pos.mean(),
+            "max_neg_score": neg.max(1).values.mean(),
+            "disp_err_m": err.mean(),
+            "disp_err_median_m": err.median(),
+            "disp_within_5m": (err <= 5.0).float().mean(),
+        }
+
+    def model_hash(self) -> str:
+        """sha256 of the config JSON and every state-dict tensor (sorted keys), 16 hex chars."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for k, v in sorted(self.state_dict().items()):
+            t = v.detach().cpu().contiguous()
+            h.update(k.encode())
+            h.update(str(t.dtype).encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:16]
+
+
+def save_checkpoint(path, model: CVLNet, extra: dict | None = None) -> str:
+    """Write ``path`` (safetensors: weights; metadata: format, config JSON, extra JSON, hash).
+
+    ``extra`` must be JSON-serialisable (e.g. epoch, metrics). Written atomically. Returns the
+    model hash.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    mh = model.model_hash()
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "extra": json.dumps(extra or {}, sort_keys=True),
+        "model_hash": mh,
+    }
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)
+    return mh
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[CVLNet, dict]:
+    """Load a checkpoint written by ``save_checkpoint`` -> (model in eval mode, extra dict).
+
+    Raises ``CheckpointError`` when the file is missing, not a safetensors file, has a wrong
+    format tag, a config or tensors that do not fit this code, or a hash that does not match.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        tensors = {}
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or not a safetensors file: "
+                              f"{e}") from e
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path!r}: format {meta.get('format')!r}, expected "
+                              f"{CHECKPOINT_FORMAT!r}")
+    try:
+        config = CVLNetConfig.from_dict(json.loads(meta["config"]))
+        extra = json.loads(meta.get("extra", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path!r}: unreadable config/extra: {e}") from e
+    model = CVLNet(config, load_pretrained=False)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path!r} does not match the model of its config "
+                              f"(mismatched keys or shapes): {e}") from e
+    mh = model.model_hash()
+    if meta.get("model_hash") and meta["model_hash"] != mh:
+        raise CheckpointError(f"checkpoint {path!r}: model hash {mh} != stored "
+                              f"{meta['model_hash']} (corrupt?)")
+    model.eval()
+    return model.to(map_location), extra

@@ -1,0 +1,190 @@
+"""Sequence fusion of projected overhead features (B, N, C, S, S) + masks (B, N, 1, S, S).
+
+Every variant has the same interface: ``forward(x, mask) -> (fused (B, C, S, S), mask (B,1,S,S))``
+where the output mask marks cells seen by at least one frame. Frame 0 is the newest (query)
+frame; frames whose mask is zero everywhere are padding and do not change the result of the
+mask-aware variants (``pcsf``, ``conv3d``, ``lstm``, ``attn_*``), so windows of different lengths
+can share a batch. ``conv2d`` / ``attn_conv2d`` stack a fixed number of frames (``max_frames``,
+missing ones zero-padded) on the channel axis, as a plain 2D conv fusion must.
+
+Variants (paper Sec. 5 ablations):
+
+* ``pcsf``: photo-consistency constrained sequence fusion, Eq. 2-3: per frame Q, K, V from two
+  stacked 3x3 convs (on features + sinusoidal frame-index encoding), per overhead pixel
+  M_ij = softmax_j(Q_i . K_j / sqrt(d)) over the frames j valid at that pixel, 2 heads, 2
+  layers; the last layer outputs (1/N_valid) sum_i sum_j M_ij V_j over the valid i.
+* ``conv2d`` / ``conv3d`` / ``lstm``: direct fusion by a 2D conv over stacked frames, a 3D conv
+  over (frame, y, x) followed by a masked mean, or a per-pixel LSTM run oldest -> newest.
+* ``attn_conv2d`` / ``attn_conv3d`` / ``attn_lstm``: the same networks predict per-frame,
+  per-pixel weights (softmax over valid frames) and the output is the weighted sum of the frames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["FUSIONS", "build_fusion", "frame_encoding", "PCSF", "masked_mean"]
+
+FUSIONS = ("pcsf", "conv2d", "conv3d", "lstm", "attn_conv2d", "attn_conv3d", "attn_lstm")
+_NEG = -1e4
+
+
+def frame_encoding(n_frames: int, channels: int, device=None, dtype=torch.float32):
+    """Sinusoidal encoding of frame indices 0..N-1 (0 = newest): (N, C)."""
+    pos = torch.arange(n_frames, device=device, dtype=dtype)[:, None]
+    i = torch.arange(0, channels, 2, device=device, dtype=dtype)
+    div = torch.exp(-math.log(100.0) * i / max(channels, 1))
+    enc = torch.zeros(n_frames, channels, device=device, dtype=dtype)
+    enc[:, 0::2] = torch.sin(pos * div)
+    enc[:, 1::2] = torch.cos(pos * div)[:, : channels // 2]
+    return enc
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over frames (dim 1) of ``x`` (B,N,C,S,S) where ``mask`` (B,N,1,S,S) is set."""
+    cnt = mask.sum(1)
+    out = (x * mask).sum(1) / cnt.clamp_min(1.0)
+    return out, (cnt > 0).to(x.dtype)
+
+
+def _masked_softmax_over_frames(logits: torch.Tensor, valid: torch.Tensor, dim: int):
+    """Softmax of ``logits`` along ``dim`` restricted to ``valid`` (bool); all-invalid -> 0."""
+    logits = logits.masked_fill(~valid, _NEG)
+    w = torch.softmax(logits, dim=dim)
+    return w * valid.to(w.dtype)
+
+
+class _QKV(nn.Module):
+    """Q, K and V, each by two stacked 3x3 convs (computed as one conv + one grouped conv)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c = c
+        self.conv1 = nn.Conv2d(c, 3 * c, 3, 1, 1)
+        self.conv2 = nn.Conv2d(3 * c, 3 * c, 3, 1, 1, groups=3)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        """(M, C, S, S) -> q, k, v each (M, C, S, S)."""
+        y = self.conv2(self.act(self.conv1(x)))
+        return y.split(self.c, dim=1)
+
+
+class PCSF(nn.Module):
+    """Photo-consistency constrained sequence fusion (Eq. 2-3), mask-aware, multi-head."""
+
+    def __init__(self, channels: int, heads: int = 2, layers: int = 2) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError("channels must be divisible by heads")
+        self.c, self.heads = channels, heads
+        self.qkv = nn.ModuleList([_QKV(channels) for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+        """(B,N,C,S,S), (B,N,1,S,S) -> (B,C,S,S), (B,1,S,S)."""
+        B, N, C, S, S2 = x.shape  # noqa: N806
+        valid = mask > 0.5  # (B,N,1,S,S)
+        enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
+        h, d = self.heads, C // self.heads
+        # key validity per (b, j, pixel), broadcast over i: (B,1,N,1,S,S)
+        kvalid = valid.view(B, 1, N, 1, S, S2)
+        cur = x
+        for li, layer in enumerate(self.qkv):
+            q, k, v = layer(((cur + enc) * mask).reshape(B * N, C, S, S2))
+            q = q.reshape(B, N, h, d, S, S2)
+            k = k.reshape(B, N, h, d, S, S2)
+            v = v.reshape(B, N, h, d, S, S2)
+            logits = torch.einsum("bihdyx,bjhdyx->bijhyx", q, k) / math.sqrt(d)
+            m = _masked_softmax_over_frames(logits, kvalid, dim=2)  # (B,Ni,Nj,h,S,S)
+            out = torch.einsum("bijhyx,bjhdyx->bihdyx", m, v).reshape(B, N, C, S, S2)
+            if li < len(self.qkv) - 1:
+                cur = out * mask
+        return masked_mean(out, mask)
+
+
+class _Conv2dFusion(nn.Module):
+    def __init__(self, c: int, max_frames: int, attn: bool) -> None:
+        super().__init__()
+        self.c, self.max_frames, self.attn = c, max_frames, attn
+        cin = max_frames * (c + 1)
+        cout = max_frames if attn else c
+        self.net = nn.Sequential(nn.Conv2d(cin, 4 * c, 3, 1, 1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(4 * c, cout, 3, 1, 1))
+
+    def forward(self, x, mask):
+        B, N, C, S, S2 = x.shape  # noqa: N806
+        if N > self.max_frames:
+            raise ValueError(f"{N} frames > max_frames={self.max_frames}")
+        pad = self.max_frames - N
+        xm = torch.cat([x * mask, mask], 2)
+        if pad:
+            xm = torch.cat([xm, xm.new_zeros(B, pad, C + 1, S, S2)], 1)
+        y = self.net(xm.reshape(B, -1, S, S2))
+        anyv = (mask.sum(1) > 0).to(x.dtype)
+        if not self.attn:
+            return y * anyv, anyv
+        w = _masked_softmax_over_frames(y[:, :N, None], mask > 0.5, dim=1)
+        return (w * x).sum(1), anyv
+
+
+class _Conv3dFusion(nn.Module):
+    def __init__(self, c: int, attn: bool) -> None:
+        super().__init__()
+        self.attn = attn
+        self.net = nn.Sequential(nn.Conv3d(c + 1, c, 3, 1, 1), nn.ReLU(inplace=True),
+                                 nn.Conv3d(c, 1 if attn else c, 3, 1, 1))
+
+    def forward(self, x, mask):
+        xm = torch.cat([x * mask, mask], 2).transpose(1, 2)  # (B,C+1,N,S,S)
+        y = self.net(xm).transpose(1, 2)  # (B,N,c',S,S)
+        if not self.attn:
+            return masked_mean(y, mask)
+        w = _masked_softmax_over_frames(y, mask > 0.5, dim=1)
+        return (w * x).sum(1), (mask.sum(1) > 0).to(x.dtype)
+
+
+class _LSTMFusion(nn.Module):
+    """Per-pixel LSTM over the frames, oldest -> newest; masked steps keep the state."""
+
+    def __init__(self, c: int, attn: bool) -> None:
+        super().__init__()
+        self.attn = attn
+        self.cell = nn.LSTMCell(c, c)
+        self.score = nn.Linear(c, 1) if attn else None
+
+    def forward(self, x, mask):
+        B, N, C, S, S2 = x.shape  # noqa: N806
+        seq = x.permute(1, 0, 3, 4, 2).reshape(N, B * S * S2, C)
+        msk = mask.permute(1, 0, 3, 4, 2).reshape(N, B * S * S2, 1)
+        hx = seq.new_zeros(B * S * S2, C)
+        cx = seq.new_zeros(B * S * S2, C)
+        hs = [None] * N
+        for n in reversed(range(N)):  # oldest first, newest (index 0) last
+            h2, c2 = self.cell(seq[n], (hx, cx))
+            hx = msk[n] * h2 + (1 - msk[n]) * hx
+            cx = msk[n] * c2 + (1 - msk[n]) * cx
+            hs[n] = hx
+        anyv = (mask.sum(1) > 0).to(x.dtype)
+        if not self.attn:
+            return hx.reshape(B, S, S2, C).permute(0, 3, 1, 2) * anyv, anyv
+        logits = torch.stack([self.score(hh) for hh in hs], 0)  # (N, BSS, 1)
+        logits = logits.reshape(N, B, S, S2, 1).permute(1, 0, 4, 2, 3)
+        w = _masked_softmax_over_frames(logits, mask > 0.5, dim=1)
+        return (w * x).sum(1), anyv
+
+
+def build_fusion(name: str, channels: int, max_frames: int = 16, heads: int = 2,
+                 layers: int = 2) -> nn.Module:
+    """Construct a fusion module by name (see ``FUSIONS``)."""
+    if name == "pcsf":
+        return PCSF(channels, heads, layers)
+    if name in ("conv2d", "attn_conv2d"):
+        return _Conv2dFusion(channels, max_frames, name.startswith("attn"))
+    if name in ("conv3d", "attn_conv3d"):
+        return _Conv3dFusion(channels, name.startswith("attn"))
+    if name in ("lstm", "attn_lstm"):
+        return _LSTMFusion(channels, name.startswith("attn"))
+    raise ValueError(f"unknown fusion {name!r}; one of {FUSIONS}")
