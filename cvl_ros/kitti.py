@@ -565,6 +565,20 @@ class KittiDrive:
             return self._oxts[i]
         return read_oxts_packet(self.drive_dir / "oxts" / "data" / f"{i:010d}.txt")
 
+    def frame_ids(self) -> list:
+        """Frame numbers of the OXTS packets (from ``oxts/data/<frame>.txt`` names, sorted)."""
+        data = self.drive_dir / "oxts" / "data"
+        if not data.is_dir():
+            raise FileNotFoundError(f"KITTI OXTS folder not found: {data}")
+        return sorted(int(p.stem) for p in data.iterdir() if p.suffix == ".txt")
+
+    def camera_poses_enu(self, datum: GeoDatum, cam: int | None = None) -> np.ndarray:
+        """Camera poses ``T_enu_cam`` (N,4,4) of every OXTS frame.
+
+        Exact ENU about ``datum`` composed with the camera extrinsic (rectified optical frame).
+        """
+        return oxts_to_enu_poses(self.oxts, datum) @ self.T_imu_cam(cam)
+
     def poses(self):
         """Pykitti-style ``(T_w_imu (N,4,4), scale)``."""
         return oxts_to_poses(self.oxts)

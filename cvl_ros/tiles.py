@@ -1,0 +1,378 @@
+"""Georeferenced mosaics and the KITTI-CVL tile builder.
+
+A :class:`GeoMosaic` is a north-up RGB image on a local ENU plane about a WGS84 datum: pixel
+``(row, col)`` covers ``east in [e0 + col*m, e0 + (col+1)*m]`` and
+``north in [n0 - (row+1)*m, n0 - row*m]`` where ``(e0, n0)`` is the ENU of the north-west corner
+of pixel (0, 0) and ``m`` is metres per pixel. It is stored as ``<name>.png`` plus a JSON
+sidecar ``<name>.geo.json``.
+
+The tile builder cuts KITTI-CVL style satellite tiles from such a mosaic (the script the
+KITTI-CVL authors never released) and writes the split files; see docs/readme/20-data.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cvl_ros.geo import GeoDatum
+from cvl_ros.kitti import KittiDrive, read_image, write_image
+
+#: Split file names (KITTI-CVL), written at the dataset root.
+SPLIT_FILES = {"train": "train_files.txt", "test1": "test1_files.txt", "test2": "test2_files.txt"}
+#: Metadata file the builder writes (``satmap/tiles.json``); readers use its ``m_per_px``.
+TILES_META = "tiles.json"
+#: Decimal places of lat/lon in tile names and split files (1e-10 deg ~ 11 micrometres).
+LATLON_DECIMALS = 10
+
+
+def resample_north_up(image, center_rc, m_per_px_in: float, size_px: int,
+                      m_per_px_out: float | None = None, border_value: int = 0) -> np.ndarray:
+    """Cut a north-up square of ``size_px`` pixels centred on a continuous pixel position.
+
+    ``center_rc`` = (row, col) in pixel-centre coordinates of ``image`` (pixel (0,0)'s centre
+    is (0,0)); the output's centre pixel coordinate ((S-1)/2, (S-1)/2) lands exactly there.
+    Bilinear, with a Gaussian anti-alias pre-filter when shrinking; outside -> border_value.
+    """
+    img = np.asarray(image)
+    m_out = m_per_px_in if m_per_px_out is None else float(m_per_px_out)
+    k = m_out / float(m_per_px_in)
+    half = (size_px - 1) / 2.0
+    rc, cc = float(center_rc[0]), float(center_rc[1])
+    # source window (with margin for the filter and bilinear taps)
+    sigma = 0.5 * math.sqrt(k * k - 1.0) if k > 1.0 + 1e-9 else 0.0
+    margin = int(math.ceil(3 * sigma)) + 2
+    r0 = int(math.floor(rc - half * k)) - margin
+    r1 = int(math.ceil(rc + half * k)) + margin + 1
+    c0 = int(math.floor(cc - half * k)) - margin
+    c1 = int(math.ceil(cc + half * k)) + margin + 1
+    H, W = img.shape[:2]
+    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
+    chans = img.shape[2] if img.ndim == 3 else None
+    out_shape = (size_px, size_px) + ((chans,) if chans else ())
+    if rr0 >= rr1 or cc0 >= cc1:
+        return np.full(out_shape, border_value, dtype=img.dtype)
+    win = img[rr0:rr1, cc0:cc1]
+    if sigma > 0:
+        win = cv2.GaussianBlur(win, (0, 0), sigmaX=sigma, sigmaY=sigma,
+                               borderType=cv2.BORDER_REPLICATE)
+    idx = (np.arange(size_px, dtype=np.float64) - half) * k
+    map_x = np.broadcast_to((cc + idx - cc0)[None, :], (size_px, size_px)).astype(np.float32)
+    map_y = np.broadcast_to((rc + idx - rr0)[:, None], (size_px, size_px)).astype(np.float32)
+    out = cv2.remap(np.ascontiguousarray(win), map_x, map_y, interpolation=cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT,
+                    borderValue=(border_value,) * (chans or 1))
+    return out.reshape(out_shape)
+
+
+def geo_sidecar_path(path) -> Path:
+    """``mosaic.png`` -> ``mosaic.geo.json``."""
+    p = Path(path)
+    return p.with_name(p.stem + ".geo.json")
+
+
+@dataclass
+class GeoMosaic:
+    """North-up RGB image with a georeference (see module docstring for the pixel convention)."""
+
+    image: np.ndarray
+    datum: GeoDatum
+    m_per_px: float
+    nw_east_m: float
+    nw_north_m: float
+
+    @property
+    def height_px(self) -> int:
+        """Rows."""
+        return int(self.image.shape[0])
+
+    @property
+    def width_px(self) -> int:
+        """Columns."""
+        return int(self.image.shape[1])
+
+    @property
+    def extent_enu(self) -> tuple:
+        """(east_min, east_max, north_min, north_max) of the image's outer edges (m)."""
+        return (self.nw_east_m, self.nw_east_m + self.width_px * self.m_per_px,
+                self.nw_north_m - self.height_px * self.m_per_px, self.nw_north_m)
+
+    def enu_to_pixel(self, east_m, north_m):
+        """ENU (m) -> continuous (row, col) in pixel-centre coordinates."""
+        col = (np.asarray(east_m, dtype=np.float64) - self.nw_east_m) / self.m_per_px - 0.5
+        row = (self.nw_north_m - np.asarray(north_m, dtype=np.float64)) / self.m_per_px - 0.5
+        return row, col
+
+    def pixel_to_enu(self, row, col):
+        """Continuous (row, col) pixel-centre coordinates -> ENU (east_m, north_m)."""
+        east = self.nw_east_m + (np.asarray(col, dtype=np.float64) + 0.5) * self.m_per_px
+        north = self.nw_north_m - (np.asarray(row, dtype=np.float64) + 0.5) * self.m_per_px
+        return east, north
+
+    def contains(self, east_m: float, north_m: float, half_size_m: float = 0.0) -> bool:
+        """Whether the square of half side ``half_size_m`` about (east, north) lies inside."""
+        e0, e1, n0, n1 = self.extent_enu
+        return (e0 <= east_m - half_size_m and east_m + half_size_m <= e1
+                and n0 <= north_m - half_size_m and north_m + half_size_m <= n1)
+
+    def crop(self, east_m: float, north_m: float, size_px: int,
+             m_per_px_out: float | None = None) -> np.ndarray:
+        """North-up ``size_px`` square centred on ENU (east, north).
+
+        The centre pixel coordinate ((S-1)/2, (S-1)/2) is exactly that point; outside the
+        mosaic -> black.
+        """
+        row, col = self.enu_to_pixel(east_m, north_m)
+        return resample_north_up(self.image, (float(row), float(col)), self.m_per_px, size_px,
+                                 m_per_px_out)
+
+    def crop_latlon(self, lat_deg: float, lon_deg: float, size_px: int,
+                    m_per_px_out: float | None = None) -> np.ndarray:
+        """Like :meth:`crop` with a WGS84 centre."""
+        e, n, _ = self.datum.to_enu(lat_deg, lon_deg, self.datum.alt_m)
+        return self.crop(e, n, size_px, m_per_px_out)
+
+    def georef_dict(self) -> dict:
+        """The sidecar's content."""
+        return {"format": "cvl_ros.geomosaic/1", "datum": self.datum.to_dict(),
+                "m_per_px": float(self.m_per_px),
+                "nw_corner_enu_m": [float(self.nw_east_m), float(self.nw_north_m)],
+                "width_px": self.width_px, "height_px": self.height_px,
+                "convention": "north-up; pixel (0,0) north-west corner at nw_corner_enu_m"}
+
+    def write(self, path) -> None:
+        """Write ``<name>.png`` and ``<name>.geo.json``."""
+        path = Path(path)
+        write_image(path, self.image)
+        geo_sidecar_path(path).write_text(json.dumps(self.georef_dict(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path) -> GeoMosaic:
+        """Read ``<name>.png`` with its ``<name>.geo.json`` sidecar."""
+        path = Path(path)
+        side = geo_sidecar_path(path)
+        if not side.is_file():
+            raise FileNotFoundError(f"GeoMosaic georeference sidecar not found: {side}")
+        g = json.loads(side.read_text())
+        img = read_image(path)
+        if (g.get("width_px", img.shape[1]), g.get("height_px", img.shape[0])) != \
+                (img.shape[1], img.shape[0]):
+            raise ValueError(f"{side}: size {g['width_px']}x{g['height_px']} does not match "
+                             f"{path} ({img.shape[1]}x{img.shape[0]})")
+        e0, n0 = g["nw_corner_enu_m"]
+        return cls(img, GeoDatum.from_dict(g["datum"]), float(g["m_per_px"]), float(e0),
+                   float(n0))
+
+
+# --------------------------------------------------------------------------------------------
+# KITTI-CVL names
+# --------------------------------------------------------------------------------------------
+
+
+def format_latlon(x: float) -> str:
+    """Lat/lon text used in tile names and split files (``LATLON_DECIMALS`` decimals)."""
+    return f"{float(x):.{LATLON_DECIMALS}f}"
+
+
+def tile_file_name(lat_deg: float, lon_deg: float) -> str:
+    """``<lat>_<lon>.png`` (KITTI-CVL test tile name; the tile centre is in the name)."""
+    return f"{format_latlon(lat_deg)}_{format_latlon(lon_deg)}.png"
+
+
+def parse_tile_file_name(name: str) -> tuple:
+    """``'49.01_8.43.png'`` -> (49.01, 8.43)."""
+    stem = Path(name).name
+    if stem.endswith(".png"):
+        stem = stem[:-4]
+    lat, sep, lon = stem.partition("_")
+    if not sep:
+        raise ValueError(f"not a <lat>_<lon>.png tile name: {name!r}")
+    return float(lat), float(lon)
+
+
+def frame_name(frame: int) -> str:
+    """KITTI frame file name ``%010d.png``."""
+    return f"{int(frame):010d}.png"
+
+
+def split_line(date: str, drive: str, frame: int, lat: float, lon: float) -> str:
+    """One split-file line: ``<date>/<drive>/<frame>.png <lat> <lon>``."""
+    return f"{date}/{drive}/{frame_name(frame)} {format_latlon(lat)} {format_latlon(lon)}"
+
+
+def write_tiles_meta(satmap_dir, m_per_px: float, tile_px: int, **extra) -> Path:
+    """Write ``satmap/tiles.json`` (tile resolution; read by :class:`cvl_ros.datasets.KittiCVL`)."""
+    p = Path(satmap_dir) / TILES_META
+    p.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "cvl_ros.kitti_cvl_tiles/1", "m_per_px": float(m_per_px),
+            "tile_px": int(tile_px), "projection": "local ENU tangent plane, north-up"}
+    meta.update(extra)
+    p.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return p
+
+
+def read_tiles_meta(satmap_dir) -> dict | None:
+    """``satmap/tiles.json`` or None (real KITTI-CVL: web-mercator z18 s2 tiles)."""
+    p = Path(satmap_dir) / TILES_META
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------
+# Tile builder
+# --------------------------------------------------------------------------------------------
+
+
+def _snap(x, spacing):
+    return np.round(np.asarray(x, dtype=np.float64) / spacing) * spacing
+
+
+def _encode_png(rgb, compression: int) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise OSError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def drive_key(date: str, drive: str) -> str:
+    """``"<date>/<drive>"``."""
+    return f"{date}/{drive}"
+
+
+def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_drives,
+                spacing_m: float = 10.0, tile_px: int = 1280, m_per_px: float | None = None,
+                test_radius_m: float | None = None, test2_drives=None, query_stride: int = 1,
+                png_compression: int = 1) -> dict:
+    """Cut KITTI-CVL tiles from ``mosaic`` and write the split files.
+
+    ``trajectories``: ``{"<date>/<drive>": (frames (N,) int, cam_enu (N,2))}`` with camera
+    positions (east, north) in metres about ``mosaic.datum``. Tile centres lie on a regular
+    ENU grid of ``spacing_m`` (origin: the datum). Writes under ``root``:
+
+    - ``satmap/train_10mgap/<date>/<drive>/<frame>.png``: one tile per training query frame,
+      centred on the grid point nearest to the camera (so the camera lies within
+      +-spacing/2 of the centre in east and north);
+    - ``satmap/test/<drive>/<lat>_<lon>.png``: every grid point within ``test_radius_m``
+      (default ``spacing_m``) of any camera position of a test drive (distractors included);
+    - ``train_files.txt``, ``test1_files.txt``, ``test2_files.txt``: ``<date>/<drive>/<frame>.png
+      <lat> <lon>`` with the query's own tile centre (nearest grid point);
+    - ``satmap/tiles.json`` (m_per_px, tile_px, spacing, datum).
+
+    Tiles are ``tile_px`` square at ``m_per_px`` (default: the mosaic's). Returns counts.
+    """
+    root = Path(root)
+    satmap = root / "satmap"
+    m_out = float(mosaic.m_per_px if m_per_px is None else m_per_px)
+    radius = float(spacing_m if test_radius_m is None else test_radius_m)
+    test2_drives = list(test_drives if test2_drives is None else test2_drives)
+    datum = mosaic.datum
+    half_m = tile_px * m_out / 2.0
+    stats = {"train": 0, "test1": 0, "test2": 0, "test_tiles": 0, "train_tiles": 0,
+             "partial_tiles": 0, "m_per_px": m_out, "tile_px": int(tile_px)}
+    cache: dict = {}
+
+    def tile_png(e, n):
+        key = (round(e / spacing_m), round(n / spacing_m))
+        if key not in cache:
+            if not mosaic.contains(e, n, half_m):
+                stats["partial_tiles"] += 1
+            if len(cache) > 256:
+                cache.clear()
+            cache[key] = _encode_png(mosaic.crop(e, n, tile_px, m_out), png_compression)
+        return cache[key]
+
+    def latlon(e, n):
+        lat, lon, _ = datum.to_geodetic(e, n, 0.0)
+        return float(lat), float(lon)
+
+    def lines_for(key):
+        if key not in trajectories:
+            raise KeyError(f"no trajectory given for drive {key!r}")
+        frames, pos = trajectories[key]
+        frames = np.asarray(frames)[::query_stride]
+        pos = np.asarray(pos, dtype=np.float64).reshape(-1, 2)[::query_stride]
+        snapped = _snap(pos, spacing_m)
+        return frames, pos, snapped
+
+    # training tiles: one per query frame
+    train_lines = []
+    for key in train_drives:
+        date, drive = key.split("/")
+        frames, _, snapped = lines_for(key)
+        for f, (e, n) in zip(frames, snapped):
+            lat, lon = latlon(e, n)
+            out = satmap / "train_10mgap" / date / drive / frame_name(f)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tile_png(e, n))
+            stats["train_tiles"] += 1
+            train_lines.append(split_line(date, drive, f, lat, lon))
+    # test tiles: every grid point near a test trajectory
+    test_lines = {}
+    for key in sorted(set(test_drives) | set(test2_drives)):
+        date, drive = key.split("/")
+        frames, pos, snapped = lines_for(key)
+        r_cells = int(math.ceil(radius / spacing_m))
+        cand = set()
+        for e, n in _snap(pos, spacing_m):
+            for di in range(-r_cells, r_cells + 1):
+                for dj in range(-r_cells, r_cells + 1):
+                    cand.add((round(e / spacing_m) + di, round(n / spacing_m) + dj))
+        grid = np.array(sorted(cand), dtype=np.float64) * spacing_m
+        d2 = ((grid[:, None, :] - pos[None, :, :]) ** 2).sum(-1).min(1)
+        keep = grid[d2 <= radius * radius + 1e-9]
+        own = {(round(e / spacing_m), round(n / spacing_m)) for e, n in snapped}
+        keep_keys = {(round(e / spacing_m), round(n / spacing_m)) for e, n in keep} | own
+        out_dir = satmap / "test" / drive
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, j in sorted(keep_keys):
+            e, n = i * spacing_m, j * spacing_m
+            lat, lon = latlon(e, n)
+            (out_dir / tile_file_name(lat, lon)).write_bytes(tile_png(e, n))
+            stats["test_tiles"] += 1
+        test_lines[key] = []
+        for f, (e, n) in zip(frames, snapped):
+            lat, lon = latlon(e, n)
+            test_lines[key].append(split_line(date, drive, f, lat, lon))
+    t1 = [ln for k in test_drives for ln in test_lines[k]]
+    t2 = [ln for k in test2_drives for ln in test_lines[k]]
+    for name, lines in (("train", train_lines), ("test1", t1), ("test2", t2)):
+        (root / SPLIT_FILES[name]).write_text("".join(ln + "\n" for ln in lines))
+        stats[name] = len(lines)
+    write_tiles_meta(satmap, m_out, tile_px, spacing_m=float(spacing_m),
+                     test_radius_m=radius, datum=datum.to_dict(),
+                     train_drives=list(train_drives), test_drives=list(test_drives),
+                     test2_drives=test2_drives)
+    return stats
+
+
+def drive_camera_track(drive_dir, datum: GeoDatum, cam: int = 2) -> tuple:
+    """(frames (N,), T_enu_cam (N,4,4)) of a KITTI raw drive from its OXTS and calibration."""
+    d = KittiDrive(drive_dir, cam=cam)
+    return np.asarray(d.frame_ids(), dtype=np.int64), d.camera_poses_enu(datum, cam)
+
+
+def build_kitti_cvl_tiles(mosaic: GeoMosaic, root, train_drives, test_drives,
+                          spacing_m: float = 10.0, tile_px: int = 1280,
+                          m_per_px: float | None = None, test_radius_m: float | None = None,
+                          test2_drives=None, query_stride: int = 1, cam: int = 2,
+                          png_compression: int = 1) -> dict:
+    """Build KITTI-CVL tiles and split files for drives already written under ``root/raw_data``.
+
+    Drives are named ``"<date>/<date>_drive_<NNNN>_sync"``; camera positions come from each
+    drive's OXTS packets composed with the camera extrinsic (``kitti_T_imu_cam``), expressed in
+    ENU about ``mosaic.datum``. See :func:`build_tiles` for what is written.
+    """
+    root = Path(root)
+    traj = {}
+    for key in set(train_drives) | set(test_drives) | set(test2_drives or ()):
+        frames, T = drive_camera_track(root / "raw_data" / key, mosaic.datum, cam)
+        traj[key] = (frames, T[:, :2, 3])
+    return build_tiles(mosaic, traj, root, train_drives, test_drives, spacing_m=spacing_m,
+                       tile_px=tile_px, m_per_px=m_per_px, test_radius_m=test_radius_m,
+                       test2_drives=test2_drives, query_stride=query_stride,
+                       png_compression=png_compression)
