@@ -1,0 +1,133 @@
+"""cvl-replay: in-process replay into a subscriber (no lost tail, /clock, latched /tf_static)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from _bag_drives import isolated_ros_env, tiny_drive
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
+pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs is not built into the venv (make setup)")
+
+from cvl_ros.ros import bags  # noqa: E402
+from cvl_ros.ros.bags import BagReplayer, parse_remaps, write_kitti_bag  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture()
+def ros_context():
+    isolated_ros_env()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    ctx.try_shutdown()
+
+
+def _spin_in_thread(node, ctx):
+    from rclpy.executors import SingleThreadedExecutor
+
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set() and ctx.ok():
+            ex.spin_once(timeout_sec=0.05)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return stop, th, ex
+
+
+def test_replay_delivers_everything_with_clock(tmp_path, ros_context):
+    from nav_msgs.msg import Odometry
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from tf2_msgs.msg import TFMessage
+
+    n = 12
+    drive = tiny_drive(tmp_path, n=n)
+    write_kitti_bag(drive, tmp_path / "bag", storage="mcap")
+    ctx = ros_context
+    sub_node = rclpy.create_node("sink", context=ctx)
+    got: dict[str, list] = {"img": [], "odom": [], "clock": [], "static": []}
+    sub_node.create_subscription(Image, "/camera/image", lambda m: got["img"].append(m),
+                                 qos_profile_sensor_data)
+    sub_node.create_subscription(Odometry, bags.TOPIC_ODOM, lambda m: got["odom"].append(m), 50)
+    sub_node.create_subscription(Clock, "/clock", lambda m: got["clock"].append(m), 100)
+    stop, th, ex = _spin_in_thread(sub_node, ctx)
+
+    pub_node = rclpy.create_node("replay", context=ctx)
+    replayer = BagReplayer(tmp_path / "bag", node=pub_node, rate=4.0, tail_s=1.0,
+                           remaps=parse_remaps([f"{bags.TOPIC_IMAGE}:=/camera/image"]),
+                           wait_timeout_s=20.0)
+    t0 = time.monotonic()
+    stats = replayer.run()
+    wall = time.monotonic() - t0
+    # a late joiner still gets /tf_static (transient local)
+    late = rclpy.create_node("late", context=ctx)
+    late.create_subscription(
+        TFMessage, "/tf_static", lambda m: got["static"].append(m),
+        QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                   reliability=ReliabilityPolicy.RELIABLE))
+    stop2, th2, ex2 = _spin_in_thread(late, ctx)
+    deadline = time.monotonic() + 5
+    while not got["static"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    stop2.set()
+    th.join()
+    th2.join()
+    replayer.close()
+
+    assert stats.subscribers_matched
+    assert stats.published["/camera/image"] == n
+    assert len(got["img"]) == n  # the tail is not lost
+    assert len(got["odom"]) == n
+    assert [m.data[0] for m in got["img"]] == list(range(n))  # in order
+    assert len(got["static"]) == 1
+    # throttled: 1.1 s of bag at 4x plus the 1 s tail
+    assert wall >= 0.25 + 1.0
+    # /clock is monotonic and reaches the last stamp
+    clocks = [c.clock.sec * 10**9 + c.clock.nanosec for c in got["clock"]]
+    assert clocks == sorted(clocks)
+    last_img = got["img"][-1].header.stamp
+    assert clocks[-1] >= last_img.sec * 10**9 + last_img.nanosec
+
+
+def test_replay_waits_for_late_subscriber(tmp_path, ros_context):
+    from sensor_msgs.msg import Image
+
+    n = 5
+    drive = tiny_drive(tmp_path, n=n)
+    write_kitti_bag(drive, tmp_path / "bag", storage="sqlite3")
+    ctx = ros_context
+    pub_node = rclpy.create_node("replay", context=ctx)
+    replayer = BagReplayer(tmp_path / "bag", node=pub_node, rate=10.0, tail_s=0.5,
+                           start_s=0.15, wait_timeout_s=20.0)
+    result = {}
+    th = threading.Thread(target=lambda: result.setdefault("stats", replayer.run()))
+    th.start()
+    time.sleep(1.0)  # the replayer is waiting: nothing must be lost
+    sub_node = rclpy.create_node("sink", context=ctx)
+    got = []
+    sub_node.create_subscription(Image, bags.TOPIC_IMAGE, got.append, 10)
+    stop, sth, ex = _spin_in_thread(sub_node, ctx)
+    th.join(timeout=30)
+    stop.set()
+    sth.join()
+    replayer.close()
+    assert result["stats"].waited_s >= 0.9
+    # --start 0.15 s skips frames 0 and 1 (stamps 0.0 and 0.1 s)
+    assert [m.data[0] for m in got] == [2, 3, 4]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        parse_remaps(["nope"])
+    with pytest.raises(FileNotFoundError):
+        BagReplayer(tmp_path / "missing", node=object())
