@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cvl_ros.camera import PinholeCamera
 from cvl_ros.geo import GeoDatum, latlon_to_mercator, mercator_scale, mercator_to_latlon
 
 # --------------------------------------------------------------------------------------------
@@ -470,34 +471,9 @@ def write_image(path, rgb) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Pinhole:
-    """Fallback camera used only while :mod:`cvl_ros.camera` is absent."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width_px: int
-    height_px: int
-
-    @property
-    def K(self) -> np.ndarray:  # noqa: D102
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
-
-    def scaled_to(self, width_px: int, height_px: int):  # noqa: D102
-        sx, sy = width_px / self.width_px, height_px / self.height_px
-        return _Pinhole(self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5,
-                        (self.cy + 0.5) * sy - 0.5, int(width_px), int(height_px))
-
-
 def pinhole_from_projection(P, width_px: int, height_px: int):
-    """Camera model (``cvl_ros.camera.PinholeCamera`` when available) from a P_rect (3,4)."""
+    """:class:`cvl_ros.camera.PinholeCamera` from a rectified projection P_rect (3,4)."""
     P = np.asarray(P, dtype=np.float64).reshape(3, 4)
-    try:
-        from cvl_ros.camera import PinholeCamera
-    except ImportError:
-        return _Pinhole(P[0, 0], P[1, 1], P[0, 2], P[1, 2], int(width_px), int(height_px))
     return PinholeCamera.from_kitti_projection(P, int(width_px), int(height_px))
 
 
