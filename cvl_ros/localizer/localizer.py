@@ -1,0 +1,630 @@
+"""The ROS-free localizer: sliding window + CVLNet matching + grid Bayes filter.
+
+``Localizer.add_frame(Frame)`` is the whole interface used by the node, the offline bag runner
+and the benchmark: it validates the frame, picks keyframes, encodes each keyframe once, fuses the
+window into an overhead descriptor, matches it against the tiles near the predicted position
+(tracking) or against the whole database (relocalisation), and updates a histogram filter over
+the body position. The map frame is a local ENU frame about the map datum (by default the
+database's datum); yaw is absolute (0 = east, CCW), taken from the frame's heading.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from cvl_ros.localizer.filter import GridFilter, TileScores
+from cvl_ros.localizer.window import Keyframe, SlidingWindow, rot_z, yaw_of
+
+__all__ = [
+    "Candidate",
+    "Estimate",
+    "Frame",
+    "InvalidFrameError",
+    "Localizer",
+    "LocalizerConfig",
+    "Status",
+    "compose_map_odom",
+    "resolve_device",
+]
+
+
+class InvalidFrameError(ValueError):
+    """A frame the localizer refuses (NaN odometry, wrong image shape/dtype, size mismatch...)."""
+
+
+class Status(enum.IntEnum):
+    """Localisation state; values equal the constants of ``cvl_ros/GeoPoseEstimate``."""
+
+    NO_FIX = 0
+    INITIALIZING = 1
+    TRACKING = 2
+    LOW_CONFIDENCE = 3
+    RELOCALIZING = 4
+
+
+@dataclass
+class LocalizerConfig:
+    """Tuning of the localizer. Units are in the names; defaults suit KITTI-like data at 10 Hz."""
+
+    window_length: int = 4
+    """N, keyframes fused per update (the paper's sequence length)."""
+    keyframe_distance_m: float = 1.0
+    """A frame becomes a keyframe after this much travel (odometry) since the last one."""
+    keyframe_interval_s: float = 0.0
+    """...or after this much time (0 disables the time rule: a parked vehicle adds no frames)."""
+    camera_height_m: float | None = None
+    """Camera height above the ground plane; None = the model's ``camera_height_m``."""
+    tracking_search_radius_m: float = 40.0
+    """Tiles whose centre lies within this radius of the predicted position are searched."""
+    search_radius_sigma_factor: float = 3.0
+    """The tracking radius grows to this many posterior sigmas when the belief is wider."""
+    global_max_tiles: int = 4096
+    """Relocalisation matches every tile up to this many; larger databases are pre-selected."""
+    global_topk: int = 512
+    """Tiles kept by ``TileDatabase.global_topk`` when the database exceeds global_max_tiles."""
+    tile_batch: int = 128
+    """Tiles matched per model call (memory bound)."""
+    filter_cell_m: float = 1.0
+    """Resolution of the position grid while tracking."""
+    tracking_grid_extent_m: float = 200.0
+    """Side of the square position grid while tracking (re-centred on the peak)."""
+    global_grid_max_cells: int = 400
+    """Cells per side of the grid covering the whole database while relocalising."""
+    process_noise_m: float = 0.3
+    """Position noise added per update (1 sigma)."""
+    odom_noise_fraction: float = 0.05
+    """Odometry noise, sigma as a fraction of the distance travelled between updates."""
+    score_temperature: float = 0.1
+    """Likelihood = exp((score - best score) / T); smaller trusts the matcher more."""
+    outlier_weight: float = 0.05
+    """Constant added to the likelihood so one wrong match cannot erase the true position."""
+    confidence_radius_m: float = 5.0
+    """Confidence = posterior mass within this radius of the peak."""
+    tracking_min_confidence: float = 0.7
+    """Confidence needed for TRACKING (and to leave relocalisation)."""
+    max_second_mode_ratio: float = 0.2
+    """TRACKING needs the strongest other mode to hold at most this fraction of the peak's mass."""
+    innovation_gate: float = 3.0
+    """The score at the belief's peak may trail the best score of the update by at most this many
+    score_temperature units; beyond, the measurement contradicts the belief (no TRACKING, the
+    covariance grows by the squared distance to the best match, and repeated it means lost)."""
+    tracking_max_sigma_m: float = 5.0
+    """Largest local 1-sigma (major axis) accepted for TRACKING."""
+    low_confidence_min: float = 0.15
+    """Below this confidence there is no fix (NO_FIX / RELOCALIZING)."""
+    max_fix_sigma_m: float = 30.0
+    """Largest 1-sigma of the posterior about its peak for which a LOW_CONFIDENCE fix is given."""
+    min_position_sigma_m: float = 0.5
+    """Floor of the reported position sigma."""
+    min_updates_to_track: int = 2
+    """Updates needed after (re)initialisation before TRACKING is reported."""
+    lost_after_updates: int = 8
+    """Consecutive updates without a good fix after which a global relocalisation starts."""
+    heading_sigma_rad: float = 0.05
+    """1-sigma of the absolute heading (IMU/INS), reported as the yaw variance."""
+    gps_prior_min_sigma_m: float = 5.0
+    """Smallest sigma used for a GPS prior (GPS is coarse; the matcher refines)."""
+    max_time_gap_s: float = 0.0
+    """A forward jump of the stamps larger than this resets (0 disables; backwards always does)."""
+    num_candidates: int = 5
+    """Candidates (best tiles) reported per estimate."""
+    map_datum_lat_deg: float | None = None
+    """WGS84 origin of the map frame; None = the database's datum (all three must be set)."""
+    map_datum_lon_deg: float | None = None
+    """See map_datum_lat_deg."""
+    map_datum_alt_m: float | None = None
+    """See map_datum_lat_deg (None with lat/lon set = 0)."""
+
+
+@dataclass
+class Frame:
+    """One synchronised input: image, intrinsics, odometry and (optionally) absolute heading."""
+
+    stamp_ns: int
+    image_rgb: np.ndarray  # (H, W, 3) uint8 RGB
+    camera: object  # PinholeCamera of the image as given (width/height must match the image)
+    T_odom_body: np.ndarray  # (4, 4)  # noqa: N815
+    heading_enu_rad: float | None = None  # absolute yaw of base_link (0 = east, CCW)
+    T_body_cam: np.ndarray | None = None  # (4, 4) optical frame in base_link  # noqa: N815
+
+
+@dataclass
+class Candidate:
+    """One of the best-matching tiles and the camera position it implies."""
+
+    tile_id: str
+    lat_deg: float
+    lon_deg: float
+    score: float
+    east_m: float
+    north_m: float
+
+
+@dataclass
+class Estimate:
+    """Result of one update (a keyframe). Position fields are NaN when the filter is empty."""
+
+    stamp_ns: int
+    status: Status
+    lat_deg: float
+    lon_deg: float
+    alt_m: float
+    east_m: float
+    north_m: float
+    yaw_rad: float
+    covariance_xy: np.ndarray  # (2, 2) m^2, east/north
+    yaw_var_rad2: float
+    confidence: float
+    score: float
+    tile_id: str
+    displacement_m: np.ndarray  # (2,) camera east/north from the best tile's centre
+    window_len: int
+    tiles_searched: int
+    latency_s: float
+    candidates: list[Candidate] = field(default_factory=list)
+    score_map: np.ndarray | None = None  # best tile's score map, north-up
+    T_map_body: np.ndarray | None = None  # (4, 4)  # noqa: N815
+    T_odom_body: np.ndarray | None = None  # (4, 4) odometry at the same stamp  # noqa: N815
+    datum_lat_deg: float = float("nan")
+    datum_lon_deg: float = float("nan")
+    datum_alt_m: float = float("nan")
+    global_search: bool = False
+    reset_reason: str = ""
+    posterior: np.ndarray | None = None  # the filter grid (north-up), for visualisation
+
+    @property
+    def has_fix(self) -> bool:
+        """Whether the estimate is a usable fix (TRACKING or LOW_CONFIDENCE)."""
+        return self.status in (Status.TRACKING, Status.LOW_CONFIDENCE)
+
+    @property
+    def T_map_odom(self) -> np.ndarray | None:  # noqa: N802
+        """map->odom at this stamp (REP-105), or None without a pose."""
+        if self.T_map_body is None or self.T_odom_body is None:
+            return None
+        return compose_map_odom(self.T_map_body, self.T_odom_body)
+
+
+def compose_map_odom(T_map_body: np.ndarray, T_odom_body: np.ndarray) -> np.ndarray:  # noqa: N803
+    """``T_map_odom = T_map_body @ inv(T_odom_body)``; both poses must share one stamp."""
+    T = np.asarray(T_odom_body, dtype=np.float64)  # noqa: N806
+    inv = np.eye(4)
+    inv[:3, :3] = T[:3, :3].T
+    inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return np.asarray(T_map_body, dtype=np.float64) @ inv
+
+
+def resolve_device(device: str) -> tuple[str, str]:
+    """Map ``auto|cpu|cuda[:n]`` to a torch device string; returns (device, warning or '')."""
+    import torch
+
+    d = (device or "auto").strip().lower()
+    if d == "auto":
+        return ("cuda" if torch.cuda.is_available() else "cpu"), ""
+    if d.startswith("cuda"):
+        if torch.cuda.is_available():
+            return d, ""
+        return "cpu", f"device '{device}' requested but CUDA is not available: using the CPU"
+    if d == "cpu":
+        return "cpu", ""
+    raise ValueError(f"unknown device '{device}' (expected auto, cpu or cuda)")
+
+
+def _to_device(obj, device):
+    """Move the tensors of a (data)class / namedtuple / tensor to ``device``."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: _to_device(getattr(obj, f.name), device)
+                                           for f in dataclasses.fields(obj)})
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_to_device(v, device) for v in obj))
+    return obj
+
+
+def _default_T_body_cam() -> np.ndarray:  # noqa: N802
+    T = np.eye(4)  # noqa: N806
+    T[:3, :3] = [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
+    return T
+
+
+class Localizer:
+    """Cross-view localizer over a tile database; thread-safe (one internal lock)."""
+
+    def __init__(self, model, database, config: LocalizerConfig | None = None,
+                 device: str = "cpu") -> None:
+        import torch
+
+        self.config = config or LocalizerConfig()
+        self.device, self.device_warning = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.db = database
+        mc = model.config
+        self._ground_hw = tuple(int(v) for v in mc.ground_hw)
+        self._disp_cell_m = float(mc.coverage_m) / float(mc.grid_cells)
+        self._coverage_m = float(mc.coverage_m)
+        self._cam_h = float(self.config.camera_height_m if self.config.camera_height_m is not None
+                            else mc.camera_height_m)
+        self._torch = torch
+        self._lock = threading.RLock()
+        self.window = SlidingWindow(self.config.window_length, self.config.keyframe_distance_m,
+                                    self.config.keyframe_interval_s)
+        self.filter = GridFilter()
+        self._setup_datum()
+        self.reset("init")
+
+    # ------------------------------------------------------------------ frames / datum
+    def _setup_datum(self) -> None:
+        from cvl_ros.geo import GeoDatum
+
+        c = self.config
+        db_datum = self.db.datum
+        if c.map_datum_lat_deg is not None and c.map_datum_lon_deg is not None:
+            self.datum = GeoDatum(float(c.map_datum_lat_deg), float(c.map_datum_lon_deg),
+                                  float(c.map_datum_alt_m or 0.0))
+        else:
+            self.datum = db_datum
+        self._same_datum = (abs(self.datum.lat_deg - db_datum.lat_deg) < 1e-12
+                            and abs(self.datum.lon_deg - db_datum.lon_deg) < 1e-12)
+        if self._same_datum:
+            self._centers = np.asarray(self.db.centers_enu, dtype=np.float64)[:, :2]
+        else:
+            ll = np.asarray(self.db.centers_latlon, dtype=np.float64)
+            e, n, _ = self.datum.to_enu(ll[:, 0], ll[:, 1], db_datum.alt_m)
+            self._centers = np.stack([np.asarray(e), np.asarray(n)], axis=1)
+        self._tile_ids = [str(t) for t in self.db.tile_ids]
+
+    def _map_to_db(self, east_m: float, north_m: float) -> tuple[float, float]:
+        if self._same_datum:
+            return east_m, north_m
+        lat, lon, _ = self.datum.to_geodetic(east_m, north_m, 0.0)
+        e, n, _ = self.db.datum.to_enu(lat, lon, self.datum.alt_m)
+        return float(e), float(n)
+
+    def latlon_to_map(self, lat_deg: float, lon_deg: float) -> tuple[float, float]:
+        """(east, north) in the map frame of a WGS84 position."""
+        e, n, _ = self.datum.to_enu(lat_deg, lon_deg, self.datum.alt_m)
+        return float(e), float(n)
+
+    def map_to_latlon(self, east_m: float, north_m: float) -> tuple[float, float]:
+        """WGS84 (lat, lon) of a map position."""
+        lat, lon, _ = self.datum.to_geodetic(east_m, north_m, 0.0)
+        return float(lat), float(lon)
+
+    @staticmethod
+    def validate_frame(frame: Frame) -> None:
+        """Raise ``InvalidFrameError`` for anything the localizer cannot use."""
+        img = frame.image_rgb
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 \
+                or img.shape[2] != 3:
+            shape = getattr(img, "shape", None)
+            dtype = getattr(img, "dtype", type(img).__name__)
+            raise InvalidFrameError(f"image must be HxWx3 uint8 RGB, got shape {shape} {dtype}")
+        if img.shape[0] < 8 or img.shape[1] < 8:
+            raise InvalidFrameError(f"image too small: {img.shape[1]}x{img.shape[0]}")
+        cam = frame.camera
+        if cam is None:
+            raise InvalidFrameError("no camera intrinsics (camera_info missing)")
+        if int(cam.width_px) != img.shape[1] or int(cam.height_px) != img.shape[0]:
+            raise InvalidFrameError(
+                f"image is {img.shape[1]}x{img.shape[0]} but the camera intrinsics are for "
+                f"{cam.width_px}x{cam.height_px}")
+        K = cam.K  # noqa: N806
+        if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise InvalidFrameError(f"invalid intrinsics fx={cam.fx} fy={cam.fy}")
+        T = np.asarray(frame.T_odom_body, dtype=np.float64)  # noqa: N806
+        if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+            raise InvalidFrameError("odometry pose T_odom_body is not a finite 4x4 matrix")
+        R = T[:3, :3]  # noqa: N806
+        if abs(np.linalg.det(R) - 1.0) > 1e-3 or np.abs(R.T @ R - np.eye(3)).max() > 1e-3:
+            raise InvalidFrameError("odometry rotation is not a rotation matrix")
+        if frame.heading_enu_rad is not None and not math.isfinite(frame.heading_enu_rad):
+            raise InvalidFrameError("heading_enu_rad is not finite")
+        if frame.T_body_cam is not None:
+            Tb = np.asarray(frame.T_body_cam, dtype=np.float64)  # noqa: N806
+            if Tb.shape != (4, 4) or not np.all(np.isfinite(Tb)):
+                raise InvalidFrameError("T_body_cam is not a finite 4x4 matrix")
+
+    # ------------------------------------------------------------------ public control
+    def reset(self, reason: str = "") -> None:
+        """Forget window, filter and time; the next frame starts a global relocalisation."""
+        with self._lock:
+            self.window.clear()
+            self.filter.clear()
+            self._last_stamp_ns: int | None = None
+            self._last_update_odom: np.ndarray | None = None
+            self._last_odom: np.ndarray | None = None
+            self._yaw_offset = 0.0
+            self._yaw_offset_known = False
+            self._pending_yaw: float | None = None
+            self._global_mode = True
+            self._grid_global = False
+            self._ever_tracked = False
+            self._reloc_requested = False
+            self._updates_since_init = 0
+            self._bad_updates = 0
+            self._pending_reset_reason = reason if reason != "init" else ""
+            self.last_reset_reason = reason
+
+    def relocalize(self) -> None:
+        """Forget the position belief (keep the window); the next keyframe searches globally."""
+        with self._lock:
+            self.filter.clear()
+            self._global_mode = True
+            self._reloc_requested = True
+            self._updates_since_init = 0
+            self._bad_updates = 0
+
+    def set_initial_pose(self, east_m: float, north_m: float, yaw_rad: float | None = None,
+                         sigma_m: float = 5.0) -> None:
+        """Initialise the belief as a Gaussian at a map position (e.g. rviz ``initialpose``).
+
+        ``yaw_rad`` (map/ENU yaw of base_link) fixes the odometry->ENU heading offset when frames
+        carry no absolute heading.
+        """
+        c = self.config
+        with self._lock:
+            sigma = max(float(sigma_m), c.filter_cell_m)
+            extent = max(c.tracking_grid_extent_m, 8.0 * sigma)
+            self.filter.init_gaussian((east_m, north_m), sigma, extent,
+                                      max(c.filter_cell_m, extent / c.global_grid_max_cells))
+            self._grid_global = False
+            self._global_mode = False
+            self._reloc_requested = False
+            self._updates_since_init = 0
+            self._bad_updates = 0
+            if yaw_rad is not None and math.isfinite(yaw_rad):
+                if self._last_odom is not None:
+                    self._yaw_offset = float(yaw_rad) - yaw_of(self._last_odom)
+                    self._yaw_offset_known = True
+                else:
+                    self._pending_yaw = float(yaw_rad)
+            # the belief refers to the body position now: predict from the newest odometry
+            self._last_update_odom = None if self._last_odom is None else self._last_odom.copy()
+
+    def set_gps_prior(self, lat_deg: float, lon_deg: float, sigma_m: float) -> bool:
+        """Use a coarse GNSS fix to initialise when there is no belief; returns True if used."""
+        with self._lock:
+            if not (math.isfinite(lat_deg) and math.isfinite(lon_deg)):
+                return False
+            if self.filter.initialized and not self._global_mode:
+                return False
+            e, n = self.latlon_to_map(lat_deg, lon_deg)
+            sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0,
+                        self.config.gps_prior_min_sigma_m)
+            self.set_initial_pose(e, n, None, sigma)
+            return True
+
+    @property
+    def window_fill(self) -> int:
+        """Keyframes currently in the window."""
+        return len(self.window)
+
+    # ------------------------------------------------------------------ main entry
+    def add_frame(self, frame: Frame) -> Estimate | None:
+        """Process one frame; returns an Estimate for a keyframe, None otherwise.
+
+        Raises ``InvalidFrameError`` for unusable input (the state is left unchanged). A stamp
+        older than the previous one resets the localizer (looping bag) and the frame is used as
+        the first of the new run; the estimate's ``reset_reason`` says so.
+        """
+        t0 = time.perf_counter()
+        self.validate_frame(frame)
+        with self._lock:
+            c = self.config
+            stamp = int(frame.stamp_ns)
+            if self._last_stamp_ns is not None:
+                dt = (stamp - self._last_stamp_ns) * 1e-9
+                if dt < 0:
+                    self.reset(f"time went backwards by {-dt:.3f} s")
+                elif c.max_time_gap_s > 0 and dt > c.max_time_gap_s:
+                    self.reset(f"time jumped forward by {dt:.3f} s")
+            self._last_stamp_ns = stamp
+            T_ob = np.asarray(frame.T_odom_body, dtype=np.float64).copy()  # noqa: N806
+            T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)  # noqa: N806
+                    if frame.T_body_cam is not None else _default_T_body_cam())
+            self._last_odom = T_ob
+            if frame.heading_enu_rad is not None:
+                self._yaw_offset = float(frame.heading_enu_rad) - yaw_of(T_ob)
+                self._yaw_offset_known = True
+            elif self._pending_yaw is not None:
+                self._yaw_offset = self._pending_yaw - yaw_of(T_ob)
+                self._yaw_offset_known = True
+                self._pending_yaw = None
+            if not self.window.is_keyframe(stamp, T_ob):
+                return None
+            return self._update(frame, stamp, T_ob, T_bc, t0)
+
+    # ------------------------------------------------------------------ internals
+    def _encode(self, image_rgb: np.ndarray):
+        torch = self._torch
+        h, w = self._ground_hw
+        img = cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+        return self.model.encode_ground(x.unsqueeze(0).to(self.device))[0]
+
+    def _search_indices(self, pred_en, radius_m: float, ground) -> tuple[np.ndarray, bool]:
+        c = self.config
+        n_tiles = len(self._tile_ids)
+        if self._global_mode:
+            if n_tiles <= c.global_max_tiles:
+                return np.arange(n_tiles), True
+            idx, _ = self.db.global_topk(ground, min(c.global_topk, n_tiles))
+            return np.asarray(idx, dtype=np.int64).reshape(-1), True
+        e, n = self._map_to_db(float(pred_en[0]), float(pred_en[1]))
+        idx = self.db.query_radius(e, n, radius_m)
+        return np.asarray(idx, dtype=np.int64).reshape(-1), False
+
+    def _match(self, ground, idx: np.ndarray):
+        torch = self._torch
+        scores, disps, maps = [], [], []
+        for s in range(0, len(idx), self.config.tile_batch):
+            chunk = idx[s:s + self.config.tile_batch]
+            sat = _to_device(self.db.descriptors(chunk), self.device)
+            res = self.model.match(ground, sat, pairwise=True)
+            scores.append(res.score[0].detach().float().cpu())
+            disps.append(res.displacement_m[0].detach().float().cpu())
+            maps.append(res.score_map[0].detach().float().cpu())
+        return (torch.cat(scores).numpy().astype(np.float64),
+                torch.cat(disps).numpy().astype(np.float64),
+                torch.cat(maps).numpy().astype(np.float64))
+
+    def _global_grid(self) -> tuple[np.ndarray, float, float]:
+        c = self.config
+        lo = self._centers.min(axis=0) - self._coverage_m / 2
+        hi = self._centers.max(axis=0) + self._coverage_m / 2
+        extent = float(max(hi - lo)) + 2.0 * c.filter_cell_m
+        cell = max(c.filter_cell_m, extent / c.global_grid_max_cells)
+        return (lo + hi) / 2.0, extent, cell
+
+    def _update(self, frame: Frame, stamp: int, T_ob, T_bc, t0) -> Estimate:  # noqa: N803
+        torch = self._torch
+        c = self.config
+        with torch.inference_mode():
+            feats = self._encode(frame.image_rgb)
+            K_net = frame.camera.scaled_to(self._ground_hw[1], self._ground_hw[0]).K  # noqa: N806
+            self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
+            # ---- predict
+            R_off = rot_z(self._yaw_offset)  # noqa: N806
+            if self.filter.initialized and self._last_update_odom is not None:
+                d = (R_off @ np.append(T_ob[:3, 3] - self._last_update_odom[:3, 3], 0.0))[:2]
+                sigma = c.process_noise_m + c.odom_noise_fraction * float(np.hypot(*d))
+                self.filter.predict(d, sigma)
+            self._last_update_odom = T_ob.copy()
+            # ---- fused ground descriptor of the window
+            kfs = self.window.frames()
+            fts = torch.stack([k.features for k in kfs]).unsqueeze(0)
+            Ks = torch.from_numpy(np.stack([k.K_net for k in kfs])).float()  # noqa: N806
+            T_grid = torch.from_numpy(self.window.relative_poses(self._yaw_offset)).float()  # noqa: N806
+            ground = self.model.project_and_fuse(
+                fts, Ks.unsqueeze(0).to(self.device), T_grid.unsqueeze(0).to(self.device),
+                self._cam_h)
+            # ---- search
+            if self.filter.initialized and not self._global_mode:
+                st = self.filter.stats(c.confidence_radius_m)
+                pred = st.peak_en
+                sig = math.sqrt(max(np.linalg.eigvalsh(st.cov_about_peak).max(), 0.0))
+                radius = max(c.tracking_search_radius_m, c.search_radius_sigma_factor * sig)
+            else:
+                pred, radius = np.zeros(2), 0.0
+            idx, global_search = self._search_indices(pred, radius, ground)
+            if global_search and (not self.filter.initialized or not self._grid_global):
+                center, extent, cell = self._global_grid()
+                if self.filter.initialized:
+                    self.filter.regrid(center, extent, cell)
+                    self.filter.inject_uniform(0.5)
+                else:
+                    self.filter.init_uniform(center, extent, cell)
+                self._grid_global = True
+            if len(idx):
+                scores, disps, maps = self._match(ground, idx)
+            else:
+                scores, disps, maps = np.zeros(0), np.zeros((0, 2)), np.zeros((0, 1, 1))
+        # lever arm: camera optical centre relative to the body, horizontal, in the map frame
+        lever = (R_off @ T_ob @ T_bc)[:3, 3] - (R_off @ T_ob)[:3, 3]
+        lever_en = lever[:2]
+        tiles = [TileScores(self._centers[i] - lever_en, maps[k], self._disp_cell_m)
+                 for k, i in enumerate(idx)]
+        self.filter.update(tiles, c.score_temperature, None, c.outlier_weight)
+        self._updates_since_init += 1
+        return self._make_estimate(frame, stamp, T_ob, R_off, idx, scores, disps, maps,
+                                   global_search, t0)
+
+    def _make_estimate(self, frame, stamp, T_ob, R_off, idx, scores, disps, maps,  # noqa: N803
+                       global_search, t0) -> Estimate:
+        c = self.config
+        st = self.filter.stats(c.confidence_radius_m)
+        sig_local = math.sqrt(max(np.linalg.eigvalsh(st.cov_local).max(), 0.0))
+        sig_peak = math.sqrt(max(np.linalg.eigvalsh(st.cov_about_peak).max(), 0.0))
+        s_peak = self.filter.score_at(*st.peak_en)
+        gap = (self.filter.last_max_score - s_peak) / c.score_temperature
+        consistent = not (np.isfinite(gap) and gap > c.innovation_gate)
+        good = (consistent and st.mass_near_peak >= c.tracking_min_confidence
+                and sig_local <= c.tracking_max_sigma_m
+                and st.second_mode_mass <= c.max_second_mode_ratio * st.mass_near_peak)
+        if self._global_mode and good:
+            # converged: continue on a fine local grid around the peak
+            self.filter.regrid(st.peak_en, c.tracking_grid_extent_m, c.filter_cell_m)
+            self._grid_global = False
+            self._global_mode = False
+            self._reloc_requested = False
+            self._updates_since_init = 1
+            st = self.filter.stats(c.confidence_radius_m)
+        elif not self._global_mode:
+            half = self.filter.extent_m / 2.0
+            if np.abs(st.peak_en - self.filter.center_en).max() > 0.25 * half:
+                self.filter.regrid(st.peak_en, self.filter.extent_m, self.filter.cell_m)
+        if self._global_mode:
+            status = Status.RELOCALIZING if (self._ever_tracked or self._reloc_requested) \
+                else Status.INITIALIZING
+            cov = st.cov_about_peak
+        elif good:
+            if self._updates_since_init >= c.min_updates_to_track and self.window.full:
+                status = Status.TRACKING
+                self._ever_tracked = True
+            else:
+                status = Status.INITIALIZING
+            cov = st.cov_local
+            self._bad_updates = 0
+        else:
+            self._bad_updates += 1
+            if st.mass_near_peak >= c.low_confidence_min and sig_peak <= c.max_fix_sigma_m:
+                status = Status.LOW_CONFIDENCE
+            else:
+                status = Status.NO_FIX
+            cov = np.maximum(st.cov_about_peak, st.cov_local)
+            if not consistent and len(scores):
+                best_en = self._centers[idx[int(np.argmax(scores))]] + disps[int(np.argmax(scores))]
+                cov = cov + np.eye(2) * float(np.sum((best_en - st.peak_en) ** 2))
+            sig_cov = math.sqrt(max(np.linalg.eigvalsh(cov).max(), 0.0))
+            if status == Status.LOW_CONFIDENCE and sig_cov > c.max_fix_sigma_m:
+                status = Status.NO_FIX
+            if len(idx) == 0 or self._bad_updates >= c.lost_after_updates:
+                self._global_mode = True  # lost: the next keyframe relocalises globally
+                self._bad_updates = 0
+        cov = 0.5 * (cov + cov.T)
+        w, v = np.linalg.eigh(cov)
+        cov = (v * np.maximum(w, c.min_position_sigma_m**2)) @ v.T
+        east, north = float(st.peak_en[0]), float(st.peak_en[1])
+        lat, lon = self.map_to_latlon(east, north)
+        yaw_body = self._yaw_offset + yaw_of(T_ob)
+        yaw_body = float(math.atan2(math.sin(yaw_body), math.cos(yaw_body)))
+        T_mb = R_off @ T_ob  # noqa: N806
+        T_mb[0, 3], T_mb[1, 3] = east, north
+        order = np.argsort(-scores)[: c.num_candidates] if len(scores) else np.zeros(0, int)
+        cands = []
+        for k in order:
+            ce, cn = self._centers[idx[k]] + disps[k]
+            la, lo = self.map_to_latlon(float(ce), float(cn))
+            cands.append(Candidate(self._tile_ids[idx[k]], la, lo, float(scores[k]),
+                                   float(ce), float(cn)))
+        best = int(order[0]) if len(order) else -1
+        yaw_var = c.heading_sigma_rad**2 if self._yaw_offset_known else math.pi**2
+        est = Estimate(
+            stamp_ns=stamp, status=status, lat_deg=lat, lon_deg=lon, alt_m=self.datum.alt_m,
+            east_m=east, north_m=north, yaw_rad=yaw_body, covariance_xy=cov,
+            yaw_var_rad2=float(yaw_var), confidence=float(st.mass_near_peak),
+            score=float(scores[best]) if best >= 0 else float("nan"),
+            tile_id=self._tile_ids[idx[best]] if best >= 0 else "",
+            displacement_m=disps[best].copy() if best >= 0 else np.full(2, np.nan),
+            window_len=len(self.window), tiles_searched=int(len(idx)),
+            latency_s=time.perf_counter() - t0, candidates=cands,
+            score_map=maps[best].astype(np.float32) if best >= 0 else None,
+            T_map_body=T_mb, T_odom_body=T_ob.copy(), datum_lat_deg=self.datum.lat_deg,
+            datum_lon_deg=self.datum.lon_deg, datum_alt_m=self.datum.alt_m,
+            global_search=bool(global_search), reset_reason=self._pending_reset_reason,
+            posterior=self.filter.prob.astype(np.float32) if self.filter.prob is not None
+            else None)
+        self._pending_reset_reason = ""
+        return est
