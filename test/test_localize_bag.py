@@ -1,0 +1,114 @@
+"""cvl-localize-bag: the Localizer over a bag offline (oracle model), report files and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from _bag_drives import tiny_drive
+from _localizer_fakes import FakeDB, OracleModel
+
+from cvl_ros.cli import localize_bag as lb
+from cvl_ros.geo import GeoDatum
+from cvl_ros.kitti import KittiDrive, kitti_T_imu_cam2, oxts_to_enu_poses
+from cvl_ros.localizer import Localizer, LocalizerConfig
+from cvl_ros.ros.bags import write_kitti_bag
+
+
+class _OracleLocalizer:
+    """Sets the oracle's true camera position at each frame's stamp, then runs the Localizer."""
+
+    def __init__(self, drive_dir, db):
+        drive = KittiDrive(drive_dir)
+        self.stamps = np.asarray(drive.timestamps_ns)
+        T_wb = oxts_to_enu_poses(drive.oxts, db.datum)
+        T_bc = kitti_T_imu_cam2(drive.calib_dir)
+        self.cam_en = (T_wb @ T_bc)[:, :2, 3]
+        self.model = OracleModel(db, noise=0.0)
+        self.loc = Localizer(self.model, db, LocalizerConfig(window_length=2))
+        self.frames = []
+
+    def set_gps_prior(self, lat, lon, sigma):
+        return self.loc.set_gps_prior(lat, lon, sigma)
+
+    def add_frame(self, frame):
+        i = int(np.argmin(np.abs(self.stamps - frame.stamp_ns)))
+        self.model.truth_cam_en = self.cam_en[i]
+        self.frames.append(frame)
+        return self.loc.add_frame(frame)
+
+
+@pytest.fixture()
+def bag_and_db(tmp_path):
+    drive = tiny_drive(tmp_path, n=25, image_hw=(40, 124), yaw_rate=0.0)
+    write_kitti_bag(drive, tmp_path / "bag", storage="mcap", odom_drift_pct=0.0,
+                    odom_yaw_drift_deg_per_100m=0.0)
+    p0 = KittiDrive(drive).oxts[0]
+    db = FakeDB(spacing_m=10.0, east=(-60, 60), north=(-60, 60),
+                datum=GeoDatum(p0.lat, p0.lon, 0.0))
+    return drive, tmp_path / "bag", db
+
+
+def test_run_localizer_on_bag_with_oracle(bag_and_db, tmp_path):
+    drive, bag, db = bag_and_db
+    loc = _OracleLocalizer(drive, db)
+    res = lb.run_localizer_on_bag(loc, bag, progress=False)
+    assert res.images == 25
+    assert res.frames_used == 25, res.skipped
+    # frames carry what the bag says: stamps, extrinsics from /tf_static, IMU heading
+    f = loc.frames[3]
+    assert f.stamp_ns == int(KittiDrive(drive).timestamps_ns[3])
+    np.testing.assert_allclose(f.T_body_cam, kitti_T_imu_cam2(drive.parent), atol=1e-6)
+    assert f.heading_enu_rad == pytest.approx(KittiDrive(drive).oxts[0].yaw, abs=1e-3)
+    assert f.image_rgb.shape == (40, 124, 3) and f.image_rgb[0, 0, 0] == 3
+    # keyframes every ~1 m of the 0.8 m/frame drive
+    assert 10 <= len(res.rows) <= 25
+    gt = lb.ground_truth_from_bag(bag)
+    lb.attach_ground_truth(res.rows, gt)
+    fixes = [r for r in res.rows if r.has_fix]
+    assert len(fixes) >= 0.8 * len(res.rows)
+    errs = [r.error_m for r in fixes]
+    assert np.median(errs) < 3.0, errs
+    summary = lb.write_report(res.rows, tmp_path / "out", images=res.images, gt=gt,
+                              wall_s=res.wall_s)
+    for name in ("estimates.csv", "summary.json", "trajectory.png", "error.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for key in ("images", "fixes", "median_error_m", "p90_error_m", "mean_latency_ms"):
+        assert key in data
+    assert data["images"] == 25 and data["fixes"] == len(fixes)
+    assert data["median_error_m"] == pytest.approx(summary["median_error_m"])
+    back = lb.read_csv(tmp_path / "out" / "estimates.csv")
+    assert [r.stamp_ns for r in back] == [r.stamp_ns for r in res.rows]
+    assert all(math.isfinite(r.error_m) for r in back if r.has_fix)
+
+
+def test_report_without_ground_truth_and_mosaic(tmp_path):
+    from cvl_ros.tiles import GeoMosaic
+
+    datum = GeoDatum(49.0, 8.4, 0.0)
+    rows = [lb.EstimateRow(stamp_ns=10**9 * i, status="TRACKING", lat_deg=49.0 + 1e-5 * i,
+                           lon_deg=8.4, cov_ee_m2=4.0, cov_en_m2=0.5, cov_nn_m2=1.0,
+                           latency_ms=20.0, score_map=np.random.rand(7, 7)) for i in range(5)]
+    rows.append(lb.EstimateRow(stamp_ns=6 * 10**9, status="NO_FIX"))
+    mos = GeoMosaic(np.full((100, 100, 3), 90, np.uint8), datum, 1.0, -50.0, 50.0)
+    mos.write(tmp_path / "town" / "mosaic.png")
+    found = lb.find_mosaic(tmp_path / "town" / "db" / "x")
+    assert found == tmp_path / "town" / "mosaic.png"
+    s = lb.write_report(rows, tmp_path / "out", images=6, gt=None, mosaic=found)
+    assert s["fixes"] == 5 and s["keyframes"] == 6 and "median_error_m" not in s
+    assert s["mean_latency_ms"] == pytest.approx(20.0)
+    assert (tmp_path / "out" / "heatmap.png").is_file()
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert lb.main([str(tmp_path / "nobag"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a ROS 2 bag" in capsys.readouterr().err
+    drive = tiny_drive(tmp_path, n=2)
+    write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0,
+                    odom_yaw_drift_deg_per_100m=0.0)
+    assert lb.main([str(tmp_path / "bag"), "--out", str(tmp_path / "o"), "--checkpoint",
+                    str(tmp_path / "none.safetensors"), "--db", str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
