@@ -247,7 +247,7 @@ def drive_key(date: str, drive: str) -> str:
 def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_drives,
                 spacing_m: float = 10.0, tile_px: int = 1280, m_per_px: float | None = None,
                 test_radius_m: float | None = None, test2_drives=None, query_stride: int = 1,
-                png_compression: int = 1) -> dict:
+                png_compression: int = 1, link_duplicates: bool = True) -> dict:
     """Cut KITTI-CVL tiles from ``mosaic`` and write the split files.
 
     ``trajectories``: ``{"<date>/<drive>": (frames (N,) int, cam_enu (N,2))}`` with camera
@@ -263,7 +263,9 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
       <lat> <lon>`` with the query's own tile centre (nearest grid point);
     - ``satmap/tiles.json`` (m_per_px, tile_px, spacing, datum).
 
-    Tiles are ``tile_px`` square at ``m_per_px`` (default: the mosaic's). Returns counts.
+    Tiles are ``tile_px`` square at ``m_per_px`` (default: the mosaic's). Training frames
+    that share a grid point get hard links to one file when ``link_duplicates`` (readers see
+    ordinary files). ``query_stride`` keeps every k-th frame as a query. Returns counts.
     """
     root = Path(root)
     satmap = root / "satmap"
@@ -301,6 +303,7 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
 
     # training tiles: one per query frame
     train_lines = []
+    written: dict = {}
     for key in train_drives:
         date, drive = key.split("/")
         frames, _, snapped = lines_for(key)
@@ -308,7 +311,17 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
             lat, lon = latlon(e, n)
             out = satmap / "train_10mgap" / date / drive / frame_name(f)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(tile_png(e, n))
+            gk = (round(e / spacing_m), round(n / spacing_m))
+            if out.exists():
+                out.unlink()
+            if link_duplicates and gk in written:
+                try:  # same grid point as an earlier frame: hard link, same bytes
+                    out.hardlink_to(written[gk])
+                except OSError:
+                    out.write_bytes(tile_png(e, n))
+            else:
+                out.write_bytes(tile_png(e, n))
+                written[gk] = out
             stats["train_tiles"] += 1
             train_lines.append(split_line(date, drive, f, lat, lon))
     # test tiles: every grid point near a test trajectory
@@ -360,7 +373,7 @@ def build_kitti_cvl_tiles(mosaic: GeoMosaic, root, train_drives, test_drives,
                           spacing_m: float = 10.0, tile_px: int = 1280,
                           m_per_px: float | None = None, test_radius_m: float | None = None,
                           test2_drives=None, query_stride: int = 1, cam: int = 2,
-                          png_compression: int = 1) -> dict:
+                          png_compression: int = 1, link_duplicates: bool = True) -> dict:
     """Build KITTI-CVL tiles and split files for drives already written under ``root/raw_data``.
 
     Drives are named ``"<date>/<date>_drive_<NNNN>_sync"``; camera positions come from each
@@ -375,4 +388,4 @@ def build_kitti_cvl_tiles(mosaic: GeoMosaic, root, train_drives, test_drives,
     return build_tiles(mosaic, traj, root, train_drives, test_drives, spacing_m=spacing_m,
                        tile_px=tile_px, m_per_px=m_per_px, test_radius_m=test_radius_m,
                        test2_drives=test2_drives, query_stride=query_stride,
-                       png_compression=png_compression)
+                       png_compression=png_compression, link_duplicates=link_duplicates)

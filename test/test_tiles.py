@@ -125,6 +125,10 @@ def test_build_tiles_layout(tmp_path):
         rel, lat, lon = ln.split()
         drive = rel.split("/")[1]
         assert (tmp_path / "satmap" / "test" / drive / f"{lat}_{lon}.png").is_file()
+    # frames sharing a grid point share one file (hard links)
+    d1 = tmp_path / "satmap" / "train_10mgap" / "2011_09_26" / "2011_09_26_drive_0001_sync"
+    assert (d1 / "0000000001.png").stat().st_ino == (d1 / "0000000002.png").stat().st_ino
+    assert (d1 / "0000000001.png").stat().st_ino != (d1 / "0000000030.png").stat().st_ino
     meta = read_tiles_meta(tmp_path / "satmap")
     assert meta["m_per_px"] == 0.5 and meta["tile_px"] == 64 and meta["spacing_m"] == 10.0
     assert stats["partial_tiles"] == 0
