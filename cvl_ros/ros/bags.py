@@ -248,14 +248,12 @@ def _static_transforms(drive_dir: Path) -> list[tuple[str, str, np.ndarray]]:
 
 def _simulate_odometry(T_world_body: np.ndarray, drift_pct: float, yaw_drift: float,
                        seed: int) -> np.ndarray:
-    """``T_odom_body`` with drift (the synth engineer's model; exact odometry when absent)."""
-    try:
-        from cvl_ros.synth.odometry import simulate_odometry
-    except ImportError:
-        if drift_pct or yaw_drift:
-            raise
-        return np.linalg.inv(T_world_body[0]) @ T_world_body
-    return np.asarray(simulate_odometry(T_world_body, drift_pct, yaw_drift, seed), np.float64)
+    """``T_odom_body`` (first pose = identity) with drift, by the synth package's model."""
+    from cvl_ros.synth.odometry import simulate_odometry
+
+    return np.asarray(simulate_odometry(T_world_body, drift_pct=drift_pct,
+                                        yaw_drift_deg_per_100m=yaw_drift, seed=seed),
+                      np.float64)
 
 
 def write_kitti_bag(
@@ -792,3 +790,68 @@ class BagReplayer:
         self._clock_pub = None
         if self._own_node:
             self.node.destroy_node()
+
+
+# --------------------------------------------------------------------------------------------
+# Recording live topics into a bag
+# --------------------------------------------------------------------------------------------
+class TopicRecorder:
+    """Record live topics into a ROS 2 bag (serialized bytes, like ``ros2 bag record``).
+
+    Subscriptions are raw (no deserialization). The message definitions come from the
+    rosbags typestore (ROS 2 Kilted + this package's ``msg/``). Messages are stored at their
+    receive time (wall clock, ns), as ``ros2 bag record`` does; the analysis uses header stamps.
+
+    Args:
+        node: the rclpy node to subscribe with.
+        out: output bag folder (must not exist).
+        topics: ``{topic: msgtype}`` (``pkg/msg/Name``).
+        storage: ``"mcap"`` or ``"sqlite3"``.
+        best_effort: topics subscribed best-effort (e.g. images); others reliable. The
+            subscriptions are volatile, which matches volatile and transient-local publishers.
+        depth: queue depth of each subscription.
+    """
+
+    def __init__(self, node: Any, out: str | Path, topics: dict[str, str], *,
+                 storage: str = "mcap", best_effort: Iterable[str] = (), depth: int = 100):
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        self.node = node
+        self.store = make_typestore()
+        self.counts: dict[str, int] = {t: 0 for t in topics}
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(Path(out), version=Writer.VERSION_LATEST, storage_plugin=plugin)
+        self._writer.open()
+        self._conns: dict[str, Any] = {}
+        self._subs = []
+        be = set(best_effort)
+        for topic, msgtype in topics.items():
+            cls = rclpy_message_class(msgtype)
+            self._conns[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=self.store,
+                offered_qos_profiles=[qos_profile(depth, reliable=topic not in be)])
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=depth,
+                reliability=(ReliabilityPolicy.BEST_EFFORT if topic in be
+                             else ReliabilityPolicy.RELIABLE),
+                durability=DurabilityPolicy.VOLATILE)
+            self._subs.append(node.create_subscription(
+                cls, topic, lambda data, t=topic: self._on_msg(t, data), qos, raw=True))
+        self._closed = False
+
+    def _on_msg(self, topic: str, data: bytes) -> None:
+        if self._closed:
+            return
+        self._writer.write(self._conns[topic], time.time_ns(), data)
+        self.counts[topic] += 1
+
+    def close(self) -> None:
+        """Stop recording and finish the bag (metadata.yaml)."""
+        if self._closed:
+            return
+        self._closed = True
+        for s in self._subs:
+            self.node.destroy_subscription(s)
+        self._subs.clear()
+        self._writer.close()

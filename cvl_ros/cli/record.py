@@ -1,0 +1,109 @@
+"""Record the localizer node's outputs into a bag (``python -m cvl_ros.cli.record``).
+
+A small stand-in for ``ros2 bag record`` (absent in the pip-only world), used by the demo and
+the end-to-end test. Stops on SIGINT/SIGTERM (or ``--duration``) and finishes the bag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+#: Outputs of ``cvl_localizer`` (relative names are put under ``/<node name>/``).
+NODE_OUTPUTS = {
+    "geo_pose": "cvl_ros/msg/GeoPoseEstimate",
+    "fix": "sensor_msgs/msg/NavSatFix",
+    "pose": "geometry_msgs/msg/PoseWithCovarianceStamped",
+    "heatmap": "sensor_msgs/msg/Image",
+    "/tf": "tf2_msgs/msg/TFMessage",
+    "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
+}
+BEST_EFFORT = {"heatmap"}
+
+
+def node_output_topics(node_name: str = "cvl_localizer", namespace: str = "") -> dict[str, str]:
+    """``{topic: msgtype}`` of the node's outputs (``~/x`` resolved for the node's name)."""
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    out = {}
+    for name, msgtype in NODE_OUTPUTS.items():
+        out[name if name.startswith("/") else f"{ns}/{node_name}/{name}"] = msgtype
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the recorder."""
+    p = argparse.ArgumentParser(prog="python -m cvl_ros.cli.record",
+                                description="Record the localizer node's outputs into a bag.")
+    p.add_argument("out", help="output bag folder (must not exist)")
+    p.add_argument("--node-name", default="cvl_localizer")
+    p.add_argument("--namespace", default="")
+    p.add_argument("--topic", action="append", default=[], metavar="TOPIC:=pkg/msg/Type",
+                   help="record this topic instead of the node's outputs (repeatable)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--ready-file", default=None,
+                   help="touch this file once the subscriptions exist")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recorder; returns the exit status."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.utilities import remove_ros_args
+
+    raw = sys.argv if argv is None else ["record", *argv]
+    args = build_parser().parse_args(remove_ros_args(raw)[1:])
+    from cvl_ros.ros.bags import TopicRecorder
+
+    if args.topic:
+        topics = {}
+        for item in args.topic:
+            t, sep, ty = item.partition(":=")
+            if not sep:
+                print(f"record: error: bad --topic {item!r} (TOPIC:=pkg/msg/Type)",
+                      file=sys.stderr)
+                return 2
+            topics[t] = ty
+        best_effort: set[str] = set()
+    else:
+        topics = node_output_topics(args.node_name, args.namespace)
+        best_effort = {t for t in topics if t.rsplit("/", 1)[-1] in BEST_EFFORT}
+    rclpy.init(args=raw)
+    node = rclpy.create_node("cvl_record")
+    stop = {"flag": False}
+
+    def on_term(signum, frame):  # noqa: ARG001
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    recorder = TopicRecorder(node, args.out, topics, storage=args.storage,
+                             best_effort=best_effort)
+    if args.ready_file:
+        Path(args.ready_file).touch()
+    print(f"[record] recording {', '.join(topics)} into {args.out}", flush=True)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    t_end = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while rclpy.ok() and not stop["flag"]:
+            ex.spin_once(timeout_sec=0.1)
+            if t_end is not None and time.monotonic() > t_end:
+                break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        recorder.close()
+        counts = ", ".join(f"{t}: {n}" for t, n in recorder.counts.items())
+        print(f"[record] wrote {args.out} ({counts})", flush=True)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
