@@ -1,0 +1,28 @@
+# cvl_ros: one-command setup, tests, lint and demo (pip-only world; see docs/readme/00-setup.md).
+#   make setup   create .venv and install everything (idempotent: seconds when nothing changed)
+#   make test    setup + lint + the whole test suite
+#   make lint    setup + ruff
+#   make demo    setup + scripts/demo.sh
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -q
+
+# DDS isolation for tests (test/conftest.py sets the same defaults when pytest runs alone).
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH),)
+
+.PHONY: setup test lint demo
+
+setup:
+	@CVL_VENV="$(abspath $(VENV))" bash scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	bash scripts/demo.sh
