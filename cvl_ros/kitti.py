@@ -187,6 +187,29 @@ def kitti_T_imu_cam2(calib_dir) -> np.ndarray:
     return kitti_T_imu_cam(calib_dir, 2)
 
 
+def write_kitti_calibration(date_dir, P_rect_02, size_wh, T_imu_cam2,
+                            fmt: str = "%.17g") -> None:
+    """Write the three KITTI calibration files of a (synthetic) recording day.
+
+    ``P_rect_02`` (3,4) and image size ``size_wh`` = (width, height) define camera 2;
+    ``T_imu_cam2`` (4,4) is its rectified optical frame in the IMU/body frame. Files are
+    chosen so that ``kitti_T_imu_cam2(date_dir)`` returns ``T_imu_cam2`` (identity IMU->velo
+    and R_rect_00; camera 0 = camera 2 without the baseline shift). ``fmt`` ``%.17g`` is
+    lossless; ``%e`` gives KITTI's 7 significant digits.
+    """
+    date_dir = Path(date_dir)
+    P2 = np.asarray(P_rect_02, dtype=np.float64).reshape(3, 4)
+    P0 = P2.copy()
+    P0[:, 3] = 0.0
+    shift = np.eye(4)
+    shift[:3, 3] = np.linalg.solve(P2[:, :3], P2[:, 3])
+    T_cam0_velo = np.linalg.inv(shift) @ np.linalg.inv(np.asarray(T_imu_cam2, dtype=np.float64))
+    calib = make_calib_cam_to_cam({0: P0, 1: P0, 2: P2, 3: P2}, S_rect=tuple(size_wh))
+    write_calib_cam_to_cam(date_dir / "calib_cam_to_cam.txt", calib, fmt)
+    write_calib_imu_to_velo(date_dir / "calib_imu_to_velo.txt", np.eye(4), fmt=fmt)
+    write_calib_velo_to_cam(date_dir / "calib_velo_to_cam.txt", T_cam0_velo, fmt=fmt)
+
+
 #: Height of the KITTI OXTS/IMU unit above the ground (m), from the KITTI sensor setup.
 KITTI_IMU_HEIGHT_M = 0.93
 

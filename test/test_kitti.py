@@ -176,3 +176,14 @@ def test_make_calib_cam_to_cam_round_trip(tmp_path):
     kitti.write_calib_cam_to_cam(tmp_path / "calib_cam_to_cam.txt", c)
     r = kitti.read_calib_cam_to_cam(tmp_path / "calib_cam_to_cam.txt")
     assert np.allclose(r["P_rect_02"], P2) and r["T_02"][0] == pytest.approx(0.06)
+
+
+def test_write_kitti_calibration_round_trip(tmp_path):
+    T = kitti.kitti_T_imu_cam2(DATA)  # a realistic extrinsic
+    P = np.array([[600.0, 0, 511.5, 30.0], [0, 600, 127.5, 0.1], [0, 0, 1, 0.001]])
+    kitti.write_kitti_calibration(tmp_path, P, (1024, 256), T)
+    assert np.abs(kitti.kitti_T_imu_cam2(tmp_path) - T).max() < 1e-12
+    c = kitti.read_calib_cam_to_cam(tmp_path / "calib_cam_to_cam.txt")
+    assert np.array_equal(c["P_rect_02"], P) and list(c["S_rect_02"]) == [1024, 256]
+    kitti.write_kitti_calibration(tmp_path, P, (1024, 256), T, fmt="%e")
+    assert np.abs(kitti.kitti_T_imu_cam2(tmp_path) - T).max() < 1e-5
