@@ -95,6 +95,7 @@ class CVLNetConfig:
     max_frames: int = 16
     pcsf_heads: int = 2
     pcsf_layers: int = 2
+    pcsf_separable: bool = True
     uncertainty_min: float = 0.05
     displacement_loss_weight: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -153,7 +154,8 @@ class CVLNet(nn.Module):
             self.projector = UNetProjection(C, S)
         else:
             self.projector = None
-        self.fusion = build_fusion(cfg.fusion, C, cfg.max_frames, cfg.pcsf_heads, cfg.pcsf_layers)
+        self.fusion = build_fusion(cfg.fusion, C, cfg.max_frames, cfg.pcsf_heads, cfg.pcsf_layers,
+                                   cfg.pcsf_separable)
         self.ground_head = nn.Conv2d(C, D, 1)
         self.sat_head = nn.Conv2d(C, D, 1)
         self.uncertainty_net = UncertaintyNet(C, u_min=cfg.uncertainty_min)
