@@ -6,24 +6,12 @@ import threading
 import time
 
 import pytest
-from _bag_drives import isolated_ros_env, tiny_drive
+from _bag_drives import tiny_drive
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
-pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs is not built into the venv (make setup)")
-
-from cvl_ros.ros import bags  # noqa: E402
-from cvl_ros.ros.bags import BagReplayer, parse_remaps, write_kitti_bag  # noqa: E402
+from cvl_ros.ros import bags
+from cvl_ros.ros.bags import BagReplayer, parse_remaps, write_kitti_bag
 
 pytestmark = pytest.mark.ros
-
-
-@pytest.fixture()
-def ros_context():
-    isolated_ros_env()
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    ctx.try_shutdown()
 
 
 def _spin_in_thread(node, ctx):
@@ -53,6 +41,8 @@ def test_replay_delivers_everything_with_clock(tmp_path, ros_context):
     drive = tiny_drive(tmp_path, n=n)
     write_kitti_bag(drive, tmp_path / "bag", storage="mcap")
     ctx = ros_context
+    import rclpy
+
     sub_node = rclpy.create_node("sink", context=ctx)
     got: dict[str, list] = {"img": [], "odom": [], "clock": [], "static": []}
     sub_node.create_subscription(Image, "/camera/image", lambda m: got["img"].append(m),
@@ -101,6 +91,8 @@ def test_replay_delivers_everything_with_clock(tmp_path, ros_context):
 
 def test_replay_waits_for_late_subscriber(tmp_path, ros_context):
     from sensor_msgs.msg import Image
+
+    import rclpy
 
     n = 5
     drive = tiny_drive(tmp_path, n=n)

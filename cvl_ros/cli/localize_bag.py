@@ -498,84 +498,16 @@ def write_report(rows: list[EstimateRow], out_dir: str | Path, *, images: int,
 # Bag -> Frames (messages deserialized with rosbags: no ROS runtime needed)
 # --------------------------------------------------------------------------------------------
 def _stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+    from cvl_ros.ros.convert import stamp_to_ns
+
+    return stamp_to_ns(header.stamp)
 
 
-def _quat_to_R(q: Any) -> np.ndarray:  # noqa: N802
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-
-
-def _pose_to_T(position: Any, orientation: Any) -> np.ndarray:  # noqa: N802
-    T = np.eye(4)  # noqa: N806
-    T[:3, :3] = _quat_to_R(orientation)
-    T[:3, 3] = (position.x, position.y, position.z)
-    return T
-
-
-def image_msg_to_rgb(msg: Any) -> np.ndarray:
-    """``sensor_msgs/Image`` -> RGB uint8 (rgb8, bgr8, rgba8, bgra8, mono8)."""
-    try:
-        from cvl_ros.ros.convert import image_to_rgb  # the node's conversion, when present
-
-        return image_to_rgb(msg)
-    except ImportError:
-        pass
-    import cv2
-
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    ch = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}.get(msg.encoding)
-    if ch is None:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
-    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(h, step)[:, : w * ch]
-    img = buf.reshape(h, w, ch) if ch > 1 else buf.reshape(h, w)
-    conv = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB,
-            "bgra8": cv2.COLOR_BGRA2RGB, "mono8": cv2.COLOR_GRAY2RGB}.get(msg.encoding)
-    return np.ascontiguousarray(cv2.cvtColor(img, conv) if conv is not None else img)
-
-
-class _PoseBuffer:
-    """Time-ordered poses, interpolated (linear + slerp) at a query stamp."""
-
-    def __init__(self, tolerance_s: float = 0.06) -> None:
-        self.stamps: list[int] = []
-        self.poses: list[np.ndarray] = []
-        self.tolerance_ns = int(tolerance_s * 1e9)
-
-    def add(self, stamp_ns: int, T: np.ndarray) -> None:  # noqa: N803
-        if self.stamps and stamp_ns <= self.stamps[-1]:
-            if stamp_ns < self.stamps[-1]:  # time went backwards (looping bag): restart
-                self.stamps.clear()
-                self.poses.clear()
-            else:
-                return
-        self.stamps.append(int(stamp_ns))
-        self.poses.append(T)
-
-    @property
-    def newest_ns(self) -> int | None:
-        return self.stamps[-1] if self.stamps else None
-
-    def at(self, stamp_ns: int) -> np.ndarray | None:
-        from scipy.spatial.transform import Rotation, Slerp
-
-        if not self.stamps:
-            return None
-        s = self.stamps
-        if stamp_ns <= s[0]:
-            return self.poses[0].copy() if s[0] - stamp_ns <= self.tolerance_ns else None
-        if stamp_ns >= s[-1]:
-            return self.poses[-1].copy() if stamp_ns - s[-1] <= self.tolerance_ns else None
-        k = int(np.searchsorted(s, stamp_ns))
-        t0, t1 = s[k - 1], s[k]
-        a = (stamp_ns - t0) / (t1 - t0)
-        T0, T1 = self.poses[k - 1], self.poses[k]  # noqa: N806
-        out = np.eye(4)
-        out[:3, 3] = (1 - a) * T0[:3, 3] + a * T1[:3, 3]
-        rots = Rotation.from_matrix(np.stack([T0[:3, :3], T1[:3, :3]]))
-        out[:3, :3] = Slerp([0.0, 1.0], rots)([a]).as_matrix()[0]
-        return out
+#: Largest gap (s) between an image stamp and the odometry span it may be held over (the
+#: camera stamps of KITTI precede the OXTS stamps by a few ms).
+ODOM_EXTRAPOLATION_S = 0.06
+#: Largest gap (s) between an image and the IMU heading used for it.
+HEADING_TOLERANCE_S = 0.2
 
 
 @dataclass
@@ -628,7 +560,6 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
     Images wait until odometry at or after their stamp is read, then odometry is interpolated
     at the image stamp (the node's rule); the IMU's absolute ENU yaw is interpolated likewise.
     """
-    from cvl_ros.camera import PinholeCamera
     from cvl_ros.localizer import Frame, InvalidFrameError
 
     topics = topics or BagTopics()
@@ -643,10 +574,19 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
     n_images = avail[topics.image][1]
     if max_images is not None:
         n_images = min(n_images, max_images)
-    odom = _PoseBuffer()
-    yaw_buf = _PoseBuffer(tolerance_s=0.2)
-    infos: dict[int, Any] = {}
-    last_info = None
+    from cvl_ros.ros.convert import (
+        ImageConversionError,
+        camera_info_to_pinhole,
+        image_to_rgb,
+        odometry_to_matrix,
+        transform_to_matrix,
+        yaw_from_quat,
+    )
+    from cvl_ros.ros.sync import PoseBuffer, ScalarBuffer, StampPairer, TimeWentBackwards
+
+    odom = PoseBuffer(max_age_s=30.0)
+    yaw_buf = ScalarBuffer()
+    infos = StampPairer()
     statics: dict[str, tuple[str, np.ndarray]] = {}
     pending: list[tuple[int, Any]] = []
     rows: list[EstimateRow] = []
@@ -660,28 +600,22 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
 
     def process(stamp: int, img_msg: Any) -> None:
         nonlocal used
-        info = infos.pop(stamp, None) or last_info
+        info = infos.match(stamp, -1.0)  # same stamp, else the nearest (as the node pairs)
         if info is None:
             skip("no camera_info")
             return
-        T_ob = odom.at(stamp)  # noqa: N806
-        if T_ob is None:
+        try:
+            T_ob = odom.lookup(stamp, ODOM_EXTRAPOLATION_S)  # noqa: N806
+        except LookupError:
             skip("no odometry at the image stamp")
             return
-        K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)  # noqa: N806
-        if not np.any(K):
-            K = np.asarray(info.p, dtype=np.float64).reshape(3, 4)[:, :3]  # noqa: N806
         try:
-            rgb = image_msg_to_rgb(img_msg)
-        except ValueError:
-            skip("bad image encoding")
+            rgb = image_to_rgb(img_msg)
+            cam = camera_info_to_pinhole(info)
+        except ImageConversionError as exc:
+            skip(f"bad image: {exc}")
             return
-        cam = PinholeCamera.from_matrix(K, int(info.width), int(info.height))
-        heading = None
-        if use_imu_heading:
-            R = yaw_buf.at(stamp)  # noqa: N806
-            if R is not None:
-                heading = math.atan2(R[1, 0], R[0, 0])
+        heading = yaw_buf.lookup(stamp, HEADING_TOLERANCE_S) if use_imu_heading else None
         T_bc = T_body_cam  # noqa: N806
         if T_bc is None:
             T_bc = _T_from_tf_static(statics, base_frame, img_msg.header.frame_id)  # noqa: N806
@@ -709,23 +643,23 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
         if m.topic == topics.tf_static:
             msg = store.deserialize_cdr(m.data, m.msgtype)
             for t in msg.transforms:
-                statics[t.child_frame_id] = (
-                    t.header.frame_id, _pose_to_T(t.transform.translation, t.transform.rotation))
+                statics[t.child_frame_id] = (t.header.frame_id,
+                                             transform_to_matrix(t.transform))
         elif m.topic == topics.camera_info:
             msg = store.deserialize_cdr(m.data, m.msgtype)
-            infos[_stamp_ns(msg.header)] = msg
-            last_info = msg
-            if len(infos) > 50:
-                infos.pop(next(iter(infos)))
+            infos.add(_stamp_ns(msg.header), msg)
         elif m.topic == topics.odom:
             msg = store.deserialize_cdr(m.data, m.msgtype)
-            odom.add(_stamp_ns(msg.header), _pose_to_T(msg.pose.pose.position,
-                                                       msg.pose.pose.orientation))
+            try:
+                odom.add(_stamp_ns(msg.header), odometry_to_matrix(msg))
+            except TimeWentBackwards:
+                skip("odometry went backwards (buffer reset)")
         elif m.topic == topics.imu:
             msg = store.deserialize_cdr(m.data, m.msgtype)
-            T_imu = np.eye(4)  # noqa: N806
-            T_imu[:3, :3] = _quat_to_R(msg.orientation)
-            yaw_buf.add(_stamp_ns(msg.header), T_imu)
+            try:
+                yaw_buf.add(_stamp_ns(msg.header), yaw_from_quat(msg.orientation))
+            except ValueError:
+                skip("invalid IMU orientation")
         elif m.topic == topics.fix:
             if use_gps_prior and not prior_done and hasattr(localizer, "set_gps_prior"):
                 msg = store.deserialize_cdr(m.data, m.msgtype)
@@ -739,7 +673,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
             msg = store.deserialize_cdr(m.data, m.msgtype)
             pending.append((_stamp_ns(msg.header), msg))
         # images whose stamp the odometry now covers
-        newest = odom.newest_ns
+        newest = odom.latest_stamp_ns
         while pending and newest is not None and pending[0][0] <= newest:
             process(*pending.pop(0))
             if bar is not None:
@@ -897,3 +831,34 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def expected_keyframes(bag: str | Path, *, keyframe_distance_m: float = 1.0,
+                       keyframe_interval_s: float = 0.0, topics: BagTopics | None = None,
+                       ) -> list[int]:
+    """Image stamps that the localizer's keyframe rule selects (odometry at image stamps)."""
+    topics = topics or BagTopics()
+    store = bags.make_typestore()
+    from cvl_ros.ros.convert import odometry_to_matrix
+    from cvl_ros.ros.sync import PoseBuffer
+
+    odom = PoseBuffer(max_age_s=1e9)
+    stamps: list[int] = []
+    for m in bags.iter_bag(bag, [topics.image, topics.odom]):
+        msg = store.deserialize_cdr(m.data, m.msgtype) if m.topic == topics.odom else None
+        if msg is not None:
+            odom.add(_stamp_ns(msg.header), odometry_to_matrix(msg))
+        else:
+            stamps.append(m.stamp_ns)
+    out: list[int] = []
+    last_T, last_t = None, None  # noqa: N806
+    for s in stamps:
+        try:
+            T = odom.lookup(s, ODOM_EXTRAPOLATION_S)  # noqa: N806
+        except LookupError:
+            continue
+        if last_T is None or np.linalg.norm(T[:2, 3] - last_T[:2, 3]) >= keyframe_distance_m \
+                or (keyframe_interval_s > 0 and (s - last_t) * 1e-9 >= keyframe_interval_s):
+            out.append(s)
+            last_T, last_t = T, s  # noqa: N806
+    return out

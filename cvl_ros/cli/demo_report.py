@@ -1,0 +1,137 @@
+"""Report of a live node run: the node's recorded outputs against the replayed bag.
+
+``python -m cvl_ros.cli.demo_report --outputs OUT_BAG --bag INPUT_BAG --out DIR`` writes
+``estimates.csv``, ``summary.json``, ``trajectory.png``, ``error.png`` and ``heatmap.png`` and
+prints a short summary. Used by ``make demo`` and the end-to-end test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvl_ros.cli import localize_bag as lb
+from cvl_ros.ros import bags
+
+
+def _image_to_array(msg: Any) -> np.ndarray:
+    h, w = int(msg.height), int(msg.width)
+    ch = {"rgb8": 3, "bgr8": 3, "mono8": 1, "rgba8": 4, "bgra8": 4}.get(msg.encoding)
+    if ch is None:
+        if msg.encoding in ("32FC1", "mono16"):
+            dt = np.float32 if msg.encoding == "32FC1" else np.uint16
+            return np.frombuffer(bytes(msg.data), dtype=dt).reshape(h, -1)[:, :w]
+        raise ValueError(f"heatmap encoding {msg.encoding!r} not supported")
+    a = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(h, int(msg.step))[:, : w * ch]
+    a = a.reshape(h, w, ch)
+    if msg.encoding.startswith("bgr"):
+        a = a[..., [2, 1, 0]]
+    return a[..., 0] if ch == 1 else a[..., :3]
+
+
+def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str | Path, *,
+                    node_name: str = "cvl_localizer", mosaic: str | Path | None = None,
+                    keyframe_distance_m: float = 1.0, keyframe_interval_s: float = 0.0,
+                    extra: dict | None = None) -> dict:
+    """Compare the node's recorded outputs with the input bag; write the report files."""
+    store = bags.make_typestore()
+    geo_topic = f"/{node_name}/geo_pose"
+    heat_topic = f"/{node_name}/heatmap"
+    rows: list[lb.EstimateRow] = []
+    heatmaps: list[np.ndarray] = []
+    map_odom: list[int] = []
+    available = bags.bag_topics(outputs_bag)
+    for m in bags.iter_bag(outputs_bag):
+        if m.topic == geo_topic:
+            rows.append(lb.EstimateRow.from_geo_pose(store.deserialize_cdr(m.data, m.msgtype)))
+        elif m.topic == heat_topic:
+            heatmaps.append(_image_to_array(store.deserialize_cdr(m.data, m.msgtype)))
+        elif m.topic == bags.TOPIC_TF:
+            msg = store.deserialize_cdr(m.data, m.msgtype)
+            for t in msg.transforms:
+                if t.child_frame_id.endswith("odom") and t.header.frame_id.endswith("map"):
+                    map_odom.append(t.header.stamp.sec * 1_000_000_000 + t.header.stamp.nanosec)
+    rows.sort(key=lambda r: r.stamp_ns)
+    image_stamps = [m.stamp_ns for m in bags.iter_bag(input_bag, [bags.TOPIC_IMAGE])]
+    image_set = set(image_stamps)
+    keyframes = lb.expected_keyframes(input_bag, keyframe_distance_m=keyframe_distance_m,
+                                      keyframe_interval_s=keyframe_interval_s)
+    gt = lb.ground_truth_from_bag(input_bag)
+    est_stamps = {r.stamp_ns for r in rows}
+    fix_stamps = {r.stamp_ns for r in rows if r.has_fix}
+    src = bags.bag_custom_data(input_bag).get(bags.META_PREFIX + "source_drive")
+    mosaic = mosaic or lb.find_mosaic(src)
+    heat = heatmaps[len(heatmaps) // 2] if heatmaps else None
+    info = {
+        "outputs_bag": str(outputs_bag),
+        "input_bag": str(input_bag),
+        "recorded_topics": {t: c for t, (_, c) in available.items()},
+        "expected_keyframes": len(keyframes),
+        "keyframes_with_estimate": len(est_stamps & set(keyframes)),
+        "keyframes_with_fix": len(fix_stamps & set(keyframes)),
+        "keyframe_estimate_rate": (len(est_stamps & set(keyframes)) / len(keyframes)
+                                   if keyframes else 0.0),
+        "keyframe_fix_rate": (len(fix_stamps & set(keyframes)) / len(keyframes)
+                              if keyframes else 0.0),
+        "stamps_match_images": bool(rows) and est_stamps <= image_set,
+        "estimates_not_at_image_stamps": len(est_stamps - image_set),
+        "tf_map_odom": len(map_odom),
+        "heatmaps": len(heatmaps),
+    }
+    if extra:
+        info.update(extra)
+    summary = lb.write_report(rows, out_dir, images=len(image_stamps), gt=gt, mosaic=mosaic,
+                              heatmap=heat, extra=info)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """A few human lines of a node-run summary."""
+    def f(v: Any, unit: str = "") -> str:
+        return "n/a" if v is None else (f"{v:.2f}{unit}" if isinstance(v, float) else f"{v}{unit}")
+
+    return "\n".join([
+        f"images replayed      : {s.get('images')}",
+        f"keyframes (expected) : {s.get('expected_keyframes')}",
+        f"estimates / fixes    : {s.get('estimates')} / {s.get('fixes')} "
+        f"(fix at {100 * s.get('keyframe_fix_rate', 0.0):.0f} % of keyframes)",
+        f"median / p90 error   : {f(s.get('median_error_m'), ' m')} / "
+        f"{f(s.get('p90_error_m'), ' m')}",
+        f"mean latency         : {f(s.get('mean_latency_ms'), ' ms')}",
+        f"map->odom TFs        : {s.get('tf_map_odom')}   heatmaps: {s.get('heatmaps')}",
+        f"stamps = image stamps: {s.get('stamps_match_images')}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the report of a node run; returns the exit status."""
+    p = argparse.ArgumentParser(prog="python -m cvl_ros.cli.demo_report",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--outputs", required=True, help="bag recorded from the node's outputs")
+    p.add_argument("--bag", required=True, help="the input bag that was replayed")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--node-name", default="cvl_localizer")
+    p.add_argument("--mosaic", default=None)
+    p.add_argument("--keyframe-distance", type=float, default=1.0)
+    p.add_argument("--keyframe-interval", type=float, default=0.0)
+    p.add_argument("--extra", default=None, help="JSON object merged into summary.json")
+    args = p.parse_args(argv)
+    for b in (args.outputs, args.bag):
+        if not (Path(b) / "metadata.yaml").is_file():
+            print(f"demo_report: error: {b} is not a bag", file=sys.stderr)
+            return 2
+    s = node_run_report(args.outputs, args.bag, args.out, node_name=args.node_name,
+                        mosaic=args.mosaic, keyframe_distance_m=args.keyframe_distance,
+                        keyframe_interval_s=args.keyframe_interval,
+                        extra=json.loads(args.extra) if args.extra else None)
+    print(format_summary(s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
