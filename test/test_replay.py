@@ -90,9 +90,8 @@ def test_replay_delivers_everything_with_clock(tmp_path, ros_context):
 
 
 def test_replay_waits_for_late_subscriber(tmp_path, ros_context):
-    from sensor_msgs.msg import Image
-
     import rclpy
+    from sensor_msgs.msg import Image
 
     n = 5
     drive = tiny_drive(tmp_path, n=n)
