@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Top-level import name -> rosdep key declared in package.xml.
 ROSDEP_KEYS = {
     "rclpy": "rclpy",
+    "rcl_interfaces": "rcl_interfaces",
     "std_msgs": "std_msgs",
     "sensor_msgs": "sensor_msgs",
     "geometry_msgs": "geometry_msgs",
