@@ -184,12 +184,14 @@ class _Conv3dFusion(nn.Module):
     def __init__(self, c: int, attn: bool) -> None:
         super().__init__()
         self.attn = attn
-        self.net = nn.Sequential(nn.Conv3d(c + 1, c, 3, 1, 1), nn.ReLU(inplace=True),
-                                 nn.Conv3d(c, 1 if attn else c, 3, 1, 1))
+        self.conv1 = nn.Conv3d(c + 1, c, 3, 1, 1)
+        self.conv2 = nn.Conv3d(c, 1 if attn else c, 3, 1, 1)
 
     def forward(self, x, mask):
+        mt = mask.transpose(1, 2)  # (B,1,N,S,S)
         xm = torch.cat([x * mask, mask], 2).transpose(1, 2)  # (B,C+1,N,S,S)
-        y = self.net(xm).transpose(1, 2)  # (B,N,c',S,S)
+        # hidden activations are zeroed where a frame is invalid, so padding frames are inert
+        y = self.conv2(torch.relu(self.conv1(xm)) * mt).transpose(1, 2)  # (B,N,c',S,S)
         if not self.attn:
             return masked_mean(y, mask)
         w = _masked_softmax_over_frames(y, mask > 0.5, dim=1)
