@@ -449,12 +449,14 @@ class LocalizerNode(LifecycleNode):
         except TimeWentBackwards as exc:
             self._time_reset(str(exc))
 
-    def _time_reset(self, reason: str) -> None:
+    def _time_reset(self, reason: str, stamp_ns: int | None = None) -> None:
+        """Time went backwards: forget the future of the previous run and reset the localizer."""
         self.counters["resets"] += 1
         self.last_reset_reason = reason
         self.get_logger().warning(f"resetting: {reason}")
-        self.heading_buf.clear()
-        self.info_pairer.clear()
+        if stamp_ns is not None:
+            self.odom_buf.drop_after(stamp_ns)
+            self.heading_buf.drop_after(stamp_ns)
         self._tf_last = None
         if self.localizer is not None:
             self.localizer.reset(reason)
@@ -577,7 +579,7 @@ class LocalizerNode(LifecycleNode):
         map_frame = str(self.p("map_frame"))
         if self._last_image_stamp_ns is not None and stamp_ns < self._last_image_stamp_ns:
             self._time_reset(f"image stamps went backwards by "
-                             f"{(self._last_image_stamp_ns - stamp_ns) * 1e-9:.3f} s")
+                             f"{(self._last_image_stamp_ns - stamp_ns) * 1e-9:.3f} s", stamp_ns)
         self._last_image_stamp_ns = stamp_ns
         loc = self.localizer
         if loc is None:
@@ -619,19 +621,18 @@ class LocalizerNode(LifecycleNode):
         self._publish_estimate(est, stamp, latency)
 
     def _odom_at(self, stamp_ns: int) -> np.ndarray | None:
+        """Odometry interpolated at the image stamp (waits briefly for newer odometry)."""
         deadline = time.monotonic() + float(self.p("odom_wait_s"))
-        extrap = float(self.p("odom_max_extrapolation_s"))
-        while True:
-            try:
-                return self.odom_buf.lookup(stamp_ns, extrap)
-            except LookupError as exc:
-                latest = self.odom_buf.latest_stamp_ns
-                waiting = latest is None or latest < stamp_ns
-                if waiting and time.monotonic() < deadline and not self._stop.is_set():
-                    time.sleep(0.01)
-                    continue
-                self.input_error(f"image dropped: no odometry at its stamp ({exc})")
-                return None
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            latest = self.odom_buf.latest_stamp_ns
+            if latest is not None and latest >= stamp_ns:
+                break
+            time.sleep(0.005)
+        try:
+            return self.odom_buf.lookup(stamp_ns, float(self.p("odom_max_extrapolation_s")))
+        except LookupError as exc:
+            self.input_error(f"image dropped: no odometry at its stamp ({exc})")
+            return None
 
     def _heading_at(self, stamp_ns: int, T_ob: np.ndarray) -> float | None:  # noqa: N803
         if str(self.p("heading_source")) == "imu":

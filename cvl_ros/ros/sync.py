@@ -45,6 +45,13 @@ class PoseBuffer:
             self._stamps.clear()
             self._poses.clear()
 
+    def drop_after(self, stamp_ns: int) -> None:
+        """Forget poses newer than ``stamp_ns`` (a previous loop of a bag)."""
+        with self._lock:
+            i = bisect.bisect_right(self._stamps, int(stamp_ns))
+            del self._stamps[i:]
+            del self._poses[i:]
+
     @property
     def latest_stamp_ns(self) -> int | None:
         """Newest stamp, or None."""
@@ -121,6 +128,12 @@ class ScalarBuffer:
         """Forget everything."""
         with self._lock:
             self._items.clear()
+
+    def drop_after(self, stamp_ns: int) -> None:
+        """Forget samples newer than ``stamp_ns``."""
+        with self._lock:
+            while self._items and self._items[-1][0] > stamp_ns:
+                self._items.pop()
 
     def add(self, stamp_ns: int, value: float) -> None:
         """Append a sample (a sample older than the newest clears the buffer first)."""

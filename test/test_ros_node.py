@@ -1,0 +1,340 @@
+"""In-process tests of the cvl_localizer lifecycle node (isolated domain, timeouts)."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+from _ros_node_helpers import Drive, OracleLocalizer, build_tiny_resources, extrinsics_param
+
+pytestmark = pytest.mark.ros
+
+NS = "/cvl_localizer"
+
+
+@pytest.fixture(scope="module")
+def resources(tmp_path_factory):
+    return build_tiny_resources(tmp_path_factory.mktemp("cvl_node_res"))
+
+
+def _make_node(ctx, **params):
+    from rclpy.parameter import Parameter
+
+    from cvl_ros.ros.node import LocalizerNode
+
+    base = {"tf_publish_rate_hz": 20.0, "diagnostics_rate_hz": 5.0, "odom_wait_s": 0.5,
+            "camera_extrinsics_xyz_rpy": extrinsics_param(), "use_tf_static_extrinsics": False}
+    base.update(params)
+    return LocalizerNode(context=ctx, parameter_overrides=[Parameter(k, value=v)
+                                                           for k, v in base.items()])
+
+
+class Probe:
+    """Test-side node: publishes inputs, records outputs."""
+
+    def __init__(self, ctx):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from nav_msgs.msg import Odometry
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image, NavSatFix
+        from tf2_msgs.msg import TFMessage
+
+        from cvl_ros.msg import GeoPoseEstimate
+
+        self.node = rclpy.create_node("probe", context=ctx)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.geo, self.fix, self.pose, self.tf, self.diag, self.heat = [], [], [], [], [], []
+        n = self.node
+        n.create_subscription(GeoPoseEstimate, NS + "/geo_pose", self.geo.append, latched)
+        n.create_subscription(NavSatFix, NS + "/fix", self.fix.append, 10)
+        n.create_subscription(PoseWithCovarianceStamped, NS + "/pose", self.pose.append, 10)
+        n.create_subscription(TFMessage, "/tf", self.tf.append, 100)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self.diag.append, 10)
+        n.create_subscription(Image, NS + "/heatmap", self.heat.append, 10)
+        self.pub_img = n.create_publisher(Image, "image", 10)
+        self.pub_info = n.create_publisher(CameraInfo, "camera_info", 10)
+        self.pub_odom = n.create_publisher(Odometry, "odom", 50)
+        self.pub_init = n.create_publisher(PoseWithCovarianceStamped, "initialpose", 10)
+
+    def geo_for(self, stamp_ns):
+        from cvl_ros.ros.convert import stamp_to_ns
+
+        return [g for g in self.geo if stamp_to_ns(g.header.stamp) == stamp_ns]
+
+    def diag_values(self):
+        if not self.diag:
+            return {}, None
+        st = self.diag[-1].status[0]
+        return {kv.key: kv.value for kv in st.values}, st
+
+
+def _wait_connected(ex, spin_until, probe, node):
+    spin_until(ex, lambda: probe.pub_img.get_subscription_count() > 0
+               and probe.pub_odom.get_subscription_count() > 0
+               and probe.pub_info.get_subscription_count() > 0, 10.0, "subscriptions")
+
+
+def _feed(ex, spin_until, probe, node, drive, i, expect_output=True, **kw):
+    before = (len(probe.geo_for(drive.stamps[i])), node.counters["input_errors"],
+              node.counters["processed_images"])
+    probe.pub_odom.publish(drive.odom_msg(i, nan=kw.get("nan", False)))
+    if kw.get("info", True):
+        probe.pub_info.publish(drive.info_msg(i, kw.get("width"), kw.get("height")))
+    probe.pub_img.publish(kw.get("img") or drive.image_msg(i, kw.get("encoding", "rgb8")))
+    if expect_output:
+        spin_until(ex, lambda: len(probe.geo_for(drive.stamps[i])) > before[0], 10.0,
+                   f"geo_pose for frame {i} (last input error: {node.last_error!r}, "
+                   f"{node.counters})")
+    else:
+        spin_until(ex, lambda: node.counters["input_errors"] > before[1]
+                   or node.counters["processed_images"] > before[2], 10.0, f"frame {i} handled")
+
+
+def _setup(ros_executor, spin_until, node, probe=None):
+    ex = ros_executor
+    ex.add_node(node)
+    probe = probe or Probe(ex.context)
+    ex.add_node(probe.node)
+    return ex, probe
+
+
+def _lifecycle_state(ex, spin_until, probe):
+    from lifecycle_msgs.srv import GetState
+
+    cli = probe.node.create_client(GetState, NS + "/get_state")
+    assert cli.wait_for_service(timeout_sec=5.0)
+    fut = cli.call_async(GetState.Request())
+    spin_until(ex, fut.done, 5.0, "get_state")
+    probe.node.destroy_client(cli)
+    return fut.result().current_state.label
+
+
+def _counts(node):
+    return (len(list(node.subscriptions)), len(list(node.publishers)),
+            len(list(node.services)), len(list(node.timers)), threading.active_count())
+
+
+def test_lifecycle_transitions_and_repeated_cycles_leak_nothing(ros_executor, spin_until,
+                                                                resources):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    ckpt, db = resources
+    node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(db))
+    ex, probe = _setup(ros_executor, spin_until, node)
+    assert _lifecycle_state(ex, spin_until, probe) == "unconfigured"
+    base = _counts(node)
+    # configure through the standard service, like a lifecycle manager
+    cli = probe.node.create_client(ChangeState, NS + "/change_state")
+    assert cli.wait_for_service(timeout_sec=5.0)
+    fut = cli.call_async(ChangeState.Request(transition=Transition(
+        id=Transition.TRANSITION_CONFIGURE)))
+    spin_until(ex, fut.done, 20.0, "configure")
+    assert fut.result().success
+    assert node.localizer is not None and not node.missing
+    assert _lifecycle_state(ex, spin_until, probe) == "inactive"
+    for _ in range(3):
+        node.trigger_activate()
+        assert _lifecycle_state(ex, spin_until, probe) == "active"
+        assert node._worker is not None and node._worker.is_alive()
+        active = _counts(node)
+        assert active[0] > base[0] and active[1] > base[1]
+        node.trigger_deactivate()
+        assert _lifecycle_state(ex, spin_until, probe) == "inactive"
+        assert _counts(node) == base
+        node.trigger_cleanup()
+        assert node.localizer is None
+        assert _lifecycle_state(ex, spin_until, probe) == "unconfigured"
+        assert _counts(node) == base
+        node.trigger_configure()
+    node.trigger_shutdown()
+    assert _lifecycle_state(ex, spin_until, probe) == "finalized"
+
+
+def test_missing_database_still_activates_publishes_no_fix_and_says_how(ros_executor,
+                                                                        spin_until, resources,
+                                                                        tmp_path):
+    from cvl_ros.msg import GeoPoseEstimate
+
+    ckpt, _ = resources
+    node = _make_node(ros_executor.context, checkpoint_path=str(ckpt),
+                      database_path=str(tmp_path / "nope"))
+    ex, probe = _setup(ros_executor, spin_until, node)
+    node.trigger_configure()
+    node.trigger_activate()
+    assert node.localizer is None and any("database" in m for m in node.missing)
+    spin_until(ex, lambda: probe.geo and probe.diag, 10.0, "NO_FIX geo_pose and diagnostics")
+    assert probe.geo[-1].status == GeoPoseEstimate.NO_FIX
+    values, st = probe.diag_values()
+    assert st.level == st.ERROR
+    assert "cvl-build-db" in st.message and "make demo" in values["missing_resources"]
+    # images still give NO_FIX (stamped with the image) and nothing crashes
+    drive = Drive(n=2)
+    _wait_connected(ex, spin_until, probe, node)
+    _feed(ex, spin_until, probe, node, drive, 0)
+    assert probe.geo_for(drive.stamps[0])[0].status == GeoPoseEstimate.NO_FIX
+
+
+def _oracle_node(ros_executor, spin_until, drive, resources, **params):
+    ckpt, db = resources
+    node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(db),
+                      odom_yaw_offset_rad=float(drive.odom_yaw_offset), **params)
+    ex, probe = _setup(ros_executor, spin_until, node)
+    node.trigger_configure()
+    node.localizer = OracleLocalizer(drive.truth)  # same Localizer, oracle matcher
+    node.trigger_activate()
+    _wait_connected(ex, spin_until, probe, node)
+    return ex, probe, node
+
+
+def test_pipeline_outputs_agree_and_tf_is_map_to_odom(ros_executor, spin_until, resources):
+    from cvl_ros.msg import GeoPoseEstimate
+    from cvl_ros.ros.convert import pose_to_matrix, stamp_to_ns, transform_to_matrix
+
+    drive = Drive(n=12)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources)
+    for i in range(len(drive.stamps)):
+        _feed(ex, spin_until, probe, node, drive, i)
+    last = probe.geo_for(drive.stamps[-1])[-1]
+    assert last.status == GeoPoseEstimate.TRACKING
+    assert stamp_to_ns(last.header.stamp) == drive.stamps[-1]
+    assert last.header.frame_id == "map" and last.window_length == 2
+    truth = drive.T_world[-1]
+    assert math.hypot(last.pose.pose.position.x - truth[0, 3],
+                      last.pose.pose.position.y - truth[1, 3]) < 2.0
+    assert abs(last.yaw_rad - 0.2) < 1e-6
+    cov = np.asarray(last.pose.covariance).reshape(6, 6)
+    assert np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > 0
+    assert last.datum_latitude_deg == pytest.approx(49.015)
+    assert len(last.candidates) > 0
+    # NavSatFix and PoseWithCovarianceStamped of the same stamp agree with the GeoPoseEstimate
+    spin_until(ex, lambda: any(stamp_to_ns(f.header.stamp) == drive.stamps[-1] for f in probe.fix)
+               and any(stamp_to_ns(p.header.stamp) == drive.stamps[-1] for p in probe.pose),
+               5.0, "fix and pose")
+    fix = [f for f in probe.fix if stamp_to_ns(f.header.stamp) == drive.stamps[-1]][-1]
+    pose = [p for p in probe.pose if stamp_to_ns(p.header.stamp) == drive.stamps[-1]][-1]
+    assert fix.latitude == pytest.approx(last.latitude_deg, abs=1e-12)
+    assert fix.longitude == pytest.approx(last.longitude_deg, abs=1e-12)
+    fcov = np.asarray(fix.position_covariance).reshape(3, 3)
+    assert np.allclose(fcov[:2, :2], cov[:2, :2])
+    assert pose.header.frame_id == "map"
+    assert np.allclose(np.asarray(pose.pose.covariance), np.asarray(last.pose.covariance))
+    T_map_body = pose_to_matrix(pose.pose.pose)
+    assert np.allclose(T_map_body, pose_to_matrix(last.pose.pose), atol=1e-9)
+    # map->odom: stamped image stamp + transform_tolerance; composes with odometry into the pose
+    tol_ns = 100_000_000
+    spin_until(ex, lambda: any(stamp_to_ns(t.header.stamp) == drive.stamps[-1] + tol_ns
+                               for m in probe.tf for t in m.transforms), 5.0, "map->odom")
+    tfs = [t for m in probe.tf for t in m.transforms]
+    assert all(t.header.frame_id == "map" and t.child_frame_id == "odom" for t in tfs)
+    t_last = [t for t in tfs if stamp_to_ns(t.header.stamp) == drive.stamps[-1] + tol_ns][0]
+    T_map_odom = transform_to_matrix(t_last.transform)
+    assert np.allclose(T_map_odom @ drive.T_odom[-1], T_map_body, atol=1e-6)
+    # re-sent at a steady rate while no new estimate arrives
+    n_before = len(probe.tf)
+    spin_until(ex, lambda: len(probe.tf) >= n_before + 3, 5.0, "steady map->odom re-sends")
+    assert probe.heat and probe.heat[-1].encoding == "rgb8"
+    values, st = probe.diag_values()
+    spin_until(ex, lambda: probe.diag_values()[0].get("localization_state") == "TRACKING",
+               5.0, "diagnostics TRACKING")
+    values, st = probe.diag_values()
+    assert values["window_fill"] == "2/2" and float(values["latency_s"]) >= 0
+
+
+def test_time_jump_resets(ros_executor, spin_until, resources):
+    drive = Drive(n=6)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources)
+    for i in range(4):
+        _feed(ex, spin_until, probe, node, drive, i)
+    assert probe.geo_for(drive.stamps[3])[-1].window_length == 2
+    looped = Drive(n=6, stamp0_ns=drive.stamps[0] - 10**9)  # the bag loops: stamps go back
+    node.localizer.truth_by_stamp.update(looped.truth)
+    _feed(ex, spin_until, probe, node, looped, 0)
+    g = probe.geo_for(looped.stamps[0])[-1]
+    assert g.window_length == 1
+    assert node.counters["resets"] >= 1 and "backwards" in node.last_reset_reason
+    _feed(ex, spin_until, probe, node, looped, 1)
+    assert probe.geo_for(looped.stamps[1])[-1].window_length == 2
+
+
+def test_bad_inputs_give_diagnostics_and_no_crash(ros_executor, spin_until, resources):
+    from cvl_ros.ros import convert
+
+    drive = Drive(n=8)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources,
+                                   camera_info_tolerance_s=0.01)
+    _feed(ex, spin_until, probe, node, drive, 0)
+    cases = [
+        ({"encoding": "bgr8"}, None),  # supported: control
+    ]
+    _feed(ex, spin_until, probe, node, drive, 1, **cases[0][0])
+    bad = drive.image_msg(2)
+    bad.encoding = "16UC1"
+    _feed(ex, spin_until, probe, node, drive, 2, expect_output=False, img=bad)
+    assert "unsupported image encoding '16UC1'" in node.last_error
+    _feed(ex, spin_until, probe, node, drive, 3, expect_output=False, width=256, height=128)
+    assert "256x128" in node.last_error and "128x64" in node.last_error
+    _feed(ex, spin_until, probe, node, drive, 4, expect_output=False, nan=True)
+    assert "odometry" in node.last_error
+    _feed(ex, spin_until, probe, node, drive, 5, expect_output=False, info=False)
+    assert "camera_info" in node.last_error
+    spin_until(ex, lambda: "camera_info" in probe.diag_values()[0].get("last_input_error", ""),
+               5.0, "diagnostic of the last input error")
+    assert probe.diag_values()[1].level == probe.diag_values()[1].WARN
+    # a good frame still goes through afterwards
+    _feed(ex, spin_until, probe, node, drive, 6)
+    assert node._worker.is_alive()
+    assert convert.stamp_to_ns(probe.geo[-1].header.stamp) == drive.stamps[6]
+
+
+def test_real_tiny_model_end_to_end(ros_executor, spin_until, resources):
+    from cvl_ros.ros.convert import stamp_to_ns
+
+    ckpt, db = resources
+    drive = Drive(n=4, start=(0.0, 0.0), yaw=0.0, odom_yaw=0.0)
+    node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(db),
+                      device="auto")
+    ex, probe = _setup(ros_executor, spin_until, node)
+    node.trigger_configure()
+    node.trigger_activate()
+    assert node.localizer is not None, node.missing
+    _wait_connected(ex, spin_until, probe, node)
+    for i in range(4):
+        _feed(ex, spin_until, probe, node, drive, i)
+        g = probe.geo_for(drive.stamps[i])[-1]
+        assert stamp_to_ns(g.header.stamp) == drive.stamps[i]
+        assert g.tiles_searched > 0
+        cov = np.asarray(g.pose.covariance).reshape(6, 6)
+        assert np.linalg.eigvalsh(cov).min() > 0
+
+
+def test_relocalize_service_and_initialpose(ros_executor, spin_until, resources):
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from std_srvs.srv import Trigger
+
+    drive = Drive(n=6)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources)
+    for i in range(3):
+        _feed(ex, spin_until, probe, node, drive, i)
+    cli = probe.node.create_client(Trigger, NS + "/relocalize")
+    assert cli.wait_for_service(timeout_sec=5.0)
+    fut = cli.call_async(Trigger.Request())
+    spin_until(ex, fut.done, 5.0, "relocalize")
+    assert fut.result().success
+    _feed(ex, spin_until, probe, node, drive, 3)
+    assert probe.geo_for(drive.stamps[3])[-1].tiles_searched == len(node.localizer.db)
+    m = PoseWithCovarianceStamped()
+    m.header.frame_id = "map"
+    m.pose.pose.position.x, m.pose.pose.position.y = (float(drive.T_world[4][0, 3]),
+                                                      float(drive.T_world[4][1, 3]))
+    m.pose.pose.orientation.w = 1.0
+    m.pose.covariance[0] = m.pose.covariance[7] = 4.0
+    probe.pub_init.publish(m)
+    spin_until(ex, lambda: not node.localizer._global_mode, 5.0, "initialpose applied")
+    _feed(ex, spin_until, probe, node, drive, 4)
+    assert probe.geo_for(drive.stamps[4])[-1].tiles_searched < len(node.localizer.db)
