@@ -62,7 +62,7 @@ PARAMS: dict[str, tuple[object, str]] = {
     "autostart": (True, "configure and activate by itself at start (cvl-localize); the launch "
                         "file sets it false and drives the transitions"),
     "map_frame": ("map", "frame of the outputs (ENU about the map datum)"),
-    "odom_frame": ("odom", "odometry frame (parent of map->odom's child)"),
+    "odom_frame": ("odom", "odometry frame (child of map->odom, parent of base_frame)"),
     "base_frame": ("base_link", "vehicle body frame"),
     "camera_frame": ("", "optical frame of the camera; '' = the image header's frame_id"),
     "use_compressed": (False, "subscribe to image/compressed (CompressedImage) instead of image"),

@@ -1,0 +1,114 @@
+"""The node as its own process (`cvl-localize` + the shipped params file), inputs from this one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from _ros_node_helpers import Drive, build_tiny_resources, extrinsics_param
+
+pytestmark = pytest.mark.ros
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = ROOT / "config" / "localize.yaml"
+
+
+def _node_cmd():
+    exe = shutil.which("cvl-localize", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "cvl_ros.ros.node"]
+
+
+def test_params_file_documents_every_parameter_with_the_node_defaults():
+    from cvl_ros.localizer import LocalizerConfig
+    from cvl_ros.ros.node import _LOCALIZER_SKIP, PARAMS, _localizer_param_defaults
+
+    text = PARAMS_FILE.read_text()
+    params = yaml.safe_load(text)["/**"]["ros__parameters"]
+    loc = params.pop("localizer")
+    assert params == {k: v for k, (v, _) in PARAMS.items()}
+    flat = {"localizer." + k: v for k, v in loc.items()}
+    assert flat == _localizer_param_defaults()
+    assert len(loc) == len([f for f in LocalizerConfig.__dataclass_fields__
+                            if f not in _LOCALIZER_SKIP])
+    lines = text.splitlines()
+    for i, line in enumerate(lines):  # every parameter line follows a comment with its default
+        s = line.strip()
+        if s and not s.startswith("#") and ":" in s and not s.endswith(":"):
+            j, block = i - 1, ""
+            while j >= 0 and lines[j].strip().startswith("#"):
+                block = lines[j] + block
+                j -= 1
+            assert "(default" in block.replace("#", "").replace("  ", " "), line
+
+
+def test_shipped_params_file_alone_configures_and_activates(ros_context):
+    from cvl_ros.ros.node import LocalizerNode
+
+    node = LocalizerNode(context=ros_context,
+                         cli_args=["--ros-args", "--params-file", str(PARAMS_FILE)])
+    try:
+        assert node.p("database_path") == "demo_out/tiles_db"
+        node.trigger_configure()
+        node.trigger_activate()
+        assert node._lifecycle_state == "active"
+        # either it localizes (demo model + demo DB built) or it says what is missing and how
+        assert node.localizer is not None or any(
+            "cvl-build-db" in m or "models/cvlnet_demo" in m for m in node.missing)
+    finally:
+        node.destroy_node()
+
+
+def test_two_processes(tmp_path, ros_executor, spin_until):
+    from test_ros_node import Probe, _feed, _wait_connected
+
+    from cvl_ros.ros.convert import stamp_to_ns
+
+    ckpt, db = build_tiny_resources(tmp_path)
+    env = dict(os.environ)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    xyz = ",".join(str(v) for v in extrinsics_param())
+    cmd = _node_cmd() + ["--ros-args", "--params-file", str(PARAMS_FILE),
+                         "-p", f"checkpoint_path:={ckpt}", "-p", f"database_path:={db}",
+                         "-p", "device:=cpu", "-p", "use_tf_static_extrinsics:=false",
+                         "-p", f"camera_extrinsics_xyz_rpy:=[{xyz}]",
+                         "-p", "odom_wait_s:=1.0"]
+    log = open(tmp_path / "node.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        probe = Probe(ros_executor.context)
+        ros_executor.add_node(probe.node)
+
+        class _Remote:  # _feed reads counters only when no output is expected
+            counters = {"input_errors": 0, "processed_images": 0}
+            last_error = "(remote process)"
+
+        _wait_connected(ros_executor, spin_until, probe, None)
+        drive = Drive(n=3)
+        t0 = time.monotonic()
+        for i in range(3):
+            _feed(ros_executor, spin_until, probe, _Remote, drive, i)
+        g = probe.geo_for(drive.stamps[-1])[-1]
+        assert stamp_to_ns(g.header.stamp) == drive.stamps[-1]
+        assert g.tiles_searched > 0 and g.window_length >= 1
+        assert time.monotonic() - t0 < 60
+        spin_until(ros_executor, lambda: any(
+            d.status[0].name.endswith("localization") for d in probe.diag), 5.0, "diagnostics")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        log.close()
+    out = (tmp_path / "node.log").read_text()
+    assert "configured: model" in out, out
+    assert rc in (0, -signal.SIGINT), out
