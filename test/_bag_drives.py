@@ -16,6 +16,7 @@ from cvl_ros.kitti import (
     rpy_to_rotation,
     write_image,
     write_oxts_dir,
+    write_oxts_packet,
     write_timestamps,
 )
 
@@ -46,8 +47,12 @@ def frame_image(i: int, h: int = 48, w: int = 160) -> np.ndarray:
 
 
 def tiny_drive(tmp: Path, n: int = 10, speed_mps: float = 8.0, yaw_rate: float = 0.1,
-               image_hw: tuple[int, int] = (48, 160)) -> Path:
-    """Write a small KITTI raw drive (real calibration, generated OXTS path and images)."""
+               image_hw: tuple[int, int] = (48, 160), gps_offset_m: float | None = None) -> Path:
+    """Write a small KITTI raw drive (real calibration, generated OXTS path and images).
+
+    With ``gps_offset_m``, ``oxts/`` is shifted that far east (a GPS error) and the exact poses
+    go to ``oxts_true/``, as cvl-synth writes them.
+    """
     root = Path(tmp) / "tiny"
     date_dir = root / DATE
     drive = date_dir / "2011_09_26_drive_0099_sync"
@@ -72,6 +77,15 @@ def tiny_drive(tmp: Path, n: int = 10, speed_mps: float = 8.0, yaw_rate: float =
     t0 = 1317042145_961661696
     cam_stamps = t0 + np.arange(n, dtype=np.int64) * 100_000_000
     oxts_stamps = cam_stamps + 2_700_000
+    if gps_offset_m is not None:
+        for i, p in enumerate(packets):
+            write_oxts_packet(drive / "oxts_true" / "data" / f"{i:010d}.txt", p)
+        write_timestamps(drive / "oxts_true" / "timestamps.txt", oxts_stamps)
+        T_noisy = T.copy()  # noqa: N806
+        T_noisy[:, 0, 3] += gps_offset_m
+        packets = enu_poses_to_oxts(T_noisy, datum, template=template)
+        for p in packets:
+            p.vf, p.vl, p.vu, p.wu = speed_mps, 0.0, 0.0, yaw_rate
     write_oxts_dir(drive, packets, oxts_stamps)
     write_timestamps(drive / "image_02" / "timestamps.txt", cam_stamps)
     for i in range(n):

@@ -201,3 +201,19 @@ def test_cli(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert kitti2bag_main(["--drive", str(tmp_path / "nope"), "--out", str(tmp_path / "c"),
                            "--quiet"]) == 2
+
+
+def test_synthetic_ground_truth_from_oxts_true(tmp_path):
+    drive = tiny_drive(tmp_path, n=5, gps_offset_m=3.0)
+    info = write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0,
+                           odom_yaw_drift_deg_per_100m=0.0)
+    assert info.ground_truth == "oxts_true"
+    assert bags.bag_custom_data(tmp_path / "bag")["cvl_ros.ground_truth_source"] == "oxts_true"
+    msgs = _read_all(tmp_path / "bag")
+    from cvl_ros.geo import GeoDatum
+
+    d = GeoDatum(*info.datum)
+    for (_, gt), (_, fix) in zip(msgs[bags.TOPIC_GT_POSE], msgs[bags.TOPIC_FIX]):
+        e, n, _ = d.to_enu(fix.latitude, fix.longitude, 0.0)
+        assert float(e) - gt.pose.position.x == pytest.approx(3.0, abs=0.01)  # the GPS error
+        assert float(n) - gt.pose.position.y == pytest.approx(0.0, abs=0.01)

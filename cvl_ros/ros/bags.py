@@ -177,6 +177,7 @@ class KittiBagInfo:
     frames: int
     topics: dict[str, int] = field(default_factory=dict)
     datum: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    ground_truth: str = "oxts"
     start_ns: int = 0
     end_ns: int = 0
 
@@ -294,7 +295,7 @@ def write_kitti_bag(
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from cvl_ros.geo import GeoDatum
-    from cvl_ros.kitti import KittiDrive, oxts_to_enu_poses
+    from cvl_ros.kitti import KittiDrive, oxts_to_enu_poses, read_oxts_packet
 
     drive_dir = Path(drive_dir)
     out = Path(out)
@@ -316,14 +317,26 @@ def write_kitti_bag(
     cam_stamps = _read_sensor_stamps(drive_dir, "image_02", n, cam_stamps)
     oxts_stamps = _read_sensor_stamps(drive_dir, "oxts", n, cam_stamps)
 
+    # Ground truth: synthetic drives keep the exact poses in oxts_true/ (their oxts/ carries
+    # GPS-like errors, as a real receiver would); on real KITTI the OXTS/INS is the reference.
+    true_packets, gt_source = packets, "oxts"
+    true_dir = drive_dir / "oxts_true" / "data"
+    if true_dir.is_dir():
+        files = sorted(p for p in true_dir.iterdir() if p.suffix == ".txt")
+        if len(files) >= n:
+            true_packets = [read_oxts_packet(p) for p in files[:n]]
+            gt_source = "oxts_true"
+
     datum_t = _find_town_datum(drive_dir)
     if datum_t is None:
-        p0 = packets[0]
+        p0 = true_packets[0]
         datum_t = (float(p0.lat), float(p0.lon), float(p0.alt))
     datum = GeoDatum(*datum_t)
 
     # Ground truth: body (= OXTS IMU) poses in local ENU about the datum.
-    T_world_body = oxts_to_enu_poses(packets[:n], datum)
+    T_world_body = oxts_to_enu_poses(true_packets[:n], datum)
+    # The IMU's absolute orientation comes from the (possibly noisy) OXTS unit.
+    T_world_imu = oxts_to_enu_poses(packets[:n], datum)
     T_odom_body = _simulate_odometry(T_world_body, odom_drift_pct,
                                      odom_yaw_drift_deg_per_100m, seed)
     steps = np.linalg.norm(np.diff(T_world_body[:, :3, 3], axis=0), axis=1)
@@ -366,6 +379,7 @@ def write_kitti_bag(
             "odom_drift_pct": repr(float(odom_drift_pct)),
             "odom_yaw_drift_deg_per_100m": repr(float(odom_yaw_drift_deg_per_100m)),
             "seed": str(int(seed)),
+            "ground_truth_source": gt_source,
         }.items():
             writer.set_custom_data(META_PREFIX + key, value)
 
@@ -407,7 +421,7 @@ def write_kitti_bag(
                 position_covariance=np.diag([var, var, 4.0 * var]).reshape(-1),
                 position_covariance_type=2))  # DIAGONAL_KNOWN
             # IMU: ENU orientation from roll/pitch/yaw, body rates and accelerations.
-            R_enu = T_world_body[i, :3, :3]  # Rz(yaw) Ry(pitch) Rx(roll), ENU
+            R_enu = T_world_imu[i, :3, :3]  # Rz(yaw) Ry(pitch) Rx(roll), ENU
             put(c_imu, t_ox, T[MSG_IMU](
                 header=_header(store, t_ox, FRAME_IMU), orientation=_quat(store, R_enu),
                 orientation_covariance=np.diag([1e-4, 1e-4, 3e-4]).reshape(-1),
@@ -444,7 +458,7 @@ def write_kitti_bag(
                 put(c_tf, t_ox, T[MSG_TF](transforms=tfs))
 
     return KittiBagInfo(
-        path=out, storage=storage, frames=n, topics=counts, datum=datum_t,
+        path=out, storage=storage, frames=n, topics=counts, datum=datum_t, ground_truth=gt_source,
         start_ns=first_ns, end_ns=int(max(cam_stamps[-1], oxts_stamps[-1])),
     )
 
