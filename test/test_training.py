@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -92,15 +93,57 @@ def test_ddp_gloo_two_processes(tmp_path, tree):
     cfg = _config(tmp_path, tree, "ddp")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "cvl_ros.cli.train",
-           "--config", str(cfg), "--no-progress"]
+           "-m", "cvl_ros.cli.train", "--config", str(cfg), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        _, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        proc.communicate()
         pytest.skip("torchrun did not finish within 120 s on this machine")
-    if proc.returncode != 0 and ("Address already in use" in proc.stderr
-                                 or "Connection refused" in proc.stderr):
-        pytest.skip(f"torchrun rendezvous could not start: {proc.stderr[-300:]}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if proc.returncode != 0 and ("Address already in use" in stderr
+                                 or "Connection refused" in stderr):
+        pytest.skip(f"torchrun rendezvous could not start: {stderr[-300:]}")
+    assert proc.returncode == 0, stderr[-3000:]
     _, extra = load_checkpoint(tmp_path / "ddp" / "last.safetensors")
     assert extra["train_state"]["step"] == 2
+
+
+def test_build_db_cli_from_tree_and_mosaic(tmp_path, tree):
+    from cvl_ros.cli import build_db
+    from cvl_ros.database import DatabaseError, TileDatabase
+
+    cfg = _config(tmp_path, tree, "dbrun")
+    assert train_cli.main(["--config", str(cfg), "optim.max_steps=1", "--no-progress"]) == 0
+    ckpt = tmp_path / "dbrun" / "last.safetensors"
+    model, _ = load_checkpoint(ckpt)
+    assert build_db.main(["--checkpoint", str(ckpt), "--tiles", str(tree), "--out",
+                          str(tmp_path / "db"), "--no-progress"]) == 0
+    db = TileDatabase.open(tmp_path / "db", model=model)
+    assert len(db) == 14 and db.tile_ids[0].startswith("test/")
+    assert build_db.main(["--checkpoint", str(ckpt), "--tiles", str(tree / "mosaic.png"),
+                          "--out", str(tmp_path / "dbm"), "--spacing-m", "40",
+                          "--no-progress"]) == 0
+    dbm = TileDatabase.open(tmp_path / "dbm", expected_model_hash=model.model_hash())
+    assert len(dbm) > 4
+    with pytest.raises(DatabaseError):
+        TileDatabase.open(tmp_path / "dbm", expected_model_hash="0" * 16)
+
+
+def test_bench_json_keys_tiny(tmp_path):
+    from cvl_ros.cli import bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--backbone", "mobilenet_v2", "--device", "cpu", "--json", str(out),
+                       "--ground-hw", "32x128", "--sat-px", "64", "--grid-cells", "8",
+                       "--reps", "2", "--windows", "1,4", "--db-sizes", "100,300",
+                       "--threads", "1"]) == 0
+    res = json.loads(out.read_text())
+    for key in ("backbone_forward_ms", "update_ms", "recompute_update_ms", "peak_rss_mb",
+                "retrieval_ms_per_query", "device", "backbone"):
+        assert key in res
+    assert set(res["update_ms"]) == set(res["recompute_update_ms"]) == {"1", "4"}
+    assert set(res["retrieval_ms_per_query"]) == {"100", "300"}
+    assert res["device"] == "cpu" and res["backbone"] == "mobilenet_v2"
+    assert all(v > 0 for v in res["update_ms"].values())
