@@ -126,8 +126,13 @@ class GroundRenderer:
     def render(self, T_world_cam: np.ndarray, fx: float, fy: float, cx: float, cy: float,  # noqa: N803
                width: int, height: int, exposure: float = 1.0,
                wb: tuple[float, float, float] = (1.0, 1.0, 1.0), noise_seed: int = 0,
-               interp: int = cv2.INTER_LINEAR) -> np.ndarray:
-        """Render an RGB uint8 (height, width, 3) image from the optical pose ``T_world_cam``."""
+               interp: int = cv2.INTER_LINEAR, labels: bool = False) -> np.ndarray:
+        """Render an RGB uint8 (height, width, 3) image from the optical pose ``T_world_cam``.
+
+        With ``labels`` the same geometry is rendered as a uint8 (height, width) label image:
+        the town's ground class (``town.GRASS`` ...) on the ground, ``200 + object kind`` on
+        structures (210 for canopies) and 255 for the sky (nearest-neighbour warp, no noise).
+        """
         T = np.asarray(T_world_cam, np.float64)  # noqa: N806
         R = T[:3, :3]  # noqa: N806
         c = T[:3, 3]
@@ -146,7 +151,9 @@ class GroundRenderer:
         v0 = int(math.floor(min(q[1].min(), 0))) - 1
         v1 = int(math.ceil(max(q[1].max(), height - 1))) + 2
         g = np.asarray(wb, np.float32) * float(exposure)
-        img = self._render_level(c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, g)
+        img = self._render_level(c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, g, labels)
+        if labels:
+            interp = cv2.INTER_NEAREST
         # warp: dst(p) = level(H p) - shift by (u0, v0)
         S = np.array([[1, 0, -u0], [0, 1, -v0], [0, 0, 1.0]])  # noqa: N806
         M = S @ H  # noqa: N806
@@ -155,7 +162,8 @@ class GroundRenderer:
         return out
 
     # ------------------------------------------------------------------ level camera
-    def _render_level(self, c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, gain):
+    def _render_level(self, c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, gain,
+                      labels=False):
         town = self.town
         W = u1 - u0  # noqa: N806
         Hh = v1 - v0  # noqa: N806
@@ -167,13 +175,13 @@ class GroundRenderer:
         a = (us - cx) / fx  # lateral slope per unit forward depth
         dx = fwd[0] + a * right[0]  # ray direction per unit forward depth (W,)
         dy = fwd[1] + a * right[1]
-        img = np.empty((Hh, W, 3), np.float32)
+        img = np.empty((Hh, W, 3), np.float32) if not labels else np.full((Hh, W), 255, np.uint8)
 
         # ---- sky + ground
         horizon = cy  # level camera: horizon row
         sky_rows = vs <= horizon + 0.5
         ground_rows = ~sky_rows
-        if sky_rows.any():
+        if sky_rows.any() and not labels:
             vv = vs[sky_rows]
             elev = np.arctan((cy - vv) / fy)
             w = np.clip(elev / 0.6, 0, 1)[:, None]
@@ -193,6 +201,8 @@ class GroundRenderer:
             foot = t * t / (fy * cz)
             lvl = np.clip(np.floor(np.log2(np.maximum(foot / town.res_m, 1.0) / 1.5) + 1), 0, 3)
             lvl = lvl.astype(np.int64)
+            if labels:
+                lvl[:] = 0
             gimg = np.empty((len(vv), W), np.uint32)
             dx32 = dx.astype(np.float32)
             dy32 = dy.astype(np.float32)
@@ -207,14 +217,22 @@ class GroundRenderer:
                 row = ((np.float32(self._half - c[1]) - tr_ * dy32) * inv).astype(np.int32)
                 np.clip(col, 0, nL - 1, out=col)
                 np.clip(row, 0, nL - 1, out=row)
-                gimg[rows] = self._mips[L][row * nL + col]
-            gimg = gimg.view(np.uint8).reshape(len(vv), W, 4)[..., :3].astype(np.float32)
-            hz = np.nonzero(t > 25.0)[0]
-            if len(hz):
-                haze = (1.0 - np.exp(-t[hz] / 350.0)).astype(np.float32)[:, None, None]
-                gimg[hz] = gimg[hz] * (1 - haze) + self._sky_hor * haze
-            gimg[far] = self._sky_hor * 0.9
-            img[ground_rows] = gimg
+                if labels:
+                    gimg[rows] = self.town.ground_cls.reshape(-1)[row * nL + col]
+                else:
+                    gimg[rows] = self._mips[L][row * nL + col]
+            if labels:
+                g8 = gimg.astype(np.uint8)
+                g8[far] = 255
+                img[ground_rows] = g8
+            else:
+                gimg = gimg.view(np.uint8).reshape(len(vv), W, 4)[..., :3].astype(np.float32)
+                hz = np.nonzero(t > 25.0)[0]
+                if len(hz):
+                    haze = (1.0 - np.exp(-t[hz] / 350.0)).astype(np.float32)[:, None, None]
+                    gimg[hz] = gimg[hz] * (1 - haze) + self._sky_hor * haze
+                gimg[far] = self._sky_hor * 0.9
+                img[ground_rows] = gimg
 
         # ---- vertical structures
         tk = self._t
@@ -250,7 +268,7 @@ class GroundRenderer:
                 oid[wi[sel]] = ids[wi[sel], si[sel]]
                 layers.append((tt, oid, is_canopy))
         if not layers:
-            return self._finish(img, noise_seed, gain)
+            return img if labels else self._finish(img, noise_seed, gain)
         vcol = vs[:, None]
         depth = np.full((Hh, W), np.inf)
         lay_idx = np.full((Hh, W), -1, np.int64)
@@ -296,6 +314,11 @@ class GroundRenderer:
             lay_idx[cover] = li
             info.append((tt, oid, kind, leafoff))
         hit = lay_idx >= 0
+        if labels:
+            kinds = np.stack([x[2] for x in info])
+            ri, ci = np.nonzero(hit)
+            img[ri, ci] = (200 + kinds[lay_idx[ri, ci], ci]).astype(np.uint8)
+            return img
         if hit.any():
             self._shade_structures(img, hit, lay_idx, depth, info, c, cz, dx, dy, us, vs,
                                    fy, cy)
