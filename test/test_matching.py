@@ -13,6 +13,15 @@ from cvl_ros.model.matching import (
     uncertainty_at_shifts,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The machine's cores are shared: small ops run faster on one thread than on two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 torch.manual_seed(0)
 
 
