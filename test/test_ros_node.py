@@ -180,7 +180,7 @@ def test_missing_database_still_activates_publishes_no_fix_and_says_how(ros_exec
     assert probe.geo_for(drive.stamps[0])[0].status == GeoPoseEstimate.NO_FIX
 
 
-def _oracle_node(ros_executor, spin_until, drive, resources, **params):
+def _oracle_node(ros_executor, spin_until, drive, resources, wait=True, **params):
     ckpt, db = resources
     node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(db),
                       odom_yaw_offset_rad=float(drive.odom_yaw_offset), **params)
@@ -188,7 +188,8 @@ def _oracle_node(ros_executor, spin_until, drive, resources, **params):
     node.trigger_configure()
     node.localizer = OracleLocalizer(drive.truth)  # same Localizer, oracle matcher
     node.trigger_activate()
-    _wait_connected(ex, spin_until, probe, node)
+    if wait:
+        _wait_connected(ex, spin_until, probe, node)
     return ex, probe, node
 
 
@@ -338,3 +339,58 @@ def test_relocalize_service_and_initialpose(ros_executor, spin_until, resources)
     spin_until(ex, lambda: not node.localizer._global_mode, 5.0, "initialpose applied")
     _feed(ex, spin_until, probe, node, drive, 4)
     assert probe.geo_for(drive.stamps[4])[-1].tiles_searched < len(node.localizer.db)
+
+
+def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
+        ros_executor, spin_until, resources):
+    import cv2
+    from _localizer_fakes import T_BODY_CAM, image
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CompressedImage, Imu
+    from tf2_msgs.msg import TFMessage
+
+    from cvl_ros.msg import GeoPoseEstimate
+    from cvl_ros.ros import convert
+
+    drive = Drive(n=8, yaw=0.2, odom_yaw=0.5)
+    # wrong odometry yaw offset and wrong fallback extrinsics: IMU and /tf_static must win
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources, wait=False,
+                                   odom_source="tf", heading_source="imu", use_compressed=True,
+                                   use_tf_static_extrinsics=True,
+                                   camera_extrinsics_xyz_rpy=[0.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    n = probe.node
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pub_static = n.create_publisher(TFMessage, "/tf_static", latched)
+    pub_tf = n.create_publisher(TFMessage, "/tf", 100)
+    pub_imu = n.create_publisher(Imu, "imu", 10)
+    pub_cimg = n.create_publisher(CompressedImage, "image/compressed", 10)
+    pub_static.publish(TFMessage(transforms=[convert.matrix_to_transform_stamped(
+        T_BODY_CAM, "base_link", "camera_optical", convert.ns_to_stamp(0))]))
+    spin_until(ex, lambda: pub_cimg.get_subscription_count() > 0
+               and pub_imu.get_subscription_count() > 0
+               and "camera_optical" in node._static_tf, 10.0, "tf_static and subscriptions")
+    assert np.allclose(node._camera_extrinsics("camera_optical"), T_BODY_CAM)
+    for i in range(len(drive.stamps)):
+        st = convert.ns_to_stamp(drive.stamps[i])
+        pub_tf.publish(TFMessage(transforms=[convert.matrix_to_transform_stamped(
+            drive.T_odom[i], "odom", "base_link", st)]))
+        imu = Imu()
+        imu.header.stamp = st
+        (imu.orientation.x, imu.orientation.y, imu.orientation.z,
+         imu.orientation.w) = convert.matrix_to_quat(drive.T_world[i][:3, :3])
+        pub_imu.publish(imu)
+        probe.pub_info.publish(drive.info_msg(i))
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(image(i), cv2.COLOR_RGB2BGR))
+        cm = CompressedImage(format="png", data=buf.tobytes())
+        cm.header.stamp = st
+        cm.header.frame_id = "camera_optical"
+        pub_cimg.publish(cm)
+        spin_until(ex, lambda: len(probe.geo_for(drive.stamps[i])) > 0, 10.0,
+                   f"geo_pose {i} ({node.last_error})")
+    g = probe.geo_for(drive.stamps[-1])[-1]
+    assert g.status == GeoPoseEstimate.TRACKING
+    assert abs(g.yaw_rad - 0.2) < 1e-6
+    truth = drive.T_world[-1]
+    assert math.hypot(g.pose.pose.position.x - truth[0, 3],
+                      g.pose.pose.position.y - truth[1, 3]) < 1.5
