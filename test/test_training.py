@@ -147,3 +147,19 @@ def test_bench_json_keys_tiny(tmp_path):
     assert set(res["retrieval_ms_per_query"]) == {"100", "300"}
     assert res["device"] == "cpu" and res["backbone"] == "mobilenet_v2"
     assert all(v > 0 for v in res["update_ms"].values())
+
+
+def test_ablate_tiny(tmp_path, tree):
+    from cvl_ros.cli import ablate
+
+    cfg = _config(tmp_path, tree, "abl")
+    out = tmp_path / "ablate"
+    assert ablate.main(["--config", str(cfg), "--data", str(tree), "--out", str(out),
+                        "--variants", "ours,no_ssm,mobilenet_v2", "--steps", "1",
+                        "--max-queries", "6", "--no-progress"]) == 0
+    md = (out / "ablation.md").read_text()
+    assert "Table 2" in md and "Table 3" in md and "Table 4" in md
+    assert "Ours w/o SSM" in md and "MobileNetV2" in md
+    res = json.loads((out / "ablation.json").read_text())
+    assert res["mobilenet_v2"]["same_as"] == "ours"
+    assert set(res["no_ssm"]["test2"]) >= {"r@1", "r@5", "r@10", "r@100"}
