@@ -25,7 +25,7 @@ BUILD="$VENV/.cvl-build"
 PY="$VENV/bin/python"
 T0=$SECONDS
 
-log() { printf '[setup] %s\n' "$*"; }
+log() { printf '[setup %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 # pip warns about each package missing from the machine's local extra indexes: drop that noise.
 quiet() { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -156,7 +156,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # Check (cheap): the package, its interfaces and the main libraries import from any directory.
-if ! (cd / && "$PY" -c 'import rclpy, torch, cvl_ros, tf2_msgs.msg
+if ! (cd / && "$PY" -c 'import rclpy, cvl_ros, tf2_msgs.msg
 from cvl_ros.msg import GeoPoseEstimate, Candidate
 assert cvl_ros.__file__.startswith(__import__("sys").argv[1]), cvl_ros.__file__' "$ROOT") 2>"$BUILD/check.log"; then
   cat "$BUILD/check.log" >&2
