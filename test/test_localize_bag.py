@@ -112,3 +112,13 @@ def test_cli_errors(tmp_path, capsys):
     assert lb.main([str(tmp_path / "bag"), "--out", str(tmp_path / "o"), "--checkpoint",
                     str(tmp_path / "none.safetensors"), "--db", str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_node_params_from_the_shipped_params_file():
+    params = lb.node_params()
+    assert "localizer.window_length" in params and "heading_source" in params
+    cfg = lb.localizer_config_from_params(params)
+    assert cfg.window_length == params["localizer.window_length"]
+    assert cfg.keyframe_distance_m == pytest.approx(params["localizer.keyframe_distance_m"])
+    with pytest.raises(FileNotFoundError):
+        lb.node_params("/nonexistent/params.yaml")

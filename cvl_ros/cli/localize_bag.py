@@ -532,6 +532,7 @@ class RunResult:
     skipped: dict[str, int]
     wall_s: float
     bag_duration_s: float
+    gps_priors_used: int = 0
 
 
 def _T_from_tf_static(statics: dict[str, tuple[str, np.ndarray]], base: str,  # noqa: N802
@@ -551,7 +552,9 @@ def _T_from_tf_static(statics: dict[str, tuple[str, np.ndarray]], base: str,  # 
 
 
 def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics | None = None,
-                         base_frame: str = "base_link", use_imu_heading: bool = True,
+                         base_frame: str = "base_link", heading_source: str = "auto",
+                         heading_tolerance_s: float = HEADING_TOLERANCE_S,
+                         odom_max_extrapolation_s: float = ODOM_EXTRAPOLATION_S,
                          use_gps_prior: bool = True, gps_prior_sigma_m: float | None = None,
                          T_body_cam: np.ndarray | None = None,  # noqa: N803
                          progress: bool = True, max_images: int | None = None) -> RunResult:
@@ -593,7 +596,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
     skipped: dict[str, int] = {}
     used = 0
     seen = 0
-    prior_done = False
+    priors = 0
 
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
@@ -605,7 +608,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
             skip("no camera_info")
             return
         try:
-            T_ob = odom.lookup(stamp, ODOM_EXTRAPOLATION_S)  # noqa: N806
+            T_ob = odom.lookup(stamp, odom_max_extrapolation_s)  # noqa: N806
         except LookupError:
             skip("no odometry at the image stamp")
             return
@@ -615,7 +618,11 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
         except ImageConversionError as exc:
             skip(f"bad image: {exc}")
             return
-        heading = yaw_buf.lookup(stamp, HEADING_TOLERANCE_S) if use_imu_heading else None
+        heading = (yaw_buf.lookup(stamp, heading_tolerance_s)
+                   if heading_source in ("imu", "auto") else None)
+        if heading_source == "imu" and heading is None:
+            skip("no IMU heading near the image stamp")
+            return
         T_bc = T_body_cam  # noqa: N806
         if T_bc is None:
             T_bc = _T_from_tf_static(statics, base_frame, img_msg.header.frame_id)  # noqa: N806
@@ -661,11 +668,17 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
             except ValueError:
                 skip("invalid IMU orientation")
         elif m.topic == topics.fix:
-            if use_gps_prior and not prior_done and hasattr(localizer, "set_gps_prior"):
+            # As the node: every fix is offered; the localizer uses it while it has no belief.
+            if use_gps_prior and hasattr(localizer, "set_gps_prior"):
                 msg = store.deserialize_cdr(m.data, m.msgtype)
-                var = float(msg.position_covariance[0]) if msg.position_covariance_type else 0.0
-                sigma = gps_prior_sigma_m or math.sqrt(max(var, 0.0))
-                prior_done = bool(localizer.set_gps_prior(msg.latitude, msg.longitude, sigma))
+                if msg.status.status >= 0:
+                    sigma = float(gps_prior_sigma_m or 0.0)
+                    if sigma <= 0:
+                        c = np.asarray(msg.position_covariance, dtype=np.float64)
+                        sigma = (math.sqrt(max(c[0], c[4], 0.0))
+                                 if msg.position_covariance_type else 10.0)
+                    if localizer.set_gps_prior(msg.latitude, msg.longitude, sigma):
+                        priors += 1
         elif m.topic == topics.image:
             if seen >= n_images:
                 break
@@ -686,67 +699,115 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
         bar.close()
     wall = time.perf_counter() - t_start
     dur = ((last_ns or 0) - (first_ns or 0)) / 1e9
-    return RunResult(rows, seen, used, skipped, wall, dur)
+    return RunResult(rows, seen, used, skipped, wall, dur, priors)
 
 
 # --------------------------------------------------------------------------------------------
 # Loading the model and the database
 # --------------------------------------------------------------------------------------------
 DEFAULT_PARAMS = REPO_ROOT / "config" / "localize.yaml"
+DEFAULT_CHECKPOINT = "models/cvlnet_demo"
+DEFAULT_DATABASE = "demo_out/db"
 
 
-def _node_params(params_file: str | Path | None) -> dict:
-    """The ``cvl_localizer`` ros__parameters of a params file (empty when absent)."""
+def node_params(params_file: str | Path | None = None) -> dict:
+    """The node's ``ros__parameters`` from a params file, flattened (``localizer.window_length``).
+
+    The first node entry (``/**``, ``cvl_localizer``...) holding ``ros__parameters`` is used.
+    """
     import yaml
 
     p = Path(params_file) if params_file else DEFAULT_PARAMS
     if not p.is_file():
+        if params_file:
+            raise FileNotFoundError(f"params file not found: {p}")
         return {}
     data = yaml.safe_load(p.read_text()) or {}
-    for key in ("cvl_localizer", "/cvl_localizer", "/**"):
+    raw: dict = {}
+    for key in ("cvl_localizer", "/cvl_localizer", "/**", *data.keys()):
         node = data.get(key)
-        if isinstance(node, dict) and "ros__parameters" in node:
-            return dict(node["ros__parameters"])
-    for node in data.values():
-        if isinstance(node, dict) and "ros__parameters" in node:
-            return dict(node["ros__parameters"])
-    return {}
+        if isinstance(node, dict) and isinstance(node.get("ros__parameters"), dict):
+            raw = node["ros__parameters"]
+            break
+    flat: dict = {}
+
+    def walk(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            else:
+                flat[prefix + str(k)] = v
+
+    walk("", raw)
+    return flat
 
 
-def _resolve(path: str | None, base: Path = REPO_ROOT) -> Path | None:
+def localizer_config_from_params(params: dict) -> Any:
+    """``LocalizerConfig`` built from node parameters the way the node builds it."""
+    from dataclasses import fields
+
+    from cvl_ros.localizer import LocalizerConfig
+
+    kw: dict = {}
+    for f in fields(LocalizerConfig):
+        key = "localizer." + f.name
+        if key in params:
+            v = params[key]
+            kw[f.name] = type(f.default)(v) if f.default is not None else v
+    h = float(params.get("camera_height_m", 0.0) or 0.0)
+    kw["camera_height_m"] = h if h > 0 else None
+    if "odom_yaw_offset_rad" in {f.name for f in fields(LocalizerConfig)}:
+        kw["odom_yaw_offset_rad"] = float(params.get("odom_yaw_offset_rad", 0.0))
+    if not bool(params.get("use_database_datum", True)):
+        kw["map_datum_lat_deg"] = float(params["map_datum_latitude_deg"])
+        kw["map_datum_lon_deg"] = float(params["map_datum_longitude_deg"])
+        kw["map_datum_alt_m"] = float(params.get("map_datum_altitude_m", 0.0))
+    return LocalizerConfig(**kw)
+
+
+def _resolve(path: str | Path | None) -> Path | None:
+    """A path as given if it exists, else relative to the checkout (as the node resolves it)."""
     if not path:
         return None
     p = Path(str(path)).expanduser()
-    return p if p.is_absolute() else base / p
+    if p.exists() or p.is_absolute():
+        return p
+    return REPO_ROOT / p
+
+
+def _find_checkpoint(path: Path) -> Path:
+    if path.is_dir():
+        for name in ("model.safetensors", "checkpoint.safetensors", "best.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        cands = sorted(path.glob("*.safetensors"))
+        if not cands:
+            raise FileNotFoundError(f"no *.safetensors checkpoint in {path}")
+        return cands[0]
+    return path
 
 
 def load_localizer(checkpoint: str | Path | None, db: str | Path | None,
-                   params_file: str | Path | None = None, device: str = "cpu") -> tuple:
-    """Return (Localizer, params dict, checkpoint path, db path) configured like the node."""
-    from dataclasses import fields
-
+                   params_file: str | Path | None = None, device: str | None = None) -> tuple:
+    """Return (Localizer, params, checkpoint path, db path), configured like the node."""
     from cvl_ros.database import TileDatabase
-    from cvl_ros.localizer import Localizer, LocalizerConfig
+    from cvl_ros.localizer import Localizer
     from cvl_ros.model.cvlnet import load_checkpoint
 
-    params = _node_params(params_file)
-    ckpt = _resolve(str(checkpoint)) if checkpoint else _resolve(params.get("checkpoint"))
-    dbp = _resolve(str(db)) if db else _resolve(params.get("database"))
+    params = node_params(params_file)
+    ckpt = _resolve(checkpoint or params.get("checkpoint_path") or DEFAULT_CHECKPOINT)
+    dbp = _resolve(db or params.get("database_path") or DEFAULT_DATABASE)
     if ckpt is None or not ckpt.exists():
         raise FileNotFoundError(f"model checkpoint not found: {ckpt} (pass --checkpoint)")
-    if ckpt.is_dir():
-        cands = sorted(ckpt.glob("*.safetensors"))
-        if not cands:
-            raise FileNotFoundError(f"no *.safetensors checkpoint in {ckpt}")
-        ckpt = cands[0]
+    ckpt = _find_checkpoint(ckpt)
     if dbp is None or not dbp.exists():
         raise FileNotFoundError(f"tile database not found: {dbp} (pass --db; build one with "
-                                "cvl-build-db)")
+                                "cvl-build-db, or run `make demo`)")
     model, _ = load_checkpoint(ckpt)
     database = TileDatabase.open(dbp, expected_model_hash=model.model_hash())
-    names = {f.name for f in fields(LocalizerConfig)}
-    cfg = LocalizerConfig(**{k: v for k, v in params.items() if k in names})
-    return Localizer(model, database, cfg, device=device), params, ckpt, dbp
+    cfg = localizer_config_from_params(params)
+    dev = device or str(params.get("device", "cpu"))
+    return Localizer(model, database, cfg, device=dev), params, ckpt, dbp
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,8 +837,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imu-topic", default=bags.TOPIC_IMU, help="absolute heading ('' = none)")
     p.add_argument("--fix-topic", default=bags.TOPIC_FIX, help="GPS prior ('' = none)")
     p.add_argument("--no-gps-prior", action="store_true", help="initialise without the GPS fix")
+    p.add_argument("--heading-source", choices=("auto", "imu", "odom"), default=None,
+                   help="absolute heading as the node's heading_source (default: the params "
+                   "file's, auto = the IMU when present)")
     p.add_argument("--max-images", type=int, default=None, help="stop after N images")
-    p.add_argument("--device", default="cpu", help="auto|cpu|cuda (default: cpu)")
+    p.add_argument("--device", default=None,
+                   help="auto|cpu|cuda (default: the params file's device)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -805,9 +870,16 @@ def main(argv: list[str] | None = None) -> int:
                        odom=args.odom_topic, imu=args.imu_topic or None,
                        fix=args.fix_topic or None)
     use_gps = not args.no_gps_prior and bool(params.get("use_gps_prior", True))
+    heading = args.heading_source or str(params.get("heading_source", "auto"))
     try:
-        result = run_localizer_on_bag(localizer, bag, topics=topics, use_gps_prior=use_gps,
-                                      progress=not args.quiet, max_images=args.max_images)
+        result = run_localizer_on_bag(
+            localizer, bag, topics=topics, base_frame=str(params.get("base_frame", "base_link")),
+            heading_source=heading,
+            heading_tolerance_s=float(params.get("imu_tolerance_s", HEADING_TOLERANCE_S)),
+            odom_max_extrapolation_s=float(params.get("odom_max_extrapolation_s",
+                                                      ODOM_EXTRAPOLATION_S)),
+            use_gps_prior=use_gps, gps_prior_sigma_m=float(params.get("gps_prior_sigma_m", 0.0)),
+            progress=not args.quiet, max_images=args.max_images)
     except ValueError as exc:
         print(f"cvl-localize-bag: error: {exc}", file=sys.stderr)
         return 2
@@ -819,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         bag_duration_s=result.bag_duration_s, mosaic=mosaic,
         extra={"bag": str(bag), "checkpoint": str(ckpt), "database": str(dbp),
                "frames_used": result.frames_used, "skipped": result.skipped,
+               "gps_priors_used": result.gps_priors_used, "heading_source": heading,
                "device": localizer.device},
     )
     keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "mean_latency_ms",

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# make demo: the whole product on one small synthetic town, from a fresh clone.
+#
+#   1. cvl-synth         a seeded synthetic town (satellite mosaic + tiles) and one drive
+#   2. cvl-build-db      the tile database, encoded with the shipped demo model
+#   3. cvl-kitti2bag     the drive as a ROS 2 bag (camera, camera_info, GPS, IMU, odometry, TF)
+#   4. cvl-localize      the lifecycle node, as its own process, with use_sim_time
+#   5. recorder          records the node's outputs (~/geo_pose, ~/fix, ~/pose, ~/heatmap, /tf)
+#   6. cvl-replay        plays the bag with /clock
+#   7. demo_report       summary (fixes, error, latency), demo_out/trajectory.png, heatmap.png
+#
+# Environment (all optional):
+#   CVL_VENV            venv (default <repo>/.venv; `make demo` runs `make setup` first)
+#   CVL_DEMO_OUT        output folder (default <repo>/demo_out; emptied first)
+#   CVL_DEMO_SEED       town/drive seed (default 7)
+#   CVL_DEMO_FRAMES     frames of the drive at 10 Hz (default 200)
+#   CVL_DEMO_RATE       replay speed factor (default 0.5; the 2-core CPU runs the model live)
+#   CVL_DEMO_MODEL      model checkpoint (default models/cvlnet_demo/model.safetensors)
+#   CVL_DEMO_THREADS    torch threads of the node (default 2)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${CVL_VENV:-$ROOT/.venv}"
+BIN="$VENV/bin"
+PY="$BIN/python"
+OUT="${CVL_DEMO_OUT:-$ROOT/demo_out}"
+SEED="${CVL_DEMO_SEED:-7}"
+FRAMES="${CVL_DEMO_FRAMES:-200}"
+RATE="${CVL_DEMO_RATE:-0.5}"
+MODEL="${CVL_DEMO_MODEL:-$ROOT/models/cvlnet_demo/model.safetensors}"
+THREADS="${CVL_DEMO_THREADS:-2}"
+PARAMS="$ROOT/config/localize.yaml"
+T0=$SECONDS
+
+log() { printf '[demo %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
+die() { printf '[demo] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[[ -x "$PY" ]] || die "no venv at $VENV: run 'make setup' (or 'make demo', which runs it)"
+for tool in cvl-synth cvl-build-db cvl-kitti2bag cvl-localize cvl-replay; do
+  [[ -x "$BIN/$tool" ]] || die "$BIN/$tool is missing: run 'make setup'"
+done
+[[ -f "$MODEL" ]] || die "the shipped demo model is missing: $MODEL
+  (models/cvlnet_demo/ is part of the repository; train one with cvl-train or point
+  CVL_DEMO_MODEL at a checkpoint)"
+[[ -f "$PARAMS" ]] || die "missing $PARAMS"
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+# One ROS graph per run, on this machine only; logs under demo_out.
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}"
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export ROS_HOME="$OUT/ros_home"
+export ROS_LOG_DIR="$OUT/ros_home/log"
+export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+export PYTHONUNBUFFERED=1
+
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then kill -INT "$pid" 2>/dev/null || true; fi
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------------------------
+log "1/7 synthetic town and drive (seed $SEED, $FRAMES frames)"
+"$BIN/cvl-synth" --out "$OUT/town" --seed "$SEED" --drives 1 --frames "$FRAMES" \
+  >"$OUT/synth.log" 2>&1 || { tail -n 30 "$OUT/synth.log" >&2; die "cvl-synth failed"; }
+DRIVE="$(find "$OUT/town/raw_data" -mindepth 2 -maxdepth 2 -type d -name '*_sync' | sort | head -n 1)"
+[[ -n "$DRIVE" ]] || die "cvl-synth wrote no drive under $OUT/town/raw_data"
+
+log "2/7 tile database with $(basename "$(dirname "$MODEL")")"
+"$BIN/cvl-build-db" --checkpoint "$MODEL" --data "$OUT/town" --out "$OUT/db" \
+  >"$OUT/build_db.log" 2>&1 || { tail -n 30 "$OUT/build_db.log" >&2; die "cvl-build-db failed"; }
+
+log "3/7 bag of the drive"
+"$BIN/cvl-kitti2bag" --drive "$DRIVE" --out "$OUT/bag" --storage mcap --odom-drift 1.0 \
+  --quiet >"$OUT/kitti2bag.log" 2>&1 || { cat "$OUT/kitti2bag.log" >&2; die "cvl-kitti2bag failed"; }
+
+log "4/7 node (cvl-localize, use_sim_time) as its own process"
+OMP_NUM_THREADS="$THREADS" "$BIN/cvl-localize" --ros-args --params-file "$PARAMS" \
+  -p use_sim_time:=true -p checkpoint:="$MODEL" -p database:="$OUT/db" \
+  -p torch_threads:="$THREADS" \
+  -r image:=/kitti/camera_color_left/image_raw \
+  -r camera_info:=/kitti/camera_color_left/camera_info \
+  -r odom:=/kitti/odom -r imu:=/kitti/oxts/imu -r gps/fix:=/kitti/oxts/gps/fix \
+  >"$OUT/node.log" 2>&1 &
+PIDS+=($!)
+
+log "5/7 recorder of the node's outputs"
+rm -f "$OUT/.recorder_ready"
+"$PY" -m cvl_ros.cli.record "$OUT/outputs" --ready-file "$OUT/.recorder_ready" \
+  >"$OUT/record.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 300); do [[ -f "$OUT/.recorder_ready" ]] && break; sleep 0.1; done
+[[ -f "$OUT/.recorder_ready" ]] || die "the recorder did not start (see $OUT/record.log)"
+
+log "6/7 replay at ${RATE}x (waits for the node's image subscription)"
+"$BIN/cvl-replay" "$OUT/bag" --rate "$RATE" --tail 5 --wait-timeout 180 \
+  >"$OUT/replay.log" 2>&1 || { tail -n 30 "$OUT/replay.log" "$OUT/node.log" >&2; die "cvl-replay failed"; }
+kill -0 "${PIDS[0]}" 2>/dev/null || { tail -n 30 "$OUT/node.log" >&2; die "the node exited early"; }
+grep -q "waited" "$OUT/replay.log" && sed -n '1p' "$OUT/replay.log" | sed 's/^/         /'
+
+# Stop the node and the recorder with SIGINT (the recorder finishes its bag).
+cleanup
+for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+PIDS=()
+
+log "7/7 report"
+"$PY" -m cvl_ros.cli.demo_report --outputs "$OUT/outputs" --bag "$OUT/bag" --out "$OUT" \
+  --extra "{\"seed\": $SEED, \"frames\": $FRAMES, \"replay_rate\": $RATE, \"demo_wall_s\": $((SECONDS - T0))}" \
+  | tee "$OUT/summary.txt"
+log "done in $((SECONDS - T0)) s: $OUT/trajectory.png, $OUT/heatmap.png, $OUT/summary.json"
