@@ -20,13 +20,13 @@ U) costs ``T * (2r+1)^2 * D * S^2`` multiply-adds: ~2 G for 10,000 tiles, too sl
 query. ``global_topk`` therefore
 
 1. shortlists with a cheap global descriptor: each map (the ground map masked by its visibility
-   mask; the satellite map L2-normalised and divided by U) is box-filtered over the shift window
-   and average-pooled to ``pool x pool`` cells, flattened and L2-normalised (G = D * pool^2,
-   256 by default). Box filtering over the shift window makes the zero-shift dot product of the
-   pooled maps tolerant to the displacement SSM searches. One (B, G) x (G, T) product ranks all
-   tiles (about 1 ms for 10,000 tiles);
-2. re-scores the best ``max(shortlist, k)`` tiles with the model's own full shift search
-   (``model.match``) and returns the top ``k`` of those, best first.
+   mask, the satellite map as stored) is box-filtered over the (2r+1)^2 shift window and
+   average-pooled to ``pool x pool`` cells, flattened and L2-normalised (G = D * pool^2, 64 for
+   D = 4 and pool = 4); a tile's vector is then scaled by 1 / mean U near its centre (SSM divides
+   by U at the camera cell). Box filtering makes the zero-shift dot product of the pooled maps
+   tolerant to the displacements SSM searches. One (B, G) x (G, T) product ranks all tiles;
+2. re-scores the best ``max(shortlist, k)`` tiles (shortlist 64 by default) with the model's
+   own full shift search (``model.match``) and returns the top ``k`` of those, best first.
 
 When the shortlist covers every tile the result equals brute-force matching exactly
 (``test/test_database.py`` checks this).
@@ -130,15 +130,24 @@ def pooled_descriptor(features, weight=None, search_cells: int = 3, pool: int = 
 
 def satellite_global_descriptor(features, uncertainty, search_cells: int = 3, pool: int = 4,
                                 use_uncertainty: bool = True):
-    """Stage-1 descriptor of satellite maps: L2-normalised map divided by U, then pooled."""
+    """Stage-1 descriptor of satellite maps.
+
+    The pooled, L2-normalised map (see :func:`pooled_descriptor`) scaled by 1 / mean(U) over the
+    cells where SSM can place the camera (the central (2r+2)^2 window): SSM divides the
+    correlation by U at the camera position, so a tile with low U near its centre scores higher.
+    """
     import torch
 
-    x = features.float()
-    x = x / torch.linalg.vector_norm(x.flatten(1), dim=1).clamp_min(1e-12)[:, None, None, None]
-    weight = None
+    x = pooled_descriptor(features, None, search_cells, pool)
     if use_uncertainty and uncertainty is not None:
-        weight = 1.0 / uncertainty.float().clamp_min(1e-3)
-    return pooled_descriptor(x, weight, search_cells, pool)
+        u = uncertainty.float()
+        size = u.shape[-1]
+        half = min(search_cells + 1, size // 2)
+        c0 = size // 2 - half
+        c1 = (size + 1) // 2 + half
+        mean_u = u[:, :, c0:c1, c0:c1].flatten(1).mean(1).clamp_min(1e-3)
+        x = x / mean_u[:, None]
+    return x.to(torch.float32)
 
 
 def ground_global_descriptor(ground, search_cells: int = 3, pool: int = 4):
@@ -340,7 +349,8 @@ class TileDatabase:
     def global_matrix(self) -> np.ndarray:
         """(T, G) float32 stage-1 descriptors, loaded into memory once."""
         if self._global_cache is None:
-            self._global_cache = np.ascontiguousarray(self._array("global"), dtype=np.float32)
+            self._global_cache = np.array(self._array("global"), dtype=np.float32, copy=True)
+            self._global_torch = torch_from_numpy(self._global_cache)
         return self._global_cache
 
     def global_topk(self, ground_desc, k: int, shortlist: int | None = None, model=None,
@@ -365,13 +375,14 @@ class TileDatabase:
         model = model if model is not None else self._model
         k = int(min(k, len(self)))
         if shortlist is None:
-            shortlist = int(self.search.get("shortlist", 256))
+            shortlist = int(self.search.get("shortlist", 64))
         n_short = int(min(max(shortlist, k), len(self)))
         cfg = self.search
         with torch.no_grad():
             g = ground_global_descriptor(ground_desc, int(cfg.get("search_cells", 3)),
                                          int(cfg.get("pool", 4))).numpy()
-            coarse = g @ self.global_matrix().T  # (B, T)
+            self.global_matrix()
+            coarse = (torch.from_numpy(g) @ self._global_torch.T).numpy()  # (B, T)
             if n_short < len(self):
                 part = np.argpartition(-coarse, n_short - 1, axis=1)[:, :n_short]
             else:
@@ -511,7 +522,7 @@ class TileDatabase:
             },
             "datum": datum.to_dict() if hasattr(datum, "to_dict") else {
                 "lat_deg": datum.lat_deg, "lon_deg": datum.lon_deg, "alt_m": datum.alt_m},
-            "search": {"search_cells": search_cells, "pool": 4, "shortlist": 256,
+            "search": {"search_cells": search_cells, "pool": 4, "shortlist": 64,
                        "use_uncertainty": use_unc},
             "tile_ids": ids,
             "source_index": order,
@@ -627,7 +638,7 @@ class TileDatabase:
             "tile": {"px": None, "coverage_m": coverage_m, "m_per_px": None,
                      "source_m_per_px": None, "grid_cells": s, "cell_m": coverage_m / s},
             "datum": datum.to_dict(),
-            "search": {"search_cells": search_cells, "pool": 4, "shortlist": 256,
+            "search": {"search_cells": search_cells, "pool": 4, "shortlist": 64,
                        "use_uncertainty": use_uncertainty},
             "tile_ids": [str(t) for t in (tile_ids if tile_ids is not None
                                           else range(len(features)))],
@@ -644,6 +655,13 @@ class TileDatabase:
         cls._write(out_dir, manifest, features.astype(np.float16),
                    uncertainty.astype(np.float16), g_all)
         return cls.open(out_dir)
+
+
+def torch_from_numpy(arr):
+    """``torch.from_numpy`` (imported lazily)."""
+    import torch
+
+    return torch.from_numpy(arr)
 
 
 def _slice_ground(ground, b: int):
