@@ -27,7 +27,7 @@ from typing import Callable
 import pytest
 
 _ROS_TMP = tempfile.mkdtemp(prefix="cvl_ros_test_ros_home_")
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = os.environ.get(
     "CVL_TEST_ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100))
 )
