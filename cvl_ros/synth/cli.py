@@ -200,7 +200,8 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 400.0, d
             else 25.0
         drive = plan_drive(town, seed=1000 + k, n_frames=frames_per_drive,
                            imu_height_m=KITTI_IMU_HEIGHT_M, margin_m=max(margin, 10.0))
-        renderer = GroundRenderer(town, seed=100 + k, lighting=None)
+        renderer = GroundRenderer(town, seed=100 + k, avoid_sun_az=sat_light.sun_az_rad)
+        n_cleared = renderer.clear_cars_near_path(drive.xy)
         gps = float(rng.uniform(*st.gps_noise_m)) if gps_noise_m is None else float(gps_noise_m)
         hdg = float(st.heading_noise_deg if heading_noise_deg is None else heading_noise_deg)
         noisy, true = _oxts_packets(drive, datum, gps, hdg, rng, datum.alt_m)
@@ -234,6 +235,7 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 400.0, d
             frames=len(drive), length_m=float(np.sum(np.linalg.norm(np.diff(drive.xy, axis=0),
                                                                     axis=1))),
             mean_speed_mps=float(np.mean(drive.speed_mps)), gps_noise_sigma_m=gps,
+            parked_cars_moved_off_route=int(n_cleared),
             heading_noise_sigma_deg=hdg,
             video_sun_az_deg=round(math.degrees(lt.sun_az_rad), 3),
             video_sun_elev_deg=round(math.degrees(lt.sun_elev_rad), 3)))
@@ -338,10 +340,14 @@ def bench(out_json=None, n_frames: int = 60, size_m: float = 300.0, style: str =
     T = drive.T_world_body @ KITTI_T_IMU_CAM2  # noqa: N806
     renderer.render(T[0], P2[0, 0], P2[1, 1], P2[0, 2], P2[1, 2], W, H)  # warm-up
     t0 = time.perf_counter()
+    c0 = time.process_time()
     for i in range(n_frames):
         renderer.render(T[i], P2[0, 0], P2[1, 1], P2[0, 2], P2[1, 2], W, H, noise_seed=i)
     dt = time.perf_counter() - t0
-    res = dict(frames_per_s=n_frames / dt, ms_per_frame=1000 * dt / n_frames, frames=n_frames,
+    cpu = time.process_time() - c0
+    res = dict(frames_per_s=n_frames / dt, ms_per_frame=1000 * dt / n_frames,
+               frames_per_cpu_s=n_frames / cpu, cpu_ms_per_frame=1000 * cpu / n_frames,
+               frames=n_frames,
                image_size_wh=[W, H], town_size_m=size_m, style=style, renderer_setup_s=prep,
                pinned_core=core, threads=1, cpu_count=os.cpu_count(),
                loadavg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)

@@ -46,20 +46,21 @@ def level_rotation(yaw_rad: float) -> np.ndarray:
 class GroundRenderer:
     """Renders RGB frames of ``town`` from arbitrary camera poses (T_world_cam, optical frame).
 
-    ``seed`` draws the video capture (sun, palette, textures); ``max_range_m`` bounds the ray
-    marching; ``max_entries`` is the number of structure hits kept per column.
+    ``seed`` draws the video capture (sun, palette, textures); ``avoid_sun_az`` keeps its sun
+    >= 60 deg in azimuth from another capture's (the satellite's); ``max_range_m`` bounds the
+    ray marching; ``max_entries`` is the number of structure hits kept per column.
     """
 
     def __init__(self, town: Town, seed: int = 0, max_range_m: float = 90.0,
                  max_entries: int = 6, max_canopy_entries: int = 4,
-                 lighting: Lighting | None = None):
+                 lighting: Lighting | None = None, avoid_sun_az: float | None = None):
         st = town.style
         self.town = town
         rng = np.random.default_rng(np.random.SeedSequence([int(town.seed), int(seed), 0x6D0]))
         self.rng_seed = int(seed)
         self.light = lighting or draw_lighting(
             rng, st.video_sun_elev_deg, st.video_shadow_strength, st.video_gain,
-            wb_spread=st.video_wb)
+            wb_spread=st.video_wb, avoid_az=avoid_sun_az)
         col = ground_colour_raster(town, rng, "ground", palette_shift=0.06)
         sres = 0.4
         hh, hb = height_raster(town, sres, "ground", with_base=True)
@@ -97,7 +98,7 @@ class GroundRenderer:
         tr = town.trees
         self._tree_rgb = (tr["rgb"] * rng.uniform(0.85, 1.15, (len(tr["x"]), 1))
                           * self.light.gain).astype(np.float32)
-        self._tex = value_noise(rng, (256, 256), 3.0) * 0.6 + rng.random((256, 256)) * 0.4
+        self._tex = value_noise(rng, (256, 256), 6.0) * 0.8 + rng.random((256, 256)) * 0.2
         self._tex = self._tex.astype(np.float32)
         self._tex_flat = self._tex.reshape(-1)
         nb = len(ob["kind"])
@@ -112,7 +113,8 @@ class GroundRenderer:
         zen = np.array([70, 120, 200], np.float32) * rng.uniform(0.85, 1.1)
         hor = np.array([190, 205, 225], np.float32) * rng.uniform(0.9, 1.05)
         self._sky_zen, self._sky_hor = zen, hor
-        self._clouds = value_noise(rng, (64, 2048), 24.0)
+        cl = value_noise(rng, (64, 1024), 10.0) * 0.75 + value_noise(rng, (64, 1024), 3.0) * 0.25
+        self._clouds = cv2.resize(cl, (4096, 64), interpolation=cv2.INTER_LINEAR).reshape(-1)
         self._cloud_cover = float(rng.uniform(0.0, 0.6))
         self._noise = (rng.normal(0, 2.5, (512, 2048, 3))).astype(np.float32)
 
@@ -121,6 +123,42 @@ class GroundRenderer:
         out = np.zeros(g.shape[:2] + (4,), np.uint8)
         out[..., :3] = g
         return out.view(np.uint32).reshape(-1)
+
+    def clear_cars_near_path(self, path_xy: np.ndarray, clearance_m: float = 1.1) -> int:
+        """Remove from this video the parked cars that a drive along ``path_xy`` would hit.
+
+        Cars whose footprint comes within ``clearance_m`` of the path are taken out of this
+        renderer's structure raster (the satellite may still show them: they moved). Returns
+        the number of cars removed.
+        """
+        from scipy.spatial import cKDTree
+
+        p = np.asarray(path_xy, float).reshape(-1, 2)
+        if len(p) > 1:
+            seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
+            s = np.concatenate([[0.0], np.cumsum(seg)])
+            si = np.arange(0.0, s[-1] + 1e-9, 0.25)
+            p = np.stack([np.interp(si, s, p[:, 0]), np.interp(si, s, p[:, 1])], 1)
+        tree = cKDTree(p)
+        ob = self._ob
+        ids = np.nonzero(ob["kind"] == OBJ_CAR)[0]
+        if len(ids) == 0:
+            return 0
+        gu, gv = np.meshgrid(np.linspace(-1, 1, 9), np.linspace(-1, 1, 3))
+        gu, gv = gu.ravel(), gv.ravel()
+        hit = []
+        for i in ids:
+            ca, sa = math.cos(ob["angle"][i]), math.sin(ob["angle"][i])
+            px = ob["cx"][i] + gu * ob["half_l"][i] * ca - gv * ob["half_w"][i] * sa
+            py = ob["cy"][i] + gu * ob["half_l"][i] * sa + gv * ob["half_w"][i] * ca
+            d, _ = tree.query(np.stack([px, py], 1))
+            if d.min() < clearance_m:
+                hit.append(i)
+        if hit:
+            if self._sid is self.town.struct_id:
+                self._sid = self._sid.copy()
+            self._sid[np.isin(self._sid, hit)] = 0
+        return len(hit)
 
     # ------------------------------------------------------------------ main entry point
     def render(self, T_world_cam: np.ndarray, fx: float, fy: float, cx: float, cy: float,  # noqa: N803
@@ -187,9 +225,9 @@ class GroundRenderer:
             w = np.clip(elev / 0.6, 0, 1)[:, None]
             sky = (self._sky_hor * (1 - w) + self._sky_zen * w).astype(np.float32)
             ang = (yaw - np.arctan(a)) / (2 * math.pi)  # azimuth per column
-            ci = (np.floor(ang * 2048).astype(np.int64)) % 2048
-            ri = np.clip((elev * 100).astype(np.int64), 0, 63)
-            cl = self._clouds[ri[:, None], ci[None, :]]
+            ci = (np.floor(ang * 4096).astype(np.int64)) % 4096
+            ri = np.clip((elev * 300).astype(np.int64), 0, 63)
+            cl = self._clouds[ri[:, None] * 4096 + ci[None, :]]
             cl = np.clip((cl - (1 - self._cloud_cover)) * 3.0, 0, 1)[..., None]
             img[sky_rows] = sky[:, None, :] * (1 - cl) + 235.0 * cl
         if ground_rows.any():
@@ -249,11 +287,15 @@ class GroundRenderer:
         layers = []  # (t (W,), z_lo (W,), z_hi (W,), kind, id (W,), valid (W,))
         for ids, kmax, is_canopy in ((sid, self.max_entries, False),
                                      (cid, self.max_canopy_entries, True)):
-            prev = np.concatenate([np.zeros((W, 1), ids.dtype), ids[:, :-1]], 1)
-            entry = (ids != 0) & (ids != prev)
-            wi, si = np.nonzero(entry)
+            # entries = first sample of each run of one id among the NON-ZERO samples of a
+            # column, so a ray grazing a disc (A,0,A,0,A) is a single entry
+            wi, si = np.nonzero(ids)
             if len(wi) == 0:
                 continue
+            vals = ids[wi, si]
+            new_run = np.ones(len(wi), bool)
+            new_run[1:] = (vals[1:] != vals[:-1]) | (wi[1:] != wi[:-1])
+            wi, si = wi[new_run], si[new_run]
             first = np.searchsorted(wi, wi, side="left")
             rank = np.arange(len(wi)) - first
             keep = rank < kmax
@@ -269,9 +311,9 @@ class GroundRenderer:
                 layers.append((tt, oid, is_canopy))
         if not layers:
             return img if labels else self._finish(img, noise_seed, gain)
-        vcol = vs[:, None]
-        depth = np.full((Hh, W), np.inf)
-        lay_idx = np.full((Hh, W), -1, np.int64)
+        vcol = vs[:, None].astype(np.float32)
+        depth = np.full((Hh, W), np.inf, np.float32)
+        lay_idx = np.full((Hh, W), -1, np.int8)
         info = []
         ob = self._ob
         tr = town.trees
@@ -305,19 +347,31 @@ class GroundRenderer:
                 leafoff = np.zeros(W, bool)
             top = cy - fy * (z_hi - cz) / tt
             bot = cy - fy * (z_lo - cz) / tt
-            cover = (vcol >= top[None, :]) & (vcol <= bot[None, :]) & (tt[None, :] < depth)
+            fin = np.isfinite(tt)
+            info.append((tt, oid, kind, leafoff))
+            if not fin.any():
+                continue
+            # only the band of rows this layer can cover
+            r0 = max(0, int(math.floor(np.min(top[fin]) - v0)))
+            r1 = min(Hh, int(math.ceil(np.max(bot[fin]) - v0)) + 1)
+            if r1 <= r0:
+                continue
+            vb = vcol[r0:r1]
+            dband = depth[r0:r1]
+            tt32 = tt.astype(np.float32)
+            cover = (vb >= top.astype(np.float32)) & (vb <= bot.astype(np.float32)) \
+                & (tt32 < dband)
             if leafoff.any():
-                br = self._branch[(vs.astype(np.int64) % 128)[:, None],
+                br = self._branch[(vs[r0:r1].astype(np.int64) % 128)[:, None],
                                   ((us.astype(np.int64) + oid * 37) % 128)[None, :]]
                 cover &= ~(leafoff[None, :] & ~br)
-            depth = np.where(cover, tt[None, :], depth)
-            lay_idx[cover] = li
-            info.append((tt, oid, kind, leafoff))
+            np.copyto(dband, tt32[None, :].repeat(r1 - r0, 0), where=cover)
+            lay_idx[r0:r1][cover] = li
         hit = lay_idx >= 0
         if labels:
             kinds = np.stack([x[2] for x in info])
             ri, ci = np.nonzero(hit)
-            img[ri, ci] = (200 + kinds[lay_idx[ri, ci], ci]).astype(np.uint8)
+            img[ri, ci] = (200 + kinds[lay_idx[ri, ci].astype(np.int64), ci]).astype(np.uint8)
             return img
         if hit.any():
             self._shade_structures(img, hit, lay_idx, depth, info, c, cz, dx, dy, us, vs,
@@ -366,16 +420,22 @@ class GroundRenderer:
         base = np.where(canopy[..., None], cbase, base)
         haze = (1.0 - np.exp(-tfin / 350.0)).astype(np.float32)[..., None]
         base = base * (1 - haze) + self._sky_hor * haze
+        # world-anchored texture column per (layer, column)
+        tcol = np.where(canopy, (hx + hy) * 4.0, along * 4.0)
+        tcol = (np.floor(tcol).astype(np.int64) + oid * 31) % 256
         # ---- per pixel
-        ri, ci = np.nonzero(hit)
-        li = lay_idx[ri, ci]
+        flat_px = np.flatnonzero(hit)
+        ri = flat_px // W
+        ci = flat_px - ri * W
+        li = lay_idx.reshape(-1)[flat_px].astype(np.int64)
         flat = li * W + ci
         col = base.reshape(-1, 3)[flat]
         k = kind.reshape(-1)[flat]
-        t = tfin.reshape(-1)[flat]
-        z = cz + (cy - vs[ri]) * t / fy
-        tex = self._tex_flat[((ri * 3) % 256) * 256 + (ci * 3 + li * 29) % 256]
-        col *= (0.82 + 0.36 * tex)[:, None]
+        t = tfin.reshape(-1)[flat].astype(np.float32)
+        z = np.float32(cz) + (np.float32(cy) - vs[ri].astype(np.float32)) * t * np.float32(1 / fy)
+        trow = (z * np.float32(4.0)).astype(np.int64) % 256
+        tex = self._tex_flat[trow * 256 + tcol.reshape(-1)[flat]]
+        col *= (np.float32(0.85) + np.float32(0.3) * tex)[:, None]
         of = o.reshape(-1)[flat]
         bm = wcol.reshape(-1)[flat]
         if bm.any():
@@ -394,7 +454,7 @@ class GroundRenderer:
             glass = (zc > 0.95) & (zc < ob["z_hi"][of[carm]] - 0.12)
             cc[glass] = (45.0, 55.0, 65.0)
             col[carm] = cc
-        img[ri, ci] = col
+        img.reshape(-1, 3)[flat_px] = col
 
     def _finish(self, img, noise_seed, gain):
         h, w = img.shape[:2]

@@ -101,15 +101,16 @@ class Style:
 
 _SUBURB = Style(
     name="suburb",
-    description="train: detached houses with setbacks and lawns, gentle curves, many leafy trees, "
-    "warm roofs, crisp dashed centre lines, mid-day satellite",
+    description="train: detached houses with setbacks and lawns, gentle curves, many leafy trees "
+    "(20% bare in the satellite), warm roofs, crisp dashed centre lines, mid-day satellite",
+    sat_leaf_off_prob=0.2,
 )
 
 _DOWNTOWN = Style(
     name="downtown",
     description="train: tight straight grid, 2 lanes per direction, tall block buildings at the "
     "sidewalk, parking lots, few street trees, grey/flat roofs, solid centre lines",
-    block_m=(55.0, 75.0),
+    block_m=(75.0, 95.0),
     jitter_frac=0.05,
     curve_prob=0.0,
     drop_edge_prob=0.05,
@@ -121,10 +122,10 @@ _DOWNTOWN = Style(
     marking_wear=(0.0, 0.15),
     missing_marking_prob=0.03,
     crosswalk_prob=0.8,
-    setback_m=(0.0, 1.0),
-    building_len_m=(14.0, 30.0),
-    building_depth_m=(12.0, 20.0),
-    building_gap_m=(0.0, 3.0),
+    setback_m=(0.5, 1.5),
+    building_len_m=(10.0, 24.0),
+    building_depth_m=(14.0, 24.0),
+    building_gap_m=(0.0, 1.5),
     building_h_m=(14.0, 40.0),
     building_fill=0.9,
     gable_prob=0.0,
@@ -135,6 +136,7 @@ _DOWNTOWN = Style(
     street_tree_prob=0.35,
     yard_trees_per_ha=3.0,
     canopy_r_m=(1.8, 3.0),
+    ground_leaf_off_prob=0.2,
     parking_lot_prob=0.25,
     parked_car_spacing_m=(5.5, 9.0),
     parked_car_prob=0.7,
@@ -161,7 +163,7 @@ _OLD_TOWN = Style(
     marking_wear=(0.3, 0.7),
     missing_marking_prob=0.35,
     crosswalk_prob=0.2,
-    setback_m=(0.0, 2.0),
+    setback_m=(0.5, 2.5),
     building_len_m=(6.0, 12.0),
     building_depth_m=(9.0, 14.0),
     building_gap_m=(0.0, 2.0),

@@ -474,7 +474,7 @@ def generate_town(seed: int, style: str | Style = "suburb", size_m: float = 400.
                     ang = math.atan2(t[1], t[0])
                     ctr = p + nl * side * (base_off + setback + bd / 2)
                     poly = _rect(ctr[0], ctr[1], ang, bl / 2, bd / 2)
-                    if free(poly, 0.4):
+                    if free(poly, 0.25):
                         _poly(occ, half, res_m, poly, 1)
                         h = rb.uniform(*st.building_h_m)
                         roof = np.array(st.roof_palette[int(rb.integers(len(st.roof_palette)))],
