@@ -348,12 +348,18 @@ class ResNet50Backbone(Backbone):
 
 
 def build_backbone(name: str, out_channels: int, weights: str | None = None,
-                   pretrained: bool = True) -> Backbone:
-    """Construct a backbone by name: ``mobilenet_v2`` | ``vgg16`` | ``resnet50``."""
+                   pretrained: bool = True, frozen: int | None = None) -> Backbone:
+    """Construct a backbone by name: ``mobilenet_v2`` | ``vgg16`` | ``resnet50``.
+
+    ``frozen``: number of leading ``features`` modules without gradients (MobileNetV2 default
+    4, VGG16 default 10; ignored by ResNet-50, whose stem and layer1 are frozen).
+    """
     if name == "mobilenet_v2":
-        return MobileNetV2Backbone(out_channels, weights, pretrained)
+        return MobileNetV2Backbone(out_channels, weights, pretrained,
+                                   4 if frozen is None else int(frozen))
     if name == "vgg16":
-        return VGG16Backbone(out_channels, weights, pretrained)
+        return VGG16Backbone(out_channels, weights, pretrained,
+                             10 if frozen is None else int(frozen))
     if name == "resnet50":
         return ResNet50Backbone(out_channels, weights, pretrained)
     raise ValueError(f"unknown backbone {name!r} (mobilenet_v2 | vgg16 | resnet50)")

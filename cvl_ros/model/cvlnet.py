@@ -68,7 +68,8 @@ class CVLNetConfig:
     ``sat_px`` satellite crop side in pixels covering ``coverage_m`` metres (also the overhead
     grid's coverage); ``grid_cells`` S; ``camera_height_m`` default height of the camera above
     the ground plane. Network: ``backbone`` (mobilenet_v2 | vgg16 | resnet50), ``pretrained`` /
-    ``pretrained_path`` (ImageNet weights), ``feature_dim`` C of per-frame features,
+    ``pretrained_path`` (ImageNet weights), ``backbone_frozen`` (leading trunk modules kept
+    frozen; None = backbone default), ``feature_dim`` C of per-frame features,
     ``descriptor_dim`` D of the matched descriptors. Ablations: ``projection`` (gvp | none |
     unet), ``fusion`` (pcsf | conv2d | conv3d | lstm | attn_conv2d | attn_conv3d | attn_lstm),
     ``use_ssm`` (False: centre-aligned matching only), ``use_uncertainty`` (False: U = 1),
@@ -79,6 +80,7 @@ class CVLNetConfig:
     backbone: str = "mobilenet_v2"
     pretrained: bool = True
     pretrained_path: str | None = None
+    backbone_frozen: int | None = None
     ground_hw: tuple = (128, 512)
     sat_px: int = 256
     coverage_m: float = 100.0
@@ -146,8 +148,10 @@ class CVLNet(nn.Module):
         self.config = cfg
         pre = cfg.pretrained and load_pretrained
         C, D, S = cfg.feature_dim, cfg.descriptor_dim, cfg.grid_cells  # noqa: N806
-        self.ground_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre)
-        self.sat_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre)
+        self.ground_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre,
+                                              cfg.backbone_frozen)
+        self.sat_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre,
+                                           cfg.backbone_frozen)
         if cfg.projection == "none":
             self.projector = ResizeProjection(S)
         elif cfg.projection == "unet":

@@ -119,40 +119,54 @@ class PCSF(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
         """(B,N,C,S,S), (B,N,1,S,S) -> (B,C,S,S), (B,1,S,S)."""
         B, N, C, S, S2 = x.shape  # noqa: N806
-        h, d = self.heads, C // self.heads
-        maskp = mask.reshape(B, N, P_ := S * S2)
-        cnt = maskp.sum(1)  # (B,P)
-        # attention is evaluated only at cells seen by some frame (others output zero)
-        idx = (cnt.sum(0) > 0).nonzero().squeeze(1)
-        Pv = int(idx.numel())  # noqa: N806
-        mv = maskp[:, :, idx]  # (B,N,Pv)
-        kvalid = (mv > 0.5).permute(0, 2, 1).reshape(B, 1, Pv, 1, N)  # keys j per pixel
-        enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
-        scale = 1.0 / math.sqrt(d)
-        cur = x
-        nl = len(self.qkv)
-        fused = x.new_zeros(B, h, d, P_)
-        for li, layer in enumerate(self.qkv):
-            q, k, v = layer(((cur + enc) * mask).reshape(B * N, C, S, S2))
+        seen = mask.sum(1)[:, 0] > 0  # (B,S,S)
+        anyv = seen.to(x.dtype).unsqueeze(1)
+        fused = x.new_zeros(B, C, S, S2)
+        rows = seen.any(0).any(1).nonzero()
+        cols = seen.any(0).any(0).nonzero()
+        if rows.numel() == 0:
+            return fused, anyv
+        # Work on the bounding box of the seen cells plus a 2-cell margin (the reach of two
+        # stacked 3x3 convs): inputs outside are zero, so the result is exact and cheaper.
+        m = 2 * len(self.qkv)
+        r0, r1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + m + 1, S)
+        c0, c1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + m + 1, S2)
+        fused[..., r0:r1, c0:c1] = self._fuse(x[..., r0:r1, c0:c1], mask[..., r0:r1, c0:c1])
+        return fused, anyv
 
-            def pix(t):  # (B*N,C,S,S) -> (B,h,Pv,N,d) at the seen cells
-                t = t.reshape(B, N, h, d, P_)[..., idx]
-                return t.permute(0, 2, 4, 1, 3)
+    def _fuse(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, N, C, S, S2 = x.shape  # noqa: N806
+        P = S * S2  # noqa: N806
+        h, d = self.heads, C // self.heads
+        maskp = mask.reshape(B, N, P)
+        cnt = maskp.sum(1)  # (B,P)
+        # additive key mask (0 valid / -1e4 invalid), per pixel over frames j
+        kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, 1, P, 1, N)
+        enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
+        mflat = mask.reshape(B * N, 1, S, S2)
+        scale = 1.0 / math.sqrt(d)
+        cur = ((x + enc) * mask).reshape(B * N, C, S, S2)
+        nl = len(self.qkv)
+        for li, layer in enumerate(self.qkv):
+            q, k, v = layer(cur)
+
+            def pix(t):  # (B*N,C,S,S) channels_last -> (B,h,P,N,d)
+                return t.permute(0, 2, 3, 1).reshape(B, N, P, h, d).permute(0, 3, 2, 1, 4)
 
             q, k, v = pix(q) * scale, pix(k), pix(v)
-            logits = torch.matmul(q, k.transpose(-1, -2))  # (B,h,Pv,Ni,Nj)
-            m = _masked_softmax_over_frames(logits, kvalid, dim=-1)
+            logits = torch.matmul(q, k.transpose(-1, -2)) + kbias  # (B,h,P,Ni,Nj)
+            # cells no frame sees get a uniform softmax here; they are zeroed below (the
+            # next layer's input is masked, the last layer's mean runs over valid i only)
+            att = torch.softmax(logits, dim=-1)
             if li < nl - 1:
-                out = torch.matmul(m, v)  # (B,h,Pv,Ni,d)
-                full = x.new_zeros(B, N, h, d, P_)
-                full[..., idx] = out.permute(0, 3, 1, 4, 2)
-                cur = full.reshape(B, N, C, S, S2) * mask
+                out = torch.matmul(att, v)  # (B,h,P,Ni,d)
+                out = out.permute(0, 3, 2, 1, 4).reshape(B * N, S, S2, C).permute(0, 3, 1, 2)
+                cur = (out + enc.reshape(N, C, 1, 1).repeat(B, 1, 1, 1)) * mflat
             else:
-                mi = mv.permute(0, 2, 1).reshape(B, 1, Pv, N, 1)  # valid queries i
-                w = (m * mi).sum(3) / cnt[:, idx].clamp_min(1.0).reshape(B, 1, Pv, 1)
-                fused[..., idx] = torch.matmul(w.unsqueeze(-2), v).squeeze(-2).transpose(-1, -2)
-        anyv = (cnt > 0).to(x.dtype).reshape(B, 1, S, S2)
-        return fused.reshape(B, C, S, S2), anyv
+                mi = maskp.permute(0, 2, 1).reshape(B, 1, P, N, 1)  # valid queries i
+                w = (att * mi).sum(3) / cnt.clamp_min(1.0).reshape(B, 1, P, 1)
+                out = torch.matmul(w.unsqueeze(-2), v).squeeze(-2)  # (B,h,P,d)
+        return out.permute(0, 1, 3, 2).reshape(B, C, S, S2)
 
 
 class _Conv2dFusion(nn.Module):

@@ -139,20 +139,14 @@ def uncertainty_at_shifts(u: torch.Tensor, radius: int) -> torch.Tensor:
     """
     r = int(radius)
     S = u.shape[-1]  # noqa: N806
+    # U padded with ones by r + 1 cells; index of tile cell (0, 0) is then r + 1
+    up = F.pad(u, (r + 1,) * 4, value=1.0)
     if S % 2 == 0:
-        pooled = F.avg_pool2d(F.pad(u, (1, 1, 1, 1), value=1.0), 2, stride=1)  # (S+1)
-        c = S // 2  # pooled index of position (S-1)/2
-        size = S + 1
-    else:
-        pooled = u
-        c = (S - 1) // 2
-        size = S
-    lo, hi = c - r, c + r + 1
-    pad_lo, pad_hi = max(0, -lo), max(0, hi - size)
-    pooled = F.pad(pooled, (pad_lo, pad_hi, pad_lo, pad_hi), value=1.0)
-    lo += pad_lo
-    hi += pad_lo
-    return pooled[:, 0, lo:hi, lo:hi]
+        c = S // 2 + r + 1  # padded index of the cell just after position (S-1)/2
+        win = up[:, 0, c - r - 1:c + r + 1, c - r - 1:c + r + 1]  # (2r+2)^2 cells
+        return 0.25 * (win[:, :-1, :-1] + win[:, 1:, :-1] + win[:, :-1, 1:] + win[:, 1:, 1:])
+    c = (S - 1) // 2 + r + 1
+    return up[:, 0, c - r:c + r + 1, c - r:c + r + 1]
 
 
 def match_descriptors(
