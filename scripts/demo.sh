@@ -17,6 +17,8 @@
 #   CVL_DEMO_RATE       replay speed factor (default 0.5; the 2-core CPU runs the model live)
 #   CVL_DEMO_MODEL      model checkpoint (default models/cvlnet_demo/model.safetensors)
 #   CVL_DEMO_THREADS    torch threads of the node (default 2)
+#   CVL_DEMO_STYLE      town style (default old_town, a test style the model was not trained on)
+#   CVL_DEMO_HEADING_NOISE_DEG  sigma of the IMU heading error of the drive (default 0.5)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +32,8 @@ FRAMES="${CVL_DEMO_FRAMES:-200}"
 RATE="${CVL_DEMO_RATE:-0.5}"
 MODEL="${CVL_DEMO_MODEL:-$ROOT/models/cvlnet_demo/model.safetensors}"
 THREADS="${CVL_DEMO_THREADS:-2}"
+STYLE="${CVL_DEMO_STYLE:-old_town}"
+HEADING_NOISE="${CVL_DEMO_HEADING_NOISE_DEG:-0.5}"
 PARAMS="$ROOT/config/localize.yaml"
 T0=$SECONDS
 
@@ -70,13 +74,15 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------
 log "1/7 synthetic town and drive (seed $SEED, $FRAMES frames)"
-"$BIN/cvl-synth" --out "$OUT/town" --seed "$SEED" --drives 1 --frames "$FRAMES" \
+"$BIN/cvl-synth" --out "$OUT/town" --seed "$SEED" --style "$STYLE" --split test --drives 1 \
+  --frames-per-drive "$FRAMES" --heading-noise-deg "$HEADING_NOISE" \
   >"$OUT/synth.log" 2>&1 || { tail -n 30 "$OUT/synth.log" >&2; die "cvl-synth failed"; }
 DRIVE="$(find "$OUT/town/raw_data" -mindepth 2 -maxdepth 2 -type d -name '*_sync' | sort | head -n 1)"
 [[ -n "$DRIVE" ]] || die "cvl-synth wrote no drive under $OUT/town/raw_data"
 
 log "2/7 tile database with $(basename "$(dirname "$MODEL")")"
-"$BIN/cvl-build-db" --checkpoint "$MODEL" --data "$OUT/town" --out "$OUT/db" \
+"$BIN/cvl-build-db" --checkpoint "$MODEL" --tiles "$OUT/town" --split test2 --out "$OUT/db" \
+  --threads "$THREADS" --no-progress \
   >"$OUT/build_db.log" 2>&1 || { tail -n 30 "$OUT/build_db.log" >&2; die "cvl-build-db failed"; }
 
 log "3/7 bag of the drive"
@@ -85,7 +91,7 @@ log "3/7 bag of the drive"
 
 log "4/7 node (cvl-localize, use_sim_time) as its own process"
 OMP_NUM_THREADS="$THREADS" "$BIN/cvl-localize" --ros-args --params-file "$PARAMS" \
-  -p use_sim_time:=true -p checkpoint:="$MODEL" -p database:="$OUT/db" \
+  -p use_sim_time:=true -p checkpoint_path:="$MODEL" -p database_path:="$OUT/db" \
   -p torch_threads:="$THREADS" \
   -r image:=/kitti/camera_color_left/image_raw \
   -r camera_info:=/kitti/camera_color_left/camera_info \

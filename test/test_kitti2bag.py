@@ -217,3 +217,15 @@ def test_synthetic_ground_truth_from_oxts_true(tmp_path):
         e, n, _ = d.to_enu(fix.latitude, fix.longitude, 0.0)
         assert float(e) - gt.pose.position.x == pytest.approx(3.0, abs=0.01)  # the GPS error
         assert float(n) - gt.pose.position.y == pytest.approx(0.0, abs=0.01)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_camera_info_precedes_its_image(tmp_path, storage):
+    drive = tiny_drive(tmp_path, n=6)
+    write_kitti_bag(drive, tmp_path / "bag", storage=storage)
+    order = [(m.stamp_ns, m.topic) for m in bags.iter_bag(
+        tmp_path / "bag", [bags.TOPIC_IMAGE, bags.TOPIC_CAMERA_INFO])]
+    assert order == sorted(order, key=lambda x: x[0])
+    for k in range(0, len(order), 2):
+        assert order[k][1] == bags.TOPIC_CAMERA_INFO and order[k + 1][1] == bags.TOPIC_IMAGE
+        assert order[k][0] == order[k + 1][0]

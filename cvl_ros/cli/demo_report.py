@@ -57,6 +57,9 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
                 if t.child_frame_id.endswith("odom") and t.header.frame_id.endswith("map"):
                     map_odom.append(t.header.stamp.sec * 1_000_000_000 + t.header.stamp.nanosec)
     rows.sort(key=lambda r: r.stamp_ns)
+    # The node latches a NO_FIX message with a zero stamp at activation (nothing seen yet).
+    startup = [r for r in rows if r.stamp_ns == 0]
+    rows = [r for r in rows if r.stamp_ns != 0]
     image_stamps = [m.stamp_ns for m in bags.iter_bag(input_bag, [bags.TOPIC_IMAGE])]
     image_set = set(image_stamps)
     keyframes = lb.expected_keyframes(input_bag, keyframe_distance_m=keyframe_distance_m,
@@ -80,6 +83,7 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
                               if keyframes else 0.0),
         "stamps_match_images": bool(rows) and est_stamps <= image_set,
         "estimates_not_at_image_stamps": len(est_stamps - image_set),
+        "startup_messages": len(startup),
         "tf_map_odom": len(map_odom),
         "heatmaps": len(heatmaps),
     }

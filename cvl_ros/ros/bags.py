@@ -402,15 +402,16 @@ def write_kitti_bag(
             img = np.ascontiguousarray(img, dtype=np.uint8)
             if img.shape[:2] != (height, width):
                 raise ValueError(f"frame {i}: image size {img.shape[:2]} != {(height, width)}")
-            put(c_img, t_cam, T[MSG_IMAGE](
-                header=_header(store, t_cam, FRAME_CAMERA), height=height, width=width,
-                encoding="rgb8", is_bigendian=0, step=width * 3, data=img.reshape(-1)))
+            # camera_info first: a subscriber pairing by stamp then has it when the image comes
             put(c_info, t_cam, T[MSG_CAMERA_INFO](
                 header=_header(store, t_cam, FRAME_CAMERA), height=height, width=width,
                 distortion_model="plumb_bob", d=np.zeros(5), k=P[:, :3].reshape(-1).copy(),
                 r=R_rect.reshape(-1).copy(), p=P.reshape(-1).copy(), binning_x=0, binning_y=0,
                 roi=T["sensor_msgs/msg/RegionOfInterest"](
                     x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
+            put(c_img, t_cam, T[MSG_IMAGE](
+                header=_header(store, t_cam, FRAME_CAMERA), height=height, width=width,
+                encoding="rgb8", is_bigendian=0, step=width * 3, data=img.reshape(-1)))
             # GPS fix: the OXTS position (ground truth grade on KITTI).
             acc = float(getattr(pk, "pos_accuracy", 0.0) or 0.0)
             var = max(acc, 0.05) ** 2
