@@ -34,11 +34,12 @@ def build_tiny_resources(out_dir):
 class OracleLocalizer(Localizer):
     """The real Localizer over the oracle model; the truth is looked up by the frame's stamp."""
 
-    def __init__(self, truth_by_stamp: dict, window_length=2):
+    def __init__(self, truth_by_stamp: dict, window_length=2, odom_yaw_offset_rad=0.0):
         db = FakeDB()
         self.oracle = OracleModel(db, noise=0.0)
         self.truth_by_stamp = truth_by_stamp
-        super().__init__(self.oracle, db, LocalizerConfig(window_length=window_length))
+        super().__init__(self.oracle, db, LocalizerConfig(
+            window_length=window_length, odom_yaw_offset_rad=odom_yaw_offset_rad))
 
     def add_frame(self, frame):
         T = self.truth_by_stamp.get(int(frame.stamp_ns))

@@ -80,8 +80,7 @@ def _wait_connected(ex, spin_until, probe, node):
 
 
 def _feed(ex, spin_until, probe, node, drive, i, expect_output=True, **kw):
-    before = (len(probe.geo_for(drive.stamps[i])), node.counters["input_errors"],
-              node.counters["processed_images"])
+    before = (len(probe.geo_for(drive.stamps[i])), node.counters["frames_handled"])
     probe.pub_odom.publish(drive.odom_msg(i, nan=kw.get("nan", False)))
     if kw.get("info", True):
         probe.pub_info.publish(drive.info_msg(i, kw.get("width"), kw.get("height")))
@@ -91,8 +90,8 @@ def _feed(ex, spin_until, probe, node, drive, i, expect_output=True, **kw):
                    f"geo_pose for frame {i} (last input error: {node.last_error!r}, "
                    f"{node.counters})")
     else:
-        spin_until(ex, lambda: node.counters["input_errors"] > before[1]
-                   or node.counters["processed_images"] > before[2], 10.0, f"frame {i} handled")
+        spin_until(ex, lambda: node.counters["frames_handled"] > before[1], 10.0,
+                   f"frame {i} handled")
 
 
 def _setup(ros_executor, spin_until, node, probe=None):
@@ -186,7 +185,8 @@ def _oracle_node(ros_executor, spin_until, drive, resources, wait=True, **params
                       odom_yaw_offset_rad=float(drive.odom_yaw_offset), **params)
     ex, probe = _setup(ros_executor, spin_until, node)
     node.trigger_configure()
-    node.localizer = OracleLocalizer(drive.truth)  # same Localizer, oracle matcher
+    # the same Localizer with the node's configuration, over the oracle matcher
+    node.localizer = OracleLocalizer(drive.truth, odom_yaw_offset_rad=node.p("odom_yaw_offset_rad"))
     node.trigger_activate()
     if wait:
         _wait_connected(ex, spin_until, probe, node)

@@ -54,7 +54,7 @@ def test_shipped_params_file_alone_configures_and_activates(ros_context):
     node = LocalizerNode(context=ros_context,
                          cli_args=["--ros-args", "--params-file", str(PARAMS_FILE)])
     try:
-        assert node.p("database_path") == "demo_out/tiles_db"
+        assert node.p("database_path") == "demo_out/db"
         node.trigger_configure()
         node.trigger_activate()
         assert node._lifecycle_state == "active"
@@ -66,7 +66,7 @@ def test_shipped_params_file_alone_configures_and_activates(ros_context):
 
 
 def test_two_processes(tmp_path, ros_executor, spin_until):
-    from test_ros_node import Probe, _feed, _wait_connected
+    from test_ros_node import Probe, _wait_connected
 
     from cvl_ros.ros.convert import stamp_to_ns
 
@@ -86,15 +86,27 @@ def test_two_processes(tmp_path, ros_executor, spin_until):
         probe = Probe(ros_executor.context)
         ros_executor.add_node(probe.node)
 
-        class _Remote:  # _feed reads counters only when no output is expected
-            counters = {"input_errors": 0, "processed_images": 0}
-            last_error = "(remote process)"
-
         _wait_connected(ros_executor, spin_until, probe, None)
-        drive = Drive(n=3)
+        # discovery is asymmetric: the first messages may go before the node has matched our
+        # publishers, so frames are fed until outputs flow, then every frame must get one
+        drive = Drive(n=12)
         t0 = time.monotonic()
-        for i in range(3):
-            _feed(ros_executor, spin_until, probe, _Remote, drive, i)
+        got = []
+        for i in range(len(drive.stamps)):
+            probe.pub_odom.publish(drive.odom_msg(i))
+            probe.pub_info.publish(drive.info_msg(i))
+            probe.pub_img.publish(drive.image_msg(i))
+            deadline = time.monotonic() + (20.0 if got else 3.0)
+            while not probe.geo_for(drive.stamps[i]) and time.monotonic() < deadline:
+                ros_executor.spin_once(timeout_sec=0.05)
+            if probe.geo_for(drive.stamps[i]):
+                got.append(i)
+            elif got:
+                pytest.fail(f"no geo_pose for frame {i} after outputs started (got {got})")
+            if len(got) >= 3:
+                break
+        assert len(got) >= 3, (tmp_path / "node.log").read_text()
+        drive.stamps = drive.stamps[: got[-1] + 1]
         g = probe.geo_for(drive.stamps[-1])[-1]
         assert stamp_to_ns(g.header.stamp) == drive.stamps[-1]
         assert g.tiles_searched > 0 and g.window_length >= 1

@@ -107,6 +107,9 @@ class LocalizerConfig:
     """Updates needed after (re)initialisation before TRACKING is reported."""
     lost_after_updates: int = 8
     """Consecutive updates without a good fix after which a global relocalisation starts."""
+    odom_yaw_offset_rad: float = 0.0
+    """ENU yaw of the odometry frame's x axis, used while frames carry no absolute heading (an
+    initial pose with a yaw replaces it until the next reset)."""
     heading_sigma_rad: float = 0.05
     """1-sigma of the absolute heading (IMU/INS), reported as the yaw variance."""
     gps_prior_min_sigma_m: float = 5.0
@@ -345,7 +348,7 @@ class Localizer:
             self._last_stamp_ns: int | None = None
             self._last_update_odom: np.ndarray | None = None
             self._last_odom: np.ndarray | None = None
-            self._yaw_offset = 0.0
+            self._yaw_offset = float(self.config.odom_yaw_offset_rad)
             self._yaw_offset_known = False
             self._pending_yaw: float | None = None
             self._global_mode = True

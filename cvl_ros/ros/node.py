@@ -42,8 +42,8 @@ from cvl_ros.ros.sync import PoseBuffer, ScalarBuffer, StampPairer, TimeWentBack
 
 NODE_NAME = "cvl_localizer"
 DEFAULT_CHECKPOINT = "models/cvlnet_demo"
-DEFAULT_DATABASE = "demo_out/tiles_db"
-BUILD_DB_HINT = ("build it with `make demo` (writes demo_out/tiles_db from the synthetic town) or "
+DEFAULT_DATABASE = "demo_out/db"
+BUILD_DB_HINT = ("build it with `make demo` (writes demo_out/db from the synthetic town) or "
                  "`cvl-build-db --checkpoint <ckpt> --out <dir> ...` for your own tiles, then set "
                  "the parameter database_path")
 MODEL_HINT = ("the demo model ships in models/cvlnet_demo/ (restore it with git, or train one "
@@ -59,6 +59,7 @@ PARAMS: dict[str, tuple[object, str]] = {
     "database_path": (DEFAULT_DATABASE, "tile database folder (relative: to the working "
                                         "directory, then the package)"),
     "device": ("auto", "auto | cpu | cuda[:n] (CUDA when present; CPU fallback with a warning)"),
+    "torch_threads": (0, "CPU threads of torch (torch.set_num_threads); 0 = torch's default"),
     "autostart": (True, "configure and activate by itself at start (cvl-localize); the launch "
                         "file sets it false and drives the transitions"),
     "map_frame": ("map", "frame of the outputs (ENU about the map datum)"),
@@ -68,10 +69,13 @@ PARAMS: dict[str, tuple[object, str]] = {
     "use_compressed": (False, "subscribe to image/compressed (CompressedImage) instead of image"),
     "odom_source": ("odom", "odom = nav_msgs/Odometry on `odom`; tf = the odom_frame->base_frame "
                             "transform on /tf"),
-    "heading_source": ("odom", "odom = odometry yaw + odom_yaw_offset_rad is the ENU heading "
-                               "(INS/GNSS-aligned odometry); imu = absolute yaw of `imu`"),
-    "odom_yaw_offset_rad": (0.0, "ENU yaw of the odometry frame's x axis [rad] (heading_source "
-                                 "odom)"),
+    "heading_source": ("auto", "absolute ENU heading of base_frame: imu = yaw of `imu` (INS / "
+                               "compass); odom = odometry yaw + odom_yaw_offset_rad (odometry "
+                               "aligned with ENU); auto = imu when an IMU heading is near the "
+                               "image stamp, else odom"),
+    "odom_yaw_offset_rad": (0.0, "ENU yaw of the odometry frame's x axis [rad] (used by "
+                                 "heading_source odom/auto without IMU; an initialpose yaw "
+                                 "replaces it)"),
     "imu_tolerance_s": (0.2, "largest gap between an image and the IMU heading used [s]"),
     "use_gps_prior": (True, "use `gps/fix` as a coarse prior while there is no belief"),
     "gps_prior_sigma_m": (0.0, "sigma of the GPS prior [m]; 0 = from the NavSatFix covariance"),
@@ -103,7 +107,8 @@ PARAMS: dict[str, tuple[object, str]] = {
     "heatmap_colour": (True, "rgb8 false colour (true) or mono8 (false)"),
     "diagnostics_rate_hz": (1.0, "rate of /diagnostics [Hz]"),
 }
-_LOCALIZER_SKIP = {"map_datum_lat_deg", "map_datum_lon_deg", "map_datum_alt_m", "camera_height_m"}
+_LOCALIZER_SKIP = {"map_datum_lat_deg", "map_datum_lon_deg", "map_datum_alt_m", "camera_height_m",
+                   "odom_yaw_offset_rad"}
 
 
 def _localizer_param_defaults() -> dict[str, object]:
@@ -215,7 +220,8 @@ class LocalizerNode(LifecycleNode):
     def _reset_state(self) -> None:
         self.rates = {k: _Rate() for k in ("image", "camera_info", "odom", "imu", "gps", "output")}
         self.counters = {"dropped_images": 0, "processed_images": 0, "estimates": 0,
-                         "input_errors": 0, "resets": 0}
+                         "input_errors": 0, "resets": 0, "odom_time_jumps": 0,
+                         "frames_handled": 0}
         self.last_error = ""
         self.last_error_time = 0.0
         self.last_estimate = None
@@ -246,6 +252,10 @@ class LocalizerNode(LifecycleNode):
         """Load the model and the tile database; missing ones are reported, not fatal."""
         self._reset_state()
         self.odom_buf = PoseBuffer(float(self.p("odom_buffer_s")))
+        if int(self.p("torch_threads")) > 0:
+            import torch
+
+            torch.set_num_threads(int(self.p("torch_threads")))
         self.missing = []
         self.localizer = None
         model = db = None
@@ -301,6 +311,7 @@ class LocalizerNode(LifecycleNode):
             kw[f.name] = type(f.default)(v) if f.default is not None else v
         h = float(self.p("camera_height_m"))
         kw["camera_height_m"] = h if h > 0 else None
+        kw["odom_yaw_offset_rad"] = float(self.p("odom_yaw_offset_rad"))
         if not bool(self.p("use_database_datum")):
             kw["map_datum_lat_deg"] = float(self.p("map_datum_latitude_deg"))
             kw["map_datum_lon_deg"] = float(self.p("map_datum_longitude_deg"))
@@ -354,7 +365,7 @@ class LocalizerNode(LifecycleNode):
                 self.missing.append("tf2_msgs is not installed: /tf input unavailable")
         if src != "tf":
             self._subs.append(self.create_subscription(Odometry, "odom", self._on_odom, sensor))
-        if str(self.p("heading_source")) == "imu":
+        if str(self.p("heading_source")) in ("imu", "auto"):
             self._subs.append(self.create_subscription(Imu, "imu", self._on_imu, sensor))
         if bool(self.p("use_gps_prior")):
             self._subs.append(self.create_subscription(NavSatFix, "gps/fix", self._on_gps,
@@ -447,7 +458,11 @@ class LocalizerNode(LifecycleNode):
         try:
             self.odom_buf.add(stamp_ns, T)
         except TimeWentBackwards as exc:
-            self._time_reset(str(exc))
+            # the buffer restarted with this pose; the worker resets the localizer when the
+            # first image of the new run arrives (one place, so no reset races a frame)
+            self.counters["odom_time_jumps"] += 1
+            self.get_logger().warning(f"odometry: {exc}")
+            self._tf_last = None
 
     def _time_reset(self, reason: str, stamp_ns: int | None = None) -> None:
         """Time went backwards: forget the future of the previous run and reset the localizer."""
@@ -555,6 +570,8 @@ class LocalizerNode(LifecycleNode):
             except Exception as exc:  # noqa: BLE001 - never kill the worker
                 self.input_error(f"frame failed: {type(exc).__name__}: {exc}")
                 self.get_logger().debug(traceback.format_exc())
+            finally:
+                self.counters["frames_handled"] += 1
 
     def _camera_extrinsics(self, camera_frame: str) -> np.ndarray:
         base = str(self.p("base_frame"))
@@ -635,12 +652,14 @@ class LocalizerNode(LifecycleNode):
             return None
 
     def _heading_at(self, stamp_ns: int, T_ob: np.ndarray) -> float | None:  # noqa: N803
-        if str(self.p("heading_source")) == "imu":
+        """Absolute ENU heading from the IMU, or None.
+
+        With None the localizer uses the odometry yaw plus ``odom_yaw_offset_rad`` (or the yaw of
+        the last initial pose).
+        """
+        if str(self.p("heading_source")) in ("imu", "auto"):
             return self.heading_buf.lookup(stamp_ns, float(self.p("imu_tolerance_s")))
-        if not np.all(np.isfinite(T_ob)):
-            return None
-        yaw = math.atan2(T_ob[1, 0], T_ob[0, 0]) + float(self.p("odom_yaw_offset_rad"))
-        return math.atan2(math.sin(yaw), math.cos(yaw))
+        return None
 
     # ------------------------------------------------------------------ outputs
     def _publish_estimate(self, est, stamp, latency_s: float) -> None:
