@@ -90,7 +90,7 @@ def _route(town: Town, rng: np.random.Generator, length_m: float, margin_m: floa
             straight = float(np.dot(din, dout))
             wt = 1.0 + 0.6 * max(straight, 0.0)
             if not inside[far]:
-                wt *= 0.05
+                wt *= 1e-6  # leave the tile-safe interior only when nothing else is possible
             if j in route[-4:]:
                 wt *= 0.3
             if straight < -0.8:
