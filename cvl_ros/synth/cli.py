@@ -91,9 +91,9 @@ def _oxts_packets(drive: Drive, datum: GeoDatum, gps_sigma_m: float, heading_sig
     wz = np.gradient(np.unwrap(yaw), dt) if n > 1 else np.zeros(n)
     true = enu_poses_to_oxts(T, datum)
     noisy_T = T.copy()  # noqa: N806
-    if gps_sigma_m > 0:
-        noisy_T[:, 0, 3] += ou_process(rng, n, dt, 30.0, gps_sigma_m)
-        noisy_T[:, 1, 3] += ou_process(rng, n, dt, 30.0, gps_sigma_m)
+    if gps_sigma_m > 0:  # gps_sigma_m is the 2D RMS error: per axis sigma / sqrt(2)
+        noisy_T[:, 0, 3] += ou_process(rng, n, dt, 30.0, gps_sigma_m / math.sqrt(2))
+        noisy_T[:, 1, 3] += ou_process(rng, n, dt, 30.0, gps_sigma_m / math.sqrt(2))
     if heading_sigma_deg > 0:
         dyaw = ou_process(rng, n, dt, 20.0, math.radians(heading_sigma_deg))
         for i in range(n):
@@ -400,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-m", type=float, default=400.0, help="town side in metres")
     p.add_argument("--drives", type=int, default=2, help="number of drives")
     p.add_argument("--frames-per-drive", type=int, default=200, help="10 Hz frames per drive")
-    p.add_argument("--style", default="suburb", choices=sorted(STYLES),
-                   help="generator settings: suburb, downtown (train); old_town, hard (test)")
+    p.add_argument("--style", default=None, choices=sorted(STYLES),
+                   help="generator settings: suburb, downtown (train); old_town, hard (test). "
+                   "Default: hard with --split test, else suburb")
     p.add_argument("--split", default="both", choices=("train", "test", "both"),
                    help="which split files the drives go to (both: last drives are test)")
     p.add_argument("--test-drives", type=int, default=None,
@@ -412,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-spacing-m", type=float, default=10.0, help="tile grid spacing")
     p.add_argument("--tile-stride", type=int, default=1, help="use every n-th frame as query")
     p.add_argument("--gps-noise-m", type=float, default=None,
-                   help="sigma of the GPS error written to oxts/ (default: the style's range)")
+                   help="2D RMS of the GPS error written to oxts/ (default: drawn from the "
+                   "style's range, 1-3 m)")
     p.add_argument("--heading-noise-deg", type=float, default=None,
                    help="sigma of the heading error in oxts/ (default: the style's)")
     p.add_argument("--no-tiles", action="store_true", help="skip satmap/ and split files")
@@ -430,13 +432,14 @@ def main(argv=None) -> int:
     log = None if args.quiet else (lambda m: print(m, flush=True))
     if args.bench:
         out = Path(args.out) / "bench.json"
-        res = bench(out, n_frames=args.bench_frames, style=args.style, seed=args.seed,
+        res = bench(out, n_frames=args.bench_frames, style=args.style or "suburb", seed=args.seed,
                     image_size=(1024, 256) if args.image_size == (1024, 256) else args.image_size)
         print(json.dumps(res, indent=1))
         return 0
+    style = args.style or ("hard" if args.split == "test" else "suburb")
     try:
         summary = generate(
-            args.out, seed=args.seed, style=args.style, size_m=args.size_m, drives=args.drives,
+            args.out, seed=args.seed, style=style, size_m=args.size_m, drives=args.drives,
             frames_per_drive=args.frames_per_drive, image_size=args.image_size,
             split=args.split, n_test_drives=args.test_drives, tile_px=args.tile_px,
             tile_spacing_m=args.tile_spacing_m, tile_stride=args.tile_stride,

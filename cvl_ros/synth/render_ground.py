@@ -69,6 +69,8 @@ class GroundRenderer:
         sh = cv2.resize(sh, (n, n), interpolation=cv2.INTER_LINEAR)
         col *= (1.0 - self.light.shadow_strength * sh)[..., None]
         col *= self.light.gain
+        # soften the raster's 0.1 m staircase edges (what a real surface would not show)
+        col = cv2.GaussianBlur(col, (0, 0), 0.8)
         g0 = np.clip(col, 0, 255).astype(np.uint8)
         g1 = cv2.resize(g0, (n // 2, n // 2), interpolation=cv2.INTER_AREA)
         g2 = cv2.resize(g1, (n // 4, n // 4), interpolation=cv2.INTER_AREA)
@@ -83,6 +85,7 @@ class GroundRenderer:
         ob = town.objects
         self._ob = ob
         self.max_range_m = float(max_range_m)
+        self.bilinear_within_m = 8.0
         self.max_entries = int(max_entries)
         self.max_canopy_entries = int(max_canopy_entries)
         # ray samples in forward depth: fine near, geometric far
@@ -117,6 +120,28 @@ class GroundRenderer:
         self._clouds = cv2.resize(cl, (4096, 64), interpolation=cv2.INTER_LINEAR).reshape(-1)
         self._cloud_cover = float(rng.uniform(0.0, 0.6))
         self._noise = (rng.normal(0, 2.5, (512, 2048, 3))).astype(np.float32)
+
+    def _bilinear_ground(self, t, c, dx32, dy32) -> np.ndarray:
+        n = self._mip_n[0]
+        inv = np.float32(n / self.town.size_m)
+        tr_ = t.astype(np.float32)[:, None]
+        fx_ = (np.float32(c[0] + self._half) + tr_ * dx32) * inv - np.float32(0.5)
+        fy_ = (np.float32(self._half - c[1]) - tr_ * dy32) * inv - np.float32(0.5)
+        x0 = np.floor(fx_)
+        y0 = np.floor(fy_)
+        wx = (fx_ - x0)[..., None]
+        wy = (fy_ - y0)[..., None]
+        x0 = np.clip(x0.astype(np.int32), 0, n - 2)
+        y0 = np.clip(y0.astype(np.int32), 0, n - 2)
+        idx = y0 * n + x0
+        m = self._mips[0]
+
+        def rgb(ix):
+            return m[ix].view(np.uint8).reshape(ix.shape + (4,))[..., :3].astype(np.float32)
+
+        top = rgb(idx) * (1 - wx) + rgb(idx + 1) * wx
+        bot = rgb(idx + n) * (1 - wx) + rgb(idx + n + 1) * wx
+        return top * (1 - wy) + bot * wy
 
     @staticmethod
     def _pack(g: np.ndarray) -> np.ndarray:
@@ -265,6 +290,9 @@ class GroundRenderer:
                 img[ground_rows] = g8
             else:
                 gimg = gimg.view(np.uint8).reshape(len(vv), W, 4)[..., :3].astype(np.float32)
+                near = np.nonzero(t < self.bilinear_within_m)[0]
+                if len(near):  # magnified texels near the camera: bilinear, not blocky
+                    gimg[near] = self._bilinear_ground(t[near], c, dx32, dy32)
                 hz = np.nonzero(t > 25.0)[0]
                 if len(hz):
                     haze = (1.0 - np.exp(-t[hz] / 350.0)).astype(np.float32)[:, None, None]
