@@ -536,6 +536,11 @@ def train(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
                                      for k, v in losses.items() if k != "total"})
                     last_row.update({k: float(v) for k, v in mets.items()})
                     metrics_log.write(last_row)
+                    if bar is None:
+                        LOG.info("epoch %d step %d (%d/%d) loss %.4f batch-r@1 %.2f %.0fs", epoch,
+                                 state["step"], state["batch_in_epoch"], len(batches),
+                                 last_row["loss"], last_row.get("recall@1_batch", float("nan")),
+                                 state["elapsed_s"])
                 if max_steps is not None and state["step"] >= int(max_steps):
                     budget_hit = True
                 if max_minutes is not None and state["elapsed_s"] >= 60.0 * float(max_minutes):
