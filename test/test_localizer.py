@@ -255,3 +255,24 @@ def test_real_tiny_cvlnet_and_tile_database(tmp_path):
         assert e.score_map.shape == (7, 7)
         assert e.tile_id in db.tile_ids
     assert ests[-1].window_len == 3
+
+
+def test_map_datum_other_than_the_database_datum():
+    from cvl_ros.geo import GeoDatum
+
+    db = FakeDB()
+    model = OracleModel(db)
+    lat0, lon0, _ = db.datum.to_geodetic(100.0, -50.0, 0.0)
+    cfg = LocalizerConfig(window_length=2, map_datum_lat_deg=lat0, map_datum_lon_deg=lon0,
+                          map_datum_alt_m=200.0)
+    loc = Localizer(model, db, cfg)
+    assert loc.datum == GeoDatum(lat0, lon0, 200.0)
+    Twb = drive_poses(12, 1.5, (0.0, 0.0), 0.0)
+    last = [e for e in _run(loc, model, Twb) if e][-1]
+    assert last.status == Status.TRACKING
+    # the same place: map coordinates shifted by the datum offset, same WGS84 position
+    assert abs(last.east_m - (Twb[-1][0, 3] - 100.0)) < 2.0
+    assert abs(last.north_m - (Twb[-1][1, 3] + 50.0)) < 2.0
+    lat, lon, _ = db.datum.to_geodetic(Twb[-1][0, 3], Twb[-1][1, 3], 0.0)
+    assert abs(last.lat_deg - lat) < 2e-5 and abs(last.lon_deg - lon) < 3e-5
+    assert (last.datum_lat_deg, last.datum_alt_m) == (lat0, 200.0)

@@ -253,6 +253,8 @@ class Localizer:
         self.device, self.device_warning = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.db = database
+        if len(database) == 0:
+            raise ValueError("the tile database has no tiles")
         mc = model.config
         self._ground_hw = tuple(int(v) for v in mc.ground_hw)
         self._disp_cell_m = float(mc.coverage_m) / float(mc.grid_cells)
@@ -398,6 +400,8 @@ class Localizer:
 
     def set_gps_prior(self, lat_deg: float, lon_deg: float, sigma_m: float) -> bool:
         """Use a coarse GNSS fix to initialise when there is no belief; returns True if used."""
+        if self.filter.initialized and not self._global_mode:
+            return False  # cheap early exit without waiting for a running update
         with self._lock:
             if not (math.isfinite(lat_deg) and math.isfinite(lon_deg)):
                 return False

@@ -140,8 +140,11 @@ def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", stamp=None, frame_id: 
 
 
 def camera_info_to_pinhole(msg) -> PinholeCamera:
-    """``sensor_msgs/CameraInfo`` (K of a rectified/undistorted image) -> PinholeCamera."""
+    """``sensor_msgs/CameraInfo`` (K of a rectified/undistorted image; P when K is empty)."""
     k = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    p = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
+    if not (k[0, 0] > 0 and k[1, 1] > 0) and p[0, 0] > 0 and p[1, 1] > 0:
+        k = p[:, :3]  # some drivers fill only P (rectified projection)
     w, h = int(msg.width), int(msg.height)
     if w <= 0 or h <= 0 or not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0:
         raise ImageConversionError(f"camera_info is invalid (size {w}x{h}, fx={k[0, 0]}, "
