@@ -72,9 +72,11 @@ if stamp_ok deps "$DEPS_KEY"; then
   log "deps: up to date"
 else
   log "deps: installing pinned requirements (ROS 2 Kilted wheels, torch CPU, ...)"
-  "${PIP[@]}" install -q "${PIP_FIND[@]}" -r requirements.txt -c constraints.txt 2> >(quiet >&2) \
+  # --no-compile: byte-compiling torch & co. at install time costs minutes on 2 cores; Python
+  # compiles what is imported, once, on first use.
+  "${PIP[@]}" install -q --no-compile "${PIP_FIND[@]}" -r requirements.txt -c constraints.txt 2> >(quiet >&2) \
     || die "pip install failed (torch==2.13.0+cpu comes from a local wheel folder: /opt/wheels)"
-  "${PIP[@]}" install -q --no-deps -r requirements-nodeps.txt 2> >(quiet >&2)
+  "${PIP[@]}" install -q --no-compile --no-deps -r requirements-nodeps.txt 2> >(quiet >&2)
   stamp_set deps "$DEPS_KEY"
   stamp_clear cmake-patch
 fi
