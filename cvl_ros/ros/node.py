@@ -359,8 +359,14 @@ class LocalizerNode(LifecycleNode):
                         TFMessage, "/tf", self._on_tf,
                         QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)))
                 if bool(self.p("use_tf_static_extrinsics")):
+                    # transient-local gets the latched statics; a second, volatile subscription
+                    # also hears replayers/converters that lost the transient-local QoS
                     self._subs.append(self.create_subscription(TFMessage, "/tf_static",
                                                                self._on_tf_static, latched))
+                    self._subs.append(self.create_subscription(
+                        TFMessage, "/tf_static", self._on_tf_static,
+                        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                                   durability=DurabilityPolicy.VOLATILE)))
             except ImportError:
                 self.missing.append("tf2_msgs is not installed: /tf input unavailable")
         if src != "tf":
