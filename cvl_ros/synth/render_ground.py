@@ -438,6 +438,8 @@ class GroundRenderer:
         along = np.where(on_x, ly, lx)
         fa = np.mod(along, self._win_sp[o]) / self._win_sp[o]
         wcol = ((fa > 0.25) & (fa < 0.75)) & (kind == OBJ_BUILDING)
+        fh_lw = self._floor_h[o].astype(np.float32)
+        ztop_lw = (ob["z_hi"][o] - 0.6).astype(np.float32)
         # canopies: lit side
         ti = np.where(canopy, np.maximum(oid - 1, 0), 0)
         side = ((hx - tr["x"][ti]) * self._sun_xy[0] + (hy - tr["y"][ti]) * self._sun_xy[1]) \
@@ -465,15 +467,13 @@ class GroundRenderer:
         tex = self._tex_flat[trow * 256 + tcol.reshape(-1)[flat]]
         col *= (np.float32(0.85) + np.float32(0.3) * tex)[:, None]
         of = o.reshape(-1)[flat]
-        bm = wcol.reshape(-1)[flat]
-        if bm.any():
-            fh = self._floor_h[of[bm]]
-            zb = z[bm]
-            fz = np.mod(zb, fh) / fh
-            win = (fz > 0.35) & (fz < 0.8) & (zb > fh * 0.9) & (zb < ob["z_hi"][of[bm]] - 0.6)
-            cb = col[bm]
-            cb[win] = cb[win] * 0.25 + np.array([45, 55, 70], np.float32)
-            col[bm] = cb
+        # windows: floors every floor_h, columns every win_spacing (per (layer, column) masks)
+        fh = fh_lw.reshape(-1)[flat]
+        fz = np.mod(z, fh) / fh
+        win = wcol.reshape(-1)[flat] & (fz > 0.35) & (fz < 0.8) & (z > fh * 0.9) \
+            & (z < ztop_lw.reshape(-1)[flat])
+        if win.any():
+            col[win] = col[win] * 0.25 + np.array([45, 55, 70], np.float32)
         carm = k == OBJ_CAR
         if carm.any():
             cc = col[carm]
