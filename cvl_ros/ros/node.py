@@ -44,8 +44,8 @@ NODE_NAME = "cvl_localizer"
 DEFAULT_CHECKPOINT = "models/cvlnet_demo"
 DEFAULT_DATABASE = "demo_out/db"
 BUILD_DB_HINT = ("build it with `make demo` (writes demo_out/db from the synthetic town) or "
-                 "`cvl-build-db --checkpoint <ckpt> --out <dir> ...` for your own tiles, then set "
-                 "the parameter database_path")
+                 "`cvl-build-db --checkpoint <ckpt> --tiles <KITTI-CVL root or mosaic.png> --out "
+                 "<dir>` for your own tiles, then set the parameter database_path")
 MODEL_HINT = ("the demo model ships in models/cvlnet_demo/ (restore it with git, or train one "
               "with `cvl-train`) and set the parameter checkpoint_path")
 
