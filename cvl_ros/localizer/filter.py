@@ -219,7 +219,7 @@ class GridFilter:
         old_half = (old_prob.shape[0] - 1) / 2.0
         self._alloc(center_en, extent_m, cell_m)
         e, n = self.cell_coords()
-        if cell_m >= old_cell:
+        if cell_m > old_cell * (1.0 + 1e-9):
             # coarsening: sum old cells into the new ones (mass preserving)
             oe = old_center[0] + (np.arange(old_prob.shape[1]) - old_half) * old_cell
             on = old_center[1] + (old_half - np.arange(old_prob.shape[0])) * old_cell
@@ -231,7 +231,7 @@ class GridFilter:
             np.add.at(self.prob, (row[ok], col[ok]), old_prob[ok])
             lost = float(old_prob[~ok].sum())
         else:
-            # refining: interpolate the density
+            # same or finer cells: interpolate the density (sub-cell shifts stay exact on average)
             orow = old_half - (n - old_center[1]) / old_cell
             ocol = old_half + (e - old_center[0]) / old_cell
             dens = ndimage.map_coordinates(old_prob, [orow.ravel(), ocol.ravel()], order=1,

@@ -508,6 +508,9 @@ class Localizer:
                 d = (R_off @ np.append(T_ob[:3, 3] - self._last_update_odom[:3, 3], 0.0))[:2]
                 sigma = c.process_noise_m + c.odom_noise_fraction * float(np.hypot(*d))
                 self.filter.predict(d, sigma)
+                if self._grid_global:  # keep the whole-database grid on the database
+                    center, extent, cell = self._global_grid()
+                    self.filter.regrid(center, extent, cell)
             self._last_update_odom = T_ob.copy()
             # ---- fused ground descriptor of the window
             kfs = self.window.frames()
