@@ -255,6 +255,11 @@ def test_real_tiny_cvlnet_and_tile_database(tmp_path):
         assert e.score_map.shape == (7, 7)
         assert e.tile_id in db.tile_ids
     assert ests[-1].window_len == 3
+    # a database larger than global_max_tiles is pre-selected by TileDatabase.global_topk
+    loc2 = Localizer(model, db, LocalizerConfig(window_length=2, global_max_tiles=5,
+                                                global_topk=4))
+    e = loc2.add_frame(Frame(0, image(0), CAMERA, np.eye(4), 0.0, T_BODY_CAM))
+    assert e.global_search and e.tiles_searched == 4
 
 
 def test_map_datum_other_than_the_database_datum():

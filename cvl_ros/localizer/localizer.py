@@ -467,7 +467,7 @@ class Localizer:
         if self._global_mode:
             if n_tiles <= c.global_max_tiles:
                 return np.arange(n_tiles), True
-            idx, _ = self.db.global_topk(ground, min(c.global_topk, n_tiles))
+            idx, _ = self.db.global_topk(_to_device(ground, "cpu"), min(c.global_topk, n_tiles))
             return np.asarray(idx, dtype=np.int64).reshape(-1), True
         e, n = self._map_to_db(float(pred_en[0]), float(pred_en[1]))
         idx = self.db.query_radius(e, n, radius_m)
