@@ -113,3 +113,11 @@ def test_scalar_buffer_and_pairer():
     assert p.match(10_000_150, 0.05) == "b"
     assert p.match(10**12, 0.05) is None
     assert p.match(10**12, -1.0) == "b"
+
+
+def test_status_values_equal_the_message_constants():
+    msg = pytest.importorskip("cvl_ros.msg", reason="cvl_ros.msg is not built; run `make setup`")
+    from cvl_ros.localizer import Status
+
+    for s in Status:
+        assert getattr(msg.GeoPoseEstimate, s.name) == int(s)
