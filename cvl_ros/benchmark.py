@@ -1,6 +1,7 @@
 """Latency, memory and retrieval benchmark behind ``cvl-bench``.
 
-Measured (median of ``reps`` >= 20 repetitions after warm-up, wall-clock, ``torch.no_grad``):
+Measured (median of ``reps`` >= 20 repetitions after warm-up, wall-clock, ``torch.no_grad``;
+model timings interleaved so that load changes on a shared machine hit all of them alike):
 
 * ``backbone_forward_ms``: one ``encode_ground`` of one frame.
 * ``update_ms[N]``: one tracking update with a window of N frames and cached per-frame features:
@@ -65,36 +66,55 @@ def window_geometry(model, n: int, spacing_m: float = 3.0):
 @torch.no_grad()
 def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: int = 3,
                 candidates: int = 50) -> dict:
-    """Backbone, update and recompute-update latencies (ms) for the window lengths."""
+    """Backbone, update and recompute-update latencies (ms) for the window lengths.
+
+    The measurements are interleaved (each repetition times the backbone and every window
+    length, cached and recomputed, in turn), so a change of machine load during the run affects
+    all of them alike and their ratios stay meaningful on a shared machine.
+    """
     model.eval().to(device)
     h, w = model.config.ground_hw
     frame = torch.rand(1, 3, h, w, device=device)
-    out = {"backbone_forward_ms": _median_ms(lambda: model.encode_ground(frame), reps, warmup,
-                                             device)}
     sat_px = model.config.sat_px
     tiles = model.encode_satellite(torch.rand(candidates, 3, sat_px, sat_px, device=device))
     feat1 = model.encode_ground(frame)
-    out["update_ms"], out["recompute_update_ms"] = {}, {}
+    tasks = {"backbone": lambda: model.encode_ground(frame)}
     for n in windows:
         K, T = window_geometry(model, n)  # noqa: N806
         K, T = K.to(device), T.to(device)  # noqa: N806
         cache = [feat1.clone() for _ in range(max(n - 1, 0))]
         frames = torch.rand(n, 3, h, w, device=device)
 
-        def update():
+        def update(n=n, K=K, T=T, cache=cache):  # noqa: N803
             new = model.encode_ground(frame)  # the new keyframe only
             feats = torch.cat([new] + cache[: n - 1], 0)[None]
             g = model.project_and_fuse(feats, K, T)
             return model.match(g, tiles)
 
-        def recompute():
+        def recompute(n=n, K=K, T=T, frames=frames):  # noqa: N803
             feats = model.encode_ground(frames)[None]
             g = model.project_and_fuse(feats, K, T)
             return model.match(g, tiles)
 
-        out["update_ms"][str(n)] = _median_ms(update, reps, warmup, device)
-        out["recompute_update_ms"][str(n)] = _median_ms(recompute, reps, warmup, device)
-    return out
+        tasks[f"update/{n}"] = update
+        tasks[f"recompute/{n}"] = recompute
+    for _ in range(warmup):
+        for fn in tasks.values():
+            fn()
+    times: dict = {k: [] for k in tasks}
+    for _ in range(reps):
+        for key, fn in tasks.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append((time.perf_counter() - t) * 1000.0)
+    med = {k: float(statistics.median(v)) for k, v in times.items()}
+    return {
+        "backbone_forward_ms": med["backbone"],
+        "update_ms": {str(n): med[f"update/{n}"] for n in windows},
+        "recompute_update_ms": {str(n): med[f"recompute/{n}"] for n in windows},
+    }
 
 
 @torch.no_grad()
