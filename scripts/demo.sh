@@ -56,6 +56,9 @@ export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_HOME="$OUT/ros_home"
 export ROS_LOG_DIR="$OUT/ros_home/log"
+# Large images between processes: Fast DDS's default 512 KiB shared-memory segments make a
+# best-effort subscriber lose most KITTI-size images (see config/fastdds_large_images.xml).
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds_large_images.xml}"
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export PYTHONUNBUFFERED=1
 
