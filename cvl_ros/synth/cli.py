@@ -34,7 +34,7 @@ from cvl_ros.kitti import (
     write_oxts_packet,
     write_timestamps,
 )
-from cvl_ros.synth.drive import Drive, ou_process, plan_drive
+from cvl_ros.synth.drive import Drive, ou_process, plan_drive, plan_traffic
 from cvl_ros.synth.render_ground import GroundRenderer
 from cvl_ros.synth.render_satellite import SAT_M_PER_PX, render_satellite
 from cvl_ros.synth.styles import STYLES, get_style
@@ -202,6 +202,7 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 400.0, d
                            imu_height_m=KITTI_IMU_HEIGHT_M, margin_m=max(margin, 10.0))
         renderer = GroundRenderer(town, seed=100 + k, avoid_sun_az=sat_light.sun_az_rad)
         n_cleared = renderer.clear_cars_near_path(drive.xy)
+        traffic = plan_traffic(town, drive, seed=2000 + k, max_cars=renderer.max_dynamic)
         gps = float(rng.uniform(*st.gps_noise_m)) if gps_noise_m is None else float(gps_noise_m)
         hdg = float(st.heading_noise_deg if heading_noise_deg is None else heading_noise_deg)
         noisy, true = _oxts_packets(drive, datum, gps, hdg, rng, datum.alt_m)
@@ -214,7 +215,8 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 400.0, d
         for i in range(len(drive)):
             t0 = time.perf_counter()
             img = renderer.render(T_world_cam[i], fx, fy, cx, cy, W, H, exposure=float(expo[i]),
-                                  wb=tuple(float(x) for x in wbv[i]), noise_seed=i)
+                                  wb=tuple(float(x) for x in wbv[i]), noise_seed=i,
+                                  dynamic=traffic[i])
             render_s += time.perf_counter() - t0
             write_image(ddir / "image_02" / "data" / f"{i:010d}.png", img)
             write_oxts_packet(ddir / "oxts" / "data" / f"{i:010d}.txt", noisy[i])
@@ -236,6 +238,7 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 400.0, d
                                                                     axis=1))),
             mean_speed_mps=float(np.mean(drive.speed_mps)), gps_noise_sigma_m=gps,
             parked_cars_moved_off_route=int(n_cleared),
+            moving_cars_in_video=int(traffic[0].shape[0]) if traffic else 0,
             heading_noise_sigma_deg=hdg,
             video_sun_az_deg=round(math.degrees(lt.sun_az_rad), 3),
             video_sun_elev_deg=round(math.degrees(lt.sun_elev_rad), 3)))
@@ -336,13 +339,16 @@ def bench(out_json=None, n_frames: int = 60, size_m: float = 300.0, style: str =
     renderer = GroundRenderer(town, seed=1)
     prep = time.perf_counter() - t0
     drive = plan_drive(town, seed=7, n_frames=n_frames)
+    renderer.clear_cars_near_path(drive.xy)
+    traffic = plan_traffic(town, drive, seed=8, max_cars=renderer.max_dynamic)
     P2 = kitti_camera(W, H)  # noqa: N806
     T = drive.T_world_body @ KITTI_T_IMU_CAM2  # noqa: N806
     renderer.render(T[0], P2[0, 0], P2[1, 1], P2[0, 2], P2[1, 2], W, H)  # warm-up
     t0 = time.perf_counter()
     c0 = time.process_time()
     for i in range(n_frames):
-        renderer.render(T[i], P2[0, 0], P2[1, 1], P2[0, 2], P2[1, 2], W, H, noise_seed=i)
+        renderer.render(T[i], P2[0, 0], P2[1, 1], P2[0, 2], P2[1, 2], W, H, noise_seed=i,
+                        dynamic=traffic[i])
     dt = time.perf_counter() - t0
     cpu = time.process_time() - c0
     res = dict(frames_per_s=n_frames / dt, ms_per_frame=1000 * dt / n_frames,

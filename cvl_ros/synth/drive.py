@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 
 from cvl_ros.camera import pose_enu
 from cvl_ros.synth.town import Town
 
-__all__ = ["Drive", "plan_drive", "ou_process"]
+__all__ = ["Drive", "plan_drive", "plan_traffic", "ou_process"]
 
 
 @dataclass
@@ -73,9 +73,13 @@ def _route(town: Town, rng: np.random.Generator, length_m: float, margin_m: floa
     route = [k]
     total = s.length_m
     while total < length_m:
-        options = [j for j in adj[node] if j != route[-1]]
-        if not options:
-            options = [route[-1]]  # dead end: turn around
+        def far_of(j):
+            return segs[j].b if segs[j].a == node else segs[j].a
+
+        options = [j for j in adj[node] if j != route[-1] and inside[far_of(j)]]
+        if not options:  # dead end or edge of the tile-safe interior: turn around
+            options = [route[-1]] if inside[far_of(route[-1])] else \
+                [j for j in adj[node] if j != route[-1]] or [route[-1]]
         # direction of arrival
         last = pts[-1]
         din = last[-1] - last[-2]
@@ -130,11 +134,16 @@ def plan_drive(town: Town, seed: int, n_frames: int, rate_hz: float = 10.0,
     tan /= np.linalg.norm(tan, axis=1, keepdims=True) + 1e-12
     right = np.stack([tan[:, 1], -tan[:, 0]], 1)
     lane = town.style.lane_w_m / 2 if lane_offset_m is None else lane_offset_m
-    path = cl + right * lane
+    path = gaussian_filter1d(cl + right * lane, sigma=1.0 / step, axis=0, mode="nearest")
+    # re-sample the driven path by its own arc length; heading from its own tangent (smooth
+    # also through a turn-around, where the centreline folds back on itself)
+    d = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    path = path[np.concatenate([[True], d > 1e-4])]
     ps = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
-    heading = np.unwrap(np.arctan2(tan[:, 1], tan[:, 0]))
+    ptan = np.gradient(path, ps, axis=0)
+    heading = np.unwrap(np.arctan2(ptan[:, 1], ptan[:, 0]))
     curv = np.abs(np.gradient(heading) / np.maximum(np.gradient(ps), 1e-6))
-    curv = gaussian_filter1d(curv, 6.0)
+    curv = maximum_filter1d(gaussian_filter1d(curv, 1.0), size=int(8.0 / step) + 1)
     # speed: smooth variation about the drive's mean, slower in turns (lateral acc <= 2.5)
     n = n_frames
     v_var = ou_process(rng, n, dt, 8.0, (speed_mps[1] - speed_mps[0]) / 4)
@@ -144,8 +153,8 @@ def plan_drive(town: Town, seed: int, n_frames: int, rate_hz: float = 10.0,
     pos = start
     for i in range(n):
         k = float(np.interp(pos, ps, curv))
-        vmax = math.sqrt(2.5 / max(k, 1e-4))
-        v[i] = float(np.clip(min(v_mean + v_var[i], vmax), 3.0, speed_mps[1] + 1.0))
+        vmax = math.sqrt(3.0 / max(k, 1e-4))
+        v[i] = float(np.clip(min(v_mean + v_var[i], vmax), 1.5, speed_mps[1] + 1.0))
         sc[i] = pos
         pos += v[i] * dt
     if sc[-1] > ps[-1]:
@@ -161,3 +170,57 @@ def plan_drive(town: Town, seed: int, n_frames: int, rate_hz: float = 10.0,
     T = np.stack([pose_enu(x[i], y[i], imu_height_m, yaw[i], pitch[i], roll[i])  # noqa: N806
                   for i in range(n)])
     return Drive(t_s=np.arange(n) * dt, T_world_body=T, speed_mps=v, segments=route)
+
+
+def plan_traffic(town: Town, drive: Drive, seed: int, max_cars: int = 8,
+                 oncoming_per_100m: float = 0.8, lead_prob: float = 0.5,
+                 visible_m: float = 100.0) -> list[np.ndarray]:
+    """Moving cars seen by a drive's camera (video only), one (k, 6) array per frame.
+
+    Rows are (east, north, yaw, length, width, height); row j is always car j (a fixed colour
+    slot); cars out of sight are parked far away (1e6 m).
+
+    Oncoming cars drive the ego route backwards in the opposite lane; a leading car (with
+    probability ``lead_prob``) keeps a varying gap of 12-40 m ahead in the ego lane.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(town.seed), int(seed), 0x7AF]))
+    n = len(drive)
+    xy = drive.xy
+    yaw = np.unwrap(drive.yaw)
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
+    length = float(s[-1])
+    dt = float(drive.t_s[1] - drive.t_s[0]) if n > 1 else 0.1
+    lane = town.style.lane_w_m
+
+    def at(sq, lateral):
+        sq = np.clip(sq, 0.0, length)
+        x = np.interp(sq, s, xy[:, 0])
+        y = np.interp(sq, s, xy[:, 1])
+        a = np.interp(sq, s, yaw)
+        return x - np.sin(a) * lateral, y + np.cos(a) * lateral, a
+
+    cars = []  # (s(t) (n,), lateral, yaw offset, L, W, H)
+    if rng.random() < lead_prob:
+        gap = 12.0 + 28.0 / (1.0 + np.exp(-ou_process(rng, n, dt, 6.0, 1.5)))
+        cars.append((s + gap, 0.0, 0.0))
+    n_on = int(rng.poisson(oncoming_per_100m * (length + 10.0 * n * dt) / 100.0))
+    for _ in range(min(n_on, max_cars - len(cars))):
+        v = rng.uniform(7.0, 12.0)
+        s0 = rng.uniform(0.0, length + v * n * dt)
+        cars.append((s0 - v * drive.t_s, lane, math.pi))
+    dims = np.stack([rng.uniform(3.9, 4.9, len(cars)), rng.uniform(1.7, 1.95, len(cars)),
+                     rng.uniform(1.4, 1.6, len(cars))], 1) if cars else np.zeros((0, 3))
+    frames = []
+    for i in range(n):
+        rows = []
+        for j, (sc, lat, dyaw) in enumerate(cars):
+            if not (0.0 <= sc[i] <= length):
+                rows.append([1e6, 1e6, 0.0, *dims[j]])  # parked far away: keeps slot j
+                continue
+            x, y, a = at(sc[i], lat)
+            if math.hypot(x - xy[i, 0], y - xy[i, 1]) > visible_m:
+                rows.append([1e6, 1e6, 0.0, *dims[j]])
+                continue
+            rows.append([x, y, a + dyaw, *dims[j]])
+        frames.append(np.array(rows, float).reshape(-1, 6))
+    return frames

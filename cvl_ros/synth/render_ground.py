@@ -31,9 +31,21 @@ from cvl_ros.synth.appearance import (
     ground_colour_raster,
     height_raster,
 )
-from cvl_ros.synth.town import OBJ_BUILDING, OBJ_CAR, Town, value_noise
+from cvl_ros.synth.town import (
+    _SCALE,
+    _SHIFT,
+    OBJ_BUILDING,
+    OBJ_CAR,
+    Town,
+    _pts_px,
+    _rect,
+    value_noise,
+)
 
 __all__ = ["GroundRenderer", "level_rotation"]
+
+_CAR_RGB = np.array([[200, 200, 205], [30, 30, 35], [150, 20, 25], [40, 60, 130],
+                     [120, 120, 125], [230, 230, 230], [90, 100, 70], [170, 140, 90]], float)
 
 
 def level_rotation(yaw_rad: float) -> np.ndarray:
@@ -53,7 +65,8 @@ class GroundRenderer:
 
     def __init__(self, town: Town, seed: int = 0, max_range_m: float = 90.0,
                  max_entries: int = 6, max_canopy_entries: int = 4,
-                 lighting: Lighting | None = None, avoid_sun_az: float | None = None):
+                 lighting: Lighting | None = None, avoid_sun_az: float | None = None,
+                 max_dynamic: int = 8):
         st = town.style
         self.town = town
         rng = np.random.default_rng(np.random.SeedSequence([int(town.seed), int(seed), 0x6D0]))
@@ -82,7 +95,18 @@ class GroundRenderer:
         self._sid = town.struct_id
         self._cid = town.canopy_id
         self._m = town.struct_id.shape[0]
-        ob = town.objects
+        # object table + ``max_dynamic`` slots for moving cars (video only, set per frame)
+        nb0 = len(town.objects["kind"])
+        self._dyn0 = nb0
+        self.max_dynamic = int(max_dynamic)
+        extra = {"kind": np.full(max_dynamic, OBJ_CAR, np.int8), "z_lo": np.zeros(max_dynamic),
+                 "z_hi": np.full(max_dynamic, 1.5), "rgb": _CAR_RGB[np.arange(max_dynamic)
+                                                                   % len(_CAR_RGB)],
+                 "cx": np.zeros(max_dynamic), "cy": np.zeros(max_dynamic),
+                 "angle": np.zeros(max_dynamic), "half_l": np.full(max_dynamic, 2.2),
+                 "half_w": np.full(max_dynamic, 0.9), "ref": np.full(max_dynamic, -1)}
+        ob = {k: np.concatenate([np.asarray(v), np.asarray(extra[k], dtype=np.asarray(v).dtype)])
+              for k, v in town.objects.items()}
         self._ob = ob
         self.max_range_m = float(max_range_m)
         self.bilinear_within_m = 8.0
@@ -166,7 +190,7 @@ class GroundRenderer:
             p = np.stack([np.interp(si, s, p[:, 0]), np.interp(si, s, p[:, 1])], 1)
         tree = cKDTree(p)
         ob = self._ob
-        ids = np.nonzero(ob["kind"] == OBJ_CAR)[0]
+        ids = np.nonzero(ob["kind"][:self._dyn0] == OBJ_CAR)[0]
         if len(ids) == 0:
             return 0
         gu, gv = np.meshgrid(np.linspace(-1, 1, 9), np.linspace(-1, 1, 3))
@@ -189,8 +213,12 @@ class GroundRenderer:
     def render(self, T_world_cam: np.ndarray, fx: float, fy: float, cx: float, cy: float,  # noqa: N803
                width: int, height: int, exposure: float = 1.0,
                wb: tuple[float, float, float] = (1.0, 1.0, 1.0), noise_seed: int = 0,
-               interp: int = cv2.INTER_LINEAR, labels: bool = False) -> np.ndarray:
+               interp: int = cv2.INTER_LINEAR, labels: bool = False,
+               dynamic: np.ndarray | None = None) -> np.ndarray:
         """Render an RGB uint8 (height, width, 3) image from the optical pose ``T_world_cam``.
+
+        ``dynamic``: (k, 6) moving cars present in this frame only (east, north, yaw, length,
+        width, height); row j always uses colour slot j (at most ``max_dynamic``).
 
         With ``labels`` the same geometry is rendered as a uint8 (height, width) label image:
         the town's ground class (``town.GRASS`` ...) on the ground, ``200 + object kind`` on
@@ -214,7 +242,13 @@ class GroundRenderer:
         v0 = int(math.floor(min(q[1].min(), 0))) - 1
         v1 = int(math.ceil(max(q[1].max(), height - 1))) + 2
         g = np.asarray(wb, np.float32) * float(exposure)
-        img = self._render_level(c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, g, labels)
+        saved = self._place_dynamic(dynamic)
+        try:
+            img = self._render_level(c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, g,
+                                     labels)
+        finally:
+            for r0, c0, roi in reversed(saved):
+                self._sid[r0:r0 + roi.shape[0], c0:c0 + roi.shape[1]] = roi
         if labels:
             interp = cv2.INTER_NEAREST
         # warp: dst(p) = level(H p) - shift by (u0, v0)
@@ -223,6 +257,36 @@ class GroundRenderer:
         out = cv2.warpPerspective(img, M, (width, height), flags=interp | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_REPLICATE)
         return out
+
+    def _place_dynamic(self, dynamic) -> list:
+        """Draw this frame's moving cars into the structure raster; returns what to restore."""
+        if dynamic is None or len(dynamic) == 0:
+            return []
+        if self._sid is self.town.struct_id:
+            self._sid = self._sid.copy()
+        ob = self._ob
+        half, res, m = self._half, self.town.struct_res_m, self._m
+        saved = []
+        for j, (x, y, yw, ln, wd, ht) in enumerate(np.asarray(dynamic, float)[:self.max_dynamic]):
+            oid = self._dyn0 + j
+            poly = _rect(x, y, yw, ln / 2, wd / 2)
+            c0 = max(int(np.floor((poly[:, 0].min() + half) / res)) - 1, 0)
+            c1 = min(int(np.ceil((poly[:, 0].max() + half) / res)) + 2, m)
+            r0 = max(int(np.floor((half - poly[:, 1].max()) / res)) - 1, 0)
+            r1 = min(int(np.ceil((half - poly[:, 1].min()) / res)) + 2, m)
+            if c1 <= c0 or r1 <= r0:
+                continue
+            roi = self._sid[r0:r1, c0:c1].copy()
+            saved.append((r0, c0, roi))
+            tmp = roi.copy()
+            pp = _pts_px(half, res, poly)
+            pp[:, 0] -= c0 * _SCALE
+            pp[:, 1] -= r0 * _SCALE
+            cv2.fillPoly(tmp, [pp], int(oid), cv2.LINE_8, _SHIFT)
+            self._sid[r0:r1, c0:c1] = tmp
+            ob["cx"][oid], ob["cy"][oid], ob["angle"][oid] = x, y, yw
+            ob["half_l"][oid], ob["half_w"][oid], ob["z_hi"][oid] = ln / 2, wd / 2, ht
+        return saved
 
     # ------------------------------------------------------------------ level camera
     def _render_level(self, c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, gain,
