@@ -43,14 +43,16 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     geo_topic = f"/{node_name}/geo_pose"
     heat_topic = f"/{node_name}/heatmap"
     rows: list[lb.EstimateRow] = []
-    heatmaps: list[np.ndarray] = []
+    heatmaps: list[tuple[int, np.ndarray]] = []
     map_odom: list[int] = []
     available = bags.bag_topics(outputs_bag)
     for m in bags.iter_bag(outputs_bag):
         if m.topic == geo_topic:
             rows.append(lb.EstimateRow.from_geo_pose(store.deserialize_cdr(m.data, m.msgtype)))
         elif m.topic == heat_topic:
-            heatmaps.append(_image_to_array(store.deserialize_cdr(m.data, m.msgtype)))
+            msg = store.deserialize_cdr(m.data, m.msgtype)
+            heatmaps.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec,
+                             _image_to_array(msg)))
         elif m.topic == bags.TOPIC_TF:
             msg = store.deserialize_cdr(m.data, m.msgtype)
             for t in msg.transforms:
@@ -69,7 +71,18 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     fix_stamps = {r.stamp_ns for r in rows if r.has_fix}
     src = bags.bag_custom_data(input_bag).get(bags.META_PREFIX + "source_drive")
     mosaic = mosaic or lb.find_mosaic(src)
-    heat = heatmaps[len(heatmaps) // 2] if heatmaps else None
+    # The example heatmap: the one of a fix in the middle of the run (TRACKING preferred).
+    heat, heat_row = None, None
+    by_stamp = {r.stamp_ns: r for r in rows}
+    for wanted in ("TRACKING", "LOW_CONFIDENCE"):
+        cands = [(s_, h) for s_, h in heatmaps
+                 if s_ in by_stamp and by_stamp[s_].status == wanted]
+        if cands:
+            stamp, heat = cands[len(cands) // 2]
+            heat_row = by_stamp[stamp]
+            break
+    if heat is None and heatmaps:
+        heat = heatmaps[len(heatmaps) // 2][1]
     info = {
         "outputs_bag": str(outputs_bag),
         "input_bag": str(input_bag),
@@ -91,7 +104,7 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     if extra:
         info.update(extra)
     summary = lb.write_report(rows, out_dir, images=len(image_stamps), gt=gt, mosaic=mosaic,
-                              heatmap=heat, extra=info)
+                              heatmap=heat, heatmap_row=heat_row, extra=info)
     return summary
 
 

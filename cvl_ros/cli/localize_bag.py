@@ -75,6 +75,8 @@ class EstimateRow:
     datum_lon_deg: float = field(default_factory=_nan)
     datum_alt_m: float = field(default_factory=_nan)
     score_map: Any = None
+    tile_lat_deg: float = field(default_factory=_nan)
+    tile_lon_deg: float = field(default_factory=_nan)
 
     @property
     def has_fix(self) -> bool:
@@ -114,6 +116,10 @@ class EstimateRow:
             datum_lon_deg=float(getattr(est, "datum_lon_deg", float("nan"))),
             datum_alt_m=float(getattr(est, "datum_alt_m", float("nan"))),
             score_map=getattr(est, "score_map", None),
+            tile_lat_deg=next((float(c.lat_deg) for c in getattr(est, "candidates", []) or []
+                               if c.tile_id == est.tile_id), float("nan")),
+            tile_lon_deg=next((float(c.lon_deg) for c in getattr(est, "candidates", []) or []
+                               if c.tile_id == est.tile_id), float("nan")),
         )
 
     @classmethod
@@ -132,6 +138,10 @@ class EstimateRow:
             latency_ms=1e3 * float(msg.latency_s), datum_lat_deg=float(msg.datum_latitude_deg),
             datum_lon_deg=float(msg.datum_longitude_deg),
             datum_alt_m=float(msg.datum_altitude_m),
+            tile_lat_deg=next((float(c.latitude_deg) for c in msg.candidates
+                               if c.tile_id == msg.tile_id), float("nan")),
+            tile_lon_deg=next((float(c.longitude_deg) for c in msg.candidates
+                               if c.tile_id == msg.tile_id), float("nan")),
         )
 
 
@@ -289,7 +299,7 @@ def read_csv(path: str | Path) -> list[EstimateRow]:
         for rec in csv.DictReader(f):
             kw: dict[str, Any] = {}
             for k, v in rec.items():
-                if k in ("has_fix", "sigma_major_m"):
+                if k in ("has_fix", "sigma_major_m") or k not in CSV_COLUMNS:
                     continue
                 if k in ("stamp_ns", "window_len", "tiles_searched"):
                     kw[k] = int(v)
@@ -440,8 +450,16 @@ def plot_errors(rows: list[EstimateRow], path: str | Path, title: str = "") -> N
     plt.close(fig)
 
 
-def plot_heatmap(score_map: np.ndarray, path: str | Path, title: str = "") -> None:
-    """One score map (north-up), as the node's ``~/heatmap`` shows it."""
+def plot_heatmap(score_map: np.ndarray, path: str | Path, title: str = "", *,
+                 row: EstimateRow | None = None, gt: GroundTruth | None = None,
+                 mosaic_path: str | Path | None = None, context_m: float = 80.0,
+                 t0_ns: int = 0) -> None:
+    """One score map (north-up), beside the satellite view of that estimate when available.
+
+    Left (with a mosaic and an estimate): the satellite mosaic around the estimate, the true
+    path, the estimate with its 2-sigma ellipse and the centre of the matched tile. Right: the
+    score map (as the node's ``~/heatmap`` shows it; the peak is marked).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -449,18 +467,61 @@ def plot_heatmap(score_map: np.ndarray, path: str | Path, title: str = "") -> No
 
     m = np.asarray(score_map, dtype=np.float64)
     if m.ndim == 3 and m.shape[2] in (3, 4):
-        img, cmap = m.astype(np.uint8), None
+        img, cmap = m[..., :3].astype(np.uint8), None
     else:
-        img, cmap = m.squeeze(), "inferno"
-    fig, ax = plt.subplots(figsize=(4.5, 4), dpi=110)
+        img, cmap = m.squeeze(), "viridis"
+    with_context = mosaic_path is not None and row is not None and row.has_fix
+    fig, axes = plt.subplots(1, 2 if with_context else 1, dpi=110,
+                             figsize=(9.5, 4.6) if with_context else (4.8, 4.4))
+    axes = np.atleast_1d(axes)
+    ax = axes[-1]
     im = ax.imshow(img, cmap=cmap, origin="upper", interpolation="nearest")
     if cmap is not None:
         fig.colorbar(im, ax=ax, fraction=0.046)
         r, c = np.unravel_index(np.nanargmax(img), img.shape)
         ax.plot(c, r, "c+", ms=12, mew=2)
-    ax.set_title(title or "score map (north up)")
+    ax.set_title(title or "score map of the best tile (north up)", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+    if with_context:
+        from cvl_ros.tiles import GeoMosaic
+
+        mosaic = GeoMosaic.read(mosaic_path)
+        d = mosaic.datum
+
+        def enu(lat, lon):
+            e, n, _ = d.to_enu(np.asarray(lat, float), np.asarray(lon, float),
+                               np.zeros(np.shape(lat)))
+            return np.atleast_1d(e), np.atleast_1d(n)
+
+        ax0 = axes[0]
+        e0, e1, n0, n1 = mosaic.extent_enu
+        ax0.imshow(mosaic.image, extent=(e0, e1, n0, n1), origin="upper")
+        ee, en = enu(row.lat_deg, row.lon_deg)
+        if gt is not None:
+            ge, gn = enu(gt.lat_deg, gt.lon_deg)
+            ax0.plot(ge, gn, "-", color="white", lw=2.0, label="ground truth")
+        if math.isfinite(row.gt_lat_deg):
+            te, tn = enu(row.gt_lat_deg, row.gt_lon_deg)
+            ax0.plot(te, tn, "x", color="white", ms=10, mew=2.5, label="true position")
+        cov = np.array([[row.cov_ee_m2, row.cov_en_m2], [row.cov_en_m2, row.cov_nn_m2]])
+        col = _STATUS_COLORS.get(row.status, "tab:green")
+        ax0.plot(ee, en, "o", color=col, mec="black", ms=7, label=f"estimate ({row.status})")
+        if np.all(np.isfinite(cov)):
+            xy = _ellipse_xy(cov)
+            ax0.plot(ee[0] + xy[:, 0], en[0] + xy[:, 1], "-", color=col, lw=1.5)
+        if math.isfinite(row.tile_lat_deg):
+            ce, cn = enu(row.tile_lat_deg, row.tile_lon_deg)
+            ax0.plot(ce, cn, "s", mfc="none", mec="cyan", ms=9, mew=2, label="matched tile centre")
+        h = context_m / 2
+        ax0.set_xlim(ee[0] - h, ee[0] + h)
+        ax0.set_ylim(en[0] - h, en[0] + h)
+        ax0.set_aspect("equal")
+        ax0.set_xlabel("east (m)")
+        ax0.set_ylabel("north (m)")
+        err = f", error {row.error_m:.1f} m" if math.isfinite(row.error_m) else ""
+        ax0.set_title(f"estimate at t = {(row.stamp_ns - t0_ns) / 1e9:.1f} s{err}", fontsize=10)
+        ax0.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -469,7 +530,8 @@ def plot_heatmap(score_map: np.ndarray, path: str | Path, title: str = "") -> No
 def write_report(rows: list[EstimateRow], out_dir: str | Path, *, images: int,
                  gt: GroundTruth | None, wall_s: float | None = None,
                  bag_duration_s: float | None = None, mosaic: str | Path | None = None,
-                 heatmap: np.ndarray | None = None, extra: dict | None = None) -> dict:
+                 heatmap: np.ndarray | None = None, heatmap_row: EstimateRow | None = None,
+                 extra: dict | None = None) -> dict:
     """Write ``estimates.csv``, ``summary.json`` and the plots; return the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -482,12 +544,15 @@ def write_report(rows: list[EstimateRow], out_dir: str | Path, *, images: int,
     plot_trajectory(rows, out / "trajectory.png", gt=gt, mosaic_path=mosaic)
     plot_errors(rows, out / "error.png")
     summary["plots"] = ["trajectory.png", "error.png"]
+    heat_row = heatmap_row
     if heatmap is None:
         fixes = [r for r in rows if r.has_fix and r.score_map is not None]
         if fixes:
-            heatmap = fixes[len(fixes) // 2].score_map
+            heat_row = fixes[len(fixes) // 2]
+            heatmap = heat_row.score_map
     if heatmap is not None:
-        plot_heatmap(heatmap, out / "heatmap.png")
+        plot_heatmap(heatmap, out / "heatmap.png", row=heat_row, gt=gt, mosaic_path=mosaic,
+                     t0_ns=rows[0].stamp_ns if rows else 0)
         summary["plots"].append("heatmap.png")
     summary["mosaic"] = str(mosaic) if mosaic else None
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
