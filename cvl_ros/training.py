@@ -14,6 +14,9 @@ One YAML config holds everything (see ``config/train_synth.yaml``)::
       frame_stride: 3
       min_separation_m: 22.0
       num_workers: 0
+      augment: null         # or {brightness: 0.3, contrast: 0.3, saturation: 0.3,
+                            #     channel_gain: 0.1}: colour jitter, drawn independently for
+                            #     the ground sequence (same for all its frames) and the tile
     optim:
       lr: 1.0e-4
       weight_decay: 5.0e-5
@@ -79,6 +82,7 @@ DEFAULTS: dict = {
         "min_separation_m": 22.0,
         "num_workers": 0,
         "max_samples": None,
+        "augment": None,
     },
     "optim": {
         "lr": 1.0e-4,
@@ -310,6 +314,49 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
+def color_jitter(x: torch.Tensor, brightness: float = 0.0, contrast: float = 0.0,
+                 saturation: float = 0.0, channel_gain: float = 0.0) -> torch.Tensor:
+    """Random photometric jitter of RGB images in [0, 1].
+
+    ``x`` is (B, 3, H, W) or (B, N, 3, H, W); one set of factors is drawn per batch row (all N
+    frames of a sequence share it, keeping the sequence photo-consistent). Factors are uniform
+    in [1 - a, 1 + a] for brightness, contrast, saturation and each channel's gain.
+    """
+    b = x.shape[0]
+    shape = (b,) + (1,) * (x.dim() - 1)
+    dev = x.device
+
+    def factor(a):
+        return 1.0 + (torch.rand(shape, device=dev) * 2.0 - 1.0) * float(a)
+
+    y = x
+    if brightness:
+        y = y * factor(brightness)
+    if contrast:
+        mean = y.mean(dim=tuple(range(1, y.dim())), keepdim=True)
+        y = (y - mean) * factor(contrast) + mean
+    if saturation:
+        w = torch.tensor([0.299, 0.587, 0.114], device=dev).view(3, 1, 1)
+        gray = (y * w).sum(dim=-3, keepdim=True)
+        y = (y - gray) * factor(saturation) + gray
+    if channel_gain:
+        gshape = (b,) + (1,) * (x.dim() - 4) + (3, 1, 1)
+        y = y * (1.0 + (torch.rand(gshape, device=dev) * 2.0 - 1.0) * float(channel_gain))
+    return y.clamp(0.0, 1.0)
+
+
+def augment_batch(batch: dict, aug: dict | None) -> dict:
+    """Apply :func:`color_jitter` to ``images`` and ``sat`` independently (training only)."""
+    if not aug:
+        return batch
+    kw = {k: float(aug.get(k, 0.0)) for k in ("brightness", "contrast", "saturation",
+                                              "channel_gain")}
+    out = dict(batch)
+    out["images"] = color_jitter(batch["images"], **kw)
+    out["sat"] = color_jitter(batch["sat"], **kw)
+    return out
+
+
 # ---------------------------------------------------------------------- checkpoints
 def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     """Optimiser state to safetensors (tensors) + JSON metadata (no pickle)."""
@@ -508,7 +555,7 @@ def train(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
                            unit="batch", dynamic_ncols=True)
             run_loss = []
             for batch in loader:
-                batch = to_device(batch, device)
+                batch = augment_batch(to_device(batch, device), cfg["data"].get("augment"))
                 pred = ddp(batch)
                 losses = model.loss(pred, batch)
                 optimizer.zero_grad(set_to_none=True)

@@ -163,3 +163,16 @@ def test_ablate_tiny(tmp_path, tree):
     res = json.loads((out / "ablation.json").read_text())
     assert res["mobilenet_v2"]["same_as"] == "ours"
     assert set(res["no_ssm"]["test2"]) >= {"r@1", "r@5", "r@10", "r@100"}
+
+
+def test_color_jitter_shares_factors_across_a_sequence():
+    import torch
+
+    from cvl_ros.training import color_jitter
+
+    torch.manual_seed(0)
+    x = torch.full((3, 4, 3, 5, 7), 0.5)
+    y = color_jitter(x, 0.3, 0.3, 0.3, 0.1)
+    assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert torch.allclose(y[:, 0], y[:, 3])  # same jitter for every frame of a sequence
+    assert not torch.allclose(y[0], y[1])  # different per batch row
