@@ -135,7 +135,7 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"image size must be WxH, got {text!r}") from None
 
 
-def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 400.0, drives: int = 2,
+def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, drives: int = 2,
              frames_per_drive: int = 200, image_size: tuple[int, int] = (1024, 256),
              split: str = "both", n_test_drives: int | None = None, tile_px: int = 512,
              tile_spacing_m: float = 10.0, tile_stride: int = 1, gps_noise_m: float | None = None,
@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "layout (satellite mosaic, 10 Hz forward-camera drives, OXTS, tiles, split files).")
     p.add_argument("--seed", type=int, default=0, help="town seed (same seed, same bytes)")
     p.add_argument("--out", required=True, help="output folder (the dataset root)")
-    p.add_argument("--size-m", type=float, default=400.0, help="town side in metres")
+    p.add_argument("--size-m", type=float, default=500.0, help="town side in metres")
     p.add_argument("--drives", type=int, default=2, help="number of drives")
     p.add_argument("--frames-per-drive", type=int, default=200, help="10 Hz frames per drive")
     p.add_argument("--style", default=None, choices=sorted(STYLES),

@@ -95,8 +95,8 @@ def _route(town: Town, rng: np.random.Generator, length_m: float, margin_m: floa
             wt = 1.0 + 0.6 * max(straight, 0.0)
             if not inside[far]:
                 wt *= 1e-6  # leave the tile-safe interior only when nothing else is possible
-            if j in route[-4:]:
-                wt *= 0.3
+            if j in route:
+                wt *= 0.15  # explore: prefer roads not driven yet
             if straight < -0.8:
                 wt *= 0.01
             w.append(wt)
