@@ -14,7 +14,7 @@
 #   CVL_DEMO_OUT        output folder (default <repo>/demo_out; emptied first)
 #   CVL_DEMO_SEED       town/drive seed (default 7)
 #   CVL_DEMO_FRAMES     frames of the drive at 10 Hz (default 200)
-#   CVL_DEMO_RATE       replay speed factor (default 0.5; the 2-core CPU runs the model live)
+#   CVL_DEMO_RATE       replay speed factor (default 0.25: the 2-core CPU runs the model live)
 #   CVL_DEMO_MODEL      model checkpoint (default models/cvlnet_demo/model.safetensors)
 #   CVL_DEMO_THREADS    torch threads of the node (default 2)
 #   CVL_DEMO_STYLE      town style (default old_town, a test style the model was not trained on)
@@ -29,7 +29,7 @@ PY="$BIN/python"
 OUT="${CVL_DEMO_OUT:-$ROOT/demo_out}"
 SEED="${CVL_DEMO_SEED:-7}"
 FRAMES="${CVL_DEMO_FRAMES:-200}"
-RATE="${CVL_DEMO_RATE:-0.5}"
+RATE="${CVL_DEMO_RATE:-0.25}"
 MODEL="${CVL_DEMO_MODEL:-$ROOT/models/cvlnet_demo/model.safetensors}"
 THREADS="${CVL_DEMO_THREADS:-2}"
 STYLE="${CVL_DEMO_STYLE:-old_town}"

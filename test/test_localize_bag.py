@@ -122,3 +122,14 @@ def test_node_params_from_the_shipped_params_file():
     assert cfg.keyframe_distance_m == pytest.approx(params["localizer.keyframe_distance_m"])
     with pytest.raises(FileNotFoundError):
         lb.node_params("/nonexistent/params.yaml")
+
+
+def test_gps_baseline_error(tmp_path):
+    drive = tiny_drive(tmp_path, n=6, gps_offset_m=3.0)
+    write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0,
+                    odom_yaw_drift_deg_per_100m=0.0)
+    gt = lb.ground_truth_from_bag(tmp_path / "bag")
+    assert gt.source == "/kitti/ground_truth/pose"
+    errs = lb.gps_error_m(tmp_path / "bag", gt)
+    assert len(errs) == 6
+    np.testing.assert_allclose(errs, 3.0, atol=0.05)

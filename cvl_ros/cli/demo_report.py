@@ -104,7 +104,8 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     if extra:
         info.update(extra)
     summary = lb.write_report(rows, out_dir, images=len(image_stamps), gt=gt, mosaic=mosaic,
-                              heatmap=heat, heatmap_row=heat_row, extra=info)
+                              heatmap=heat, heatmap_row=heat_row,
+                              gps_errors_m=lb.gps_error_m(input_bag, gt), extra=info)
     return summary
 
 
@@ -120,6 +121,7 @@ def format_summary(s: dict) -> str:
         f"(fix at {100 * s.get('keyframe_fix_rate', 0.0):.0f} % of keyframes)",
         f"median / p90 error   : {f(s.get('median_error_m'), ' m')} / "
         f"{f(s.get('p90_error_m'), ' m')}",
+        f"GPS fix median error : {f(s.get('gps_median_error_m'), ' m')} (the prior's input)",
         f"mean latency         : {f(s.get('mean_latency_ms'), ' ms')}",
         f"map->odom TFs        : {s.get('tf_map_odom')}   heatmaps: {s.get('heatmaps')}",
         f"stamps = image stamps: {s.get('stamps_match_images')}",

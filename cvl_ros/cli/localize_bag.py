@@ -230,6 +230,37 @@ def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None) -> None
             r.error_m = float(math.hypot(float(e1) - float(e0), float(n1) - float(n0)))
 
 
+def gps_error_m(bag: str | Path, gt: GroundTruth | None) -> list[float]:
+    """Horizontal error of the bag's GPS fixes against the ground truth (the GPS baseline).
+
+    Only meaningful when the ground truth is not the fix itself (``/kitti/ground_truth/pose``).
+    """
+    from cvl_ros.geo import GeoDatum
+
+    if gt is None or gt.source != bags.TOPIC_GT_POSE:
+        return []
+    topics = bags.bag_topics(bag)
+    fix_topic = next((t for t, (ty, _) in topics.items() if ty == bags.MSG_NAVSATFIX), None)
+    if fix_topic is None:
+        return []
+    store = bags.make_typestore()
+    st, lat, lon = [], [], []
+    for m in bags.iter_bag(bag, [fix_topic]):
+        msg = store.deserialize_cdr(m.data, m.msgtype)
+        st.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        lat.append(msg.latitude)
+        lon.append(msg.longitude)
+    glat, glon = gt.at(st)
+    d = GeoDatum(float(gt.lat_deg[0]), float(gt.lon_deg[0]), 0.0)
+    out = []
+    for a, b, c, e in zip(lat, lon, glat, glon):
+        if math.isfinite(c):
+            e0, n0, _ = d.to_enu(a, b, 0.0)
+            e1, n1, _ = d.to_enu(c, e, 0.0)
+            out.append(float(math.hypot(float(e1) - float(e0), float(n1) - float(n0))))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Summary and files
 # --------------------------------------------------------------------------------------------
@@ -239,7 +270,8 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 def summarize(rows: list[EstimateRow], *, images: int, wall_s: float | None = None,
-              bag_duration_s: float | None = None, gt: GroundTruth | None = None) -> dict:
+              bag_duration_s: float | None = None, gt: GroundTruth | None = None,
+              gps_errors_m: list[float] | None = None) -> dict:
     """Summary numbers of a run (``summary.json``)."""
     fixes = [r for r in rows if r.has_fix]
     errors = [r.error_m for r in fixes if math.isfinite(r.error_m)]
@@ -267,6 +299,9 @@ def summarize(rows: list[EstimateRow], *, images: int, wall_s: float | None = No
             "within_10m": (sum(e <= 10.0 for e in errors) / len(errors)) if errors else None,
             "within_25m": (sum(e <= 25.0 for e in errors) / len(errors)) if errors else None,
         })
+        if gps_errors_m:
+            out["gps_median_error_m"] = _pct(gps_errors_m, 50)
+            out["gps_p90_error_m"] = _pct(gps_errors_m, 90)
         tracking = [r for r in fixes if r.status == "TRACKING" and math.isfinite(r.error_m)]
         out["tracking_fixes"] = len(tracking)
         out["median_error_tracking_m"] = _pct([r.error_m for r in tracking], 50)
@@ -531,13 +566,13 @@ def write_report(rows: list[EstimateRow], out_dir: str | Path, *, images: int,
                  gt: GroundTruth | None, wall_s: float | None = None,
                  bag_duration_s: float | None = None, mosaic: str | Path | None = None,
                  heatmap: np.ndarray | None = None, heatmap_row: EstimateRow | None = None,
-                 extra: dict | None = None) -> dict:
+                 gps_errors_m: list[float] | None = None, extra: dict | None = None) -> dict:
     """Write ``estimates.csv``, ``summary.json`` and the plots; return the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     attach_ground_truth(rows, gt)
     summary = summarize(rows, images=images, wall_s=wall_s, bag_duration_s=bag_duration_s,
-                        gt=gt)
+                        gt=gt, gps_errors_m=gps_errors_m)
     if extra:
         summary.update(extra)
     write_csv(rows, out / "estimates.csv")
@@ -953,14 +988,14 @@ def main(argv: list[str] | None = None) -> int:
     mosaic = Path(args.mosaic) if args.mosaic else find_mosaic(dbp, source)
     summary = write_report(
         result.rows, args.out, images=result.images, gt=gt, wall_s=result.wall_s,
-        bag_duration_s=result.bag_duration_s, mosaic=mosaic,
+        bag_duration_s=result.bag_duration_s, mosaic=mosaic, gps_errors_m=gps_error_m(bag, gt),
         extra={"bag": str(bag), "checkpoint": str(ckpt), "database": str(dbp),
                "frames_used": result.frames_used, "skipped": result.skipped,
                "gps_priors_used": result.gps_priors_used, "heading_source": heading,
                "device": localizer.device},
     )
-    keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "mean_latency_ms",
-            "wall_s")
+    keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "gps_median_error_m",
+            "mean_latency_ms", "wall_s")
     print(" ".join(f"{k}={summary.get(k)!s}" if not isinstance(summary.get(k), float)
                    else f"{k}={summary[k]:.2f}" for k in keys))
     print(f"wrote {args.out}/estimates.csv, summary.json, {', '.join(summary['plots'])}")
