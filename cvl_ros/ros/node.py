@@ -83,7 +83,8 @@ PARAMS: dict[str, tuple[object, str]] = {
                                       "negative = use the newest camera_info whatever its stamp"),
     "odom_max_extrapolation_s": (0.1, "largest gap between an image and the nearest odometry "
                                       "when the image lies outside the buffered span [s]"),
-    "odom_wait_s": (0.3, "how long the worker waits for odometry newer than an image [s]"),
+    "odom_wait_s": (0.3, "how long the worker waits for odometry newer than an image, and for "
+                         "its camera_info [s]"),
     "odom_buffer_s": (10.0, "odometry history kept [s]"),
     "queue_size": (1, "images waiting for the worker (latest wins; older ones are dropped)"),
     "use_tf_static_extrinsics": (True, "read base_frame->camera optical frame from /tf_static "
@@ -614,7 +615,7 @@ class LocalizerNode(LifecycleNode):
         except convert.ImageConversionError as exc:
             self.input_error(f"image rejected: {exc}")
             return
-        cam = self.info_pairer.match(stamp_ns, float(self.p("camera_info_tolerance_s")))
+        cam = self._camera_at(stamp_ns)
         if cam is None:
             self.input_error("image dropped: no camera_info with a matching stamp "
                              f"(have {len(self.info_pairer)} camera_info; tolerance "
@@ -642,6 +643,16 @@ class LocalizerNode(LifecycleNode):
             self.last_reset_reason = est.reset_reason
         latency = time.monotonic() - recv_t
         self._publish_estimate(est, stamp, latency)
+
+    def _camera_at(self, stamp_ns: int):
+        """The camera_info paired with the image (waits briefly: it may arrive just after)."""
+        tol = float(self.p("camera_info_tolerance_s"))
+        deadline = time.monotonic() + float(self.p("odom_wait_s"))
+        while True:
+            cam = self.info_pairer.match(stamp_ns, tol)
+            if cam is not None or self._stop.is_set() or time.monotonic() >= deadline:
+                return cam
+            time.sleep(0.005)
 
     def _odom_at(self, stamp_ns: int) -> np.ndarray | None:
         """Odometry interpolated at the image stamp (waits briefly for newer odometry)."""
