@@ -19,6 +19,7 @@
 #   CVL_DEMO_THREADS    torch threads of the node (default 2)
 #   CVL_DEMO_STYLE      town style (default old_town, a test style the model was not trained on)
 #   CVL_DEMO_HEADING_NOISE_DEG  sigma of the IMU heading error of the drive (default 0.5)
+#   CVL_DEMO_IMAGE_SIZE camera image size WxH (default 512x128, the demo model's training size)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +35,7 @@ MODEL="${CVL_DEMO_MODEL:-$ROOT/models/cvlnet_demo/model.safetensors}"
 THREADS="${CVL_DEMO_THREADS:-2}"
 STYLE="${CVL_DEMO_STYLE:-old_town}"
 HEADING_NOISE="${CVL_DEMO_HEADING_NOISE_DEG:-0.5}"
+IMAGE_SIZE="${CVL_DEMO_IMAGE_SIZE:-512x128}"
 PARAMS="$ROOT/config/localize.yaml"
 T0=$SECONDS
 
@@ -78,7 +80,7 @@ trap cleanup EXIT
 # ---------------------------------------------------------------------------------------------
 log "1/7 synthetic town and drive (seed $SEED, $FRAMES frames)"
 "$BIN/cvl-synth" --out "$OUT/town" --seed "$SEED" --style "$STYLE" --split test --drives 1 \
-  --frames-per-drive "$FRAMES" --heading-noise-deg "$HEADING_NOISE" \
+  --frames-per-drive "$FRAMES" --heading-noise-deg "$HEADING_NOISE" --image-size "$IMAGE_SIZE" \
   >"$OUT/synth.log" 2>&1 || { tail -n 30 "$OUT/synth.log" >&2; die "cvl-synth failed"; }
 DRIVE="$(find "$OUT/town/raw_data" -mindepth 2 -maxdepth 2 -type d -name '*_sync' | sort | head -n 1)"
 [[ -n "$DRIVE" ]] || die "cvl-synth wrote no drive under $OUT/town/raw_data"

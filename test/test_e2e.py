@@ -73,7 +73,8 @@ def node_run(tmp_path_factory):
                           str(ROOT / "config" / "fastdds_large_images.xml"))
     _run([py, "-m", "cvl_ros.synth.cli", "--seed", str(SEED), "--out", str(out / "town"),
           "--drives", "1", "--frames-per-drive", str(FRAMES), "--style", "old_town",
-          "--split", "test", "--size-m", "250", "--heading-noise-deg", "0.5", "--quiet"],
+          "--split", "test", "--size-m", "250", "--heading-noise-deg", "0.5",
+          "--image-size", "512x128", "--quiet"],
          out / "synth.log", 120)
     drive = next((out / "town" / "raw_data").glob("*/*_sync"))
     _run([py, "-m", "cvl_ros.cli.build_db", "--checkpoint", str(ckpt), "--tiles",
