@@ -149,3 +149,46 @@ def test_replay_loop_restarts_time(tmp_path, ros_context):
     assert [m.data[0] for m in got] == list(range(n)) * 2
     t = [c.clock.sec * 10**9 + c.clock.nanosec for c in clocks]
     assert sum(1 for a, b in zip(t, t[1:]) if b < a) == 1  # time jumps back once (the loop)
+
+
+def test_topic_recorder_roundtrip(tmp_path, ros_context):
+    import rclpy
+
+    from cvl_ros.cli.localize_bag import EstimateRow
+    from cvl_ros.cli.record import node_output_topics
+    from cvl_ros.msg import Candidate, GeoPoseEstimate
+    from cvl_ros.ros.bags import TopicRecorder, make_typestore
+
+    ctx = ros_context
+    topics = node_output_topics("cvl_localizer")
+    assert topics["/cvl_localizer/geo_pose"] == "cvl_ros/msg/GeoPoseEstimate"
+    node = rclpy.create_node("rec", context=ctx)
+    rec = TopicRecorder(node, tmp_path / "out", {"/cvl_localizer/geo_pose": topics[
+        "/cvl_localizer/geo_pose"]})
+    pub_node = rclpy.create_node("pub", context=ctx)
+    pub = pub_node.create_publisher(GeoPoseEstimate, "/cvl_localizer/geo_pose", 10)
+    stop, th, ex = _spin_in_thread(node, ctx)
+    deadline = time.monotonic() + 10
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for i in range(3):
+        m = GeoPoseEstimate()
+        m.header.stamp.sec, m.header.stamp.nanosec = 100 + i, 5
+        m.status = GeoPoseEstimate.TRACKING
+        m.latitude_deg, m.longitude_deg = 49.0 + i * 1e-5, 8.4
+        m.tile_id = f"t{i}"
+        m.candidates = [Candidate(tile_id=f"t{i}", latitude_deg=49.0, longitude_deg=8.41,
+                                  score=0.5)]
+        pub.publish(m)
+    deadline = time.monotonic() + 10
+    while rec.counts["/cvl_localizer/geo_pose"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    th.join()
+    rec.close()
+    store = make_typestore()
+    rows = [EstimateRow.from_geo_pose(store.deserialize_cdr(m.data, m.msgtype))
+            for m in bags.iter_bag(tmp_path / "out")]
+    assert [r.stamp_ns for r in rows] == [100 * 10**9 + 5, 101 * 10**9 + 5, 102 * 10**9 + 5]
+    assert rows[1].status == "TRACKING" and rows[1].has_fix
+    assert rows[2].tile_lon_deg == pytest.approx(8.41)
