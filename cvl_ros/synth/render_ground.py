@@ -125,7 +125,7 @@ class GroundRenderer:
         tr = town.trees
         self._tree_rgb = (tr["rgb"] * rng.uniform(0.85, 1.15, (len(tr["x"]), 1))
                           * self.light.gain).astype(np.float32)
-        self._tex = value_noise(rng, (256, 256), 6.0) * 0.8 + rng.random((256, 256)) * 0.2
+        self._tex = value_noise(rng, (256, 256), 10.0) * 0.8 + rng.random((256, 256)) * 0.2
         self._tex = self._tex.astype(np.float32)
         self._tex_flat = self._tex.reshape(-1)
         nb = len(ob["kind"])
@@ -515,7 +515,7 @@ class GroundRenderer:
         haze = (1.0 - np.exp(-tfin / 350.0)).astype(np.float32)[..., None]
         base = base * (1 - haze) + self._sky_hor * haze
         # world-anchored texture column per (layer, column)
-        tcol = np.where(canopy, (hx + hy) * 4.0, along * 4.0)
+        tcol = np.where(canopy, (hx + hy) * 8.0, along * 8.0)
         tcol = (np.floor(tcol).astype(np.int64) + oid * 31) % 256
         # ---- per pixel
         flat_px = np.flatnonzero(hit)
@@ -527,7 +527,7 @@ class GroundRenderer:
         k = kind.reshape(-1)[flat]
         t = tfin.reshape(-1)[flat].astype(np.float32)
         z = np.float32(cz) + (np.float32(cy) - vs[ri].astype(np.float32)) * t * np.float32(1 / fy)
-        trow = (z * np.float32(4.0)).astype(np.int64) % 256
+        trow = (z * np.float32(8.0)).astype(np.int64) % 256
         tex = self._tex_flat[trow * 256 + tcol.reshape(-1)[flat]]
         col *= (np.float32(0.85) + np.float32(0.3) * tex)[:, None]
         of = o.reshape(-1)[flat]
