@@ -71,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if replayer is not None and rclpy.ok():
             replayer.close()
+        interrupted = not rclpy.ok()
         if rclpy.ok():
             rclpy.shutdown()
     total = sum(stats.published.values())
-    print(f"replayed {total} messages ({stats.loops} loop(s), {stats.bag_duration_s:.1f} s of "
-          f"bag) in {stats.wall_s:.1f} s; waited {stats.waited_s:.1f} s for subscribers")
+    note = " (interrupted)" if interrupted else ""
+    print(f"replayed{note} {total} messages ({stats.loops} loop(s), "
+          f"{stats.bag_duration_s:.1f} s of bag) in {stats.wall_s:.1f} s; waited "
+          f"{stats.waited_s:.1f} s for subscribers")
     for topic, count in sorted(stats.published.items()):
         print(f"  {topic}: {count}")
     return 0

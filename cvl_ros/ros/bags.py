@@ -755,9 +755,21 @@ class BagReplayer:
             time.sleep(min(self.clock_period_s, wall_target - now))
 
     def run(self) -> ReplayStats:
-        """Play the bag (blocking) and return what was published."""
+        """Play the bag (blocking) and return what was published.
+
+        Stopping (``stop()`` true, e.g. after Ctrl-C shut rclpy down) ends the run quietly.
+        """
         stats = ReplayStats(bag_duration_s=(self._end_ns - self._start_ns) / 1e9)
         wall_start = time.monotonic()
+        try:
+            self._play(stats)
+        except Exception:
+            if not self._stop():
+                raise
+        stats.wall_s = time.monotonic() - wall_start
+        return stats
+
+    def _play(self, stats: ReplayStats) -> None:
         start_ns = self._start_ns + int(self.start_s * 1e9)
         # Latched topics before --start are sent first (e.g. /tf_static).
         early = [m for m in iter_bag(self.bag, sorted(self._latched)) if m.stamp_ns < start_ns]
@@ -775,11 +787,13 @@ class BagReplayer:
 
             for m in iter_bag(self.bag, None if self.topics is None else sorted(self.topics)):
                 if self._stop():
-                    break
+                    return
                 if m.stamp_ns < start_ns:
                     continue  # before --start (latched ones were sent up front)
                 self._sleep_until(wall0 + (m.stamp_ns - sim0) / 1e9 / self.rate,
                                   lambda now, f=sim_of_wall, t=m.stamp_ns: min(f(now), t))
+                if self._stop():
+                    return
                 self._publish_clock(m.stamp_ns)
                 self._publish(m, stats)
                 last_ns = max(last_ns, m.stamp_ns)
@@ -792,8 +806,6 @@ class BagReplayer:
         while not self._stop() and time.monotonic() < tail_end:
             self._publish_clock(last_ns + int((time.monotonic() - wall_tail) * self.rate * 1e9))
             time.sleep(self.clock_period_s)
-        stats.wall_s = time.monotonic() - wall_start
-        return stats
 
     def close(self) -> None:
         """Destroy the publishers (and the node when this object created it)."""
