@@ -41,6 +41,7 @@ def main(argv=None) -> int:
 
     from cvl_ros.benchmark import run
     from cvl_ros.model.cvlnet import CheckpointError, CVLNet, CVLNetConfig, load_checkpoint
+    from cvl_ros.training import resolve_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     if args.checkpoint:
         try:
-            model, _ = load_checkpoint(args.checkpoint)
+            model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint))
         except CheckpointError as exc:
             print(f"cvl-bench: error: {exc}", file=sys.stderr)
             return 2

@@ -22,7 +22,7 @@ import numpy as np
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``cvl-build-db``."""
     p = argparse.ArgumentParser(prog="cvl-build-db", description=__doc__.splitlines()[0][2:])
-    p.add_argument("--checkpoint", required=True, help="model .safetensors")
+    p.add_argument("--checkpoint", required=True, help="model .safetensors (or its folder)")
     p.add_argument("--tiles", required=True,
                    help="KITTI-CVL root, or a GeoMosaic PNG (with .geo.json) / folder with one")
     p.add_argument("--out", required=True, help="database directory to write")
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
 
     from cvl_ros.database import DatabaseError, TileDatabase
     from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint
+    from cvl_ros.training import resolve_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     if device == "cuda":
         device = f"cuda:{local % max(1, torch.cuda.device_count())}"
     try:
-        model, _ = load_checkpoint(args.checkpoint, map_location=device)
+        model, _ = load_checkpoint(resolve_checkpoint(args.checkpoint), map_location=device)
     except CheckpointError as exc:
         print(f"cvl-build-db: error: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ def main(argv=None) -> int:
 
     from cvl_ros.evaluation import evaluate, write_reports
     from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint
+    from cvl_ros.training import resolve_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        model, extra = load_checkpoint(args.checkpoint, map_location=args.device)
+        model, extra = load_checkpoint(resolve_checkpoint(args.checkpoint),
+                                       map_location=args.device)
     except CheckpointError as exc:
         print(f"cvl-eval: error: {exc}", file=sys.stderr)
         return 2
