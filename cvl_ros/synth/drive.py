@@ -153,7 +153,7 @@ def plan_drive(town: Town, seed: int, n_frames: int, rate_hz: float = 10.0,
     pos = start
     for i in range(n):
         k = float(np.interp(pos, ps, curv))
-        vmax = math.sqrt(3.0 / max(k, 1e-4))
+        vmax = math.sqrt(3.5 / max(k, 1e-4))
         v[i] = float(np.clip(min(v_mean + v_var[i], vmax), 1.5, speed_mps[1] + 1.0))
         sc[i] = pos
         pos += v[i] * dt
