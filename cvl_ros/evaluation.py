@@ -94,8 +94,13 @@ def encode_tiles(model, ds, batch_size: int = 32, progress: bool = False):
 @torch.no_grad()
 def evaluate_protocol(model, root, protocol: str, seq_lens, max_queries: int | None = None,
                       frame_stride: int = 3, batch_size: int = 8, progress: bool = True,
-                      topk: int = 100, return_details: bool = False):
-    """Evaluate one protocol; returns ``{"seq<N>": summary}`` (and details if asked)."""
+                      topk: int = 100, return_details: bool = False,
+                      query_cache: dict | None = None):
+    """Evaluate one protocol; returns ``{"seq<N>": summary}`` (and details if asked).
+
+    ``query_cache`` (a dict shared between protocols) reuses the fused ground descriptors of
+    queries already evaluated by another protocol of the same data.
+    """
     from cvl_ros.datasets import KittiCVL
     from cvl_ros.model.matching import GroundDescriptor
 
@@ -111,7 +116,7 @@ def evaluate_protocol(model, root, protocol: str, seq_lens, max_queries: int | N
     qidx = _subsample(len(ds), max_queries)
     feat_cache: dict = {}
     truth = np.zeros((len(qidx), 2))
-    ground = {n: [] for n in seq_lens}
+    per_q: list = [None] * len(qidx)
     pending = []
     it = qidx
     if progress:
@@ -126,10 +131,16 @@ def evaluate_protocol(model, root, protocol: str, seq_lens, max_queries: int | N
             T = torch.stack([p["T"][:n] for p in pending]).to(dev)  # noqa: N806
             h = torch.stack([p["h"] for p in pending]).to(dev)
             g = model.project_and_fuse(f, K, T, h)
-            ground[n].append(GroundDescriptor(g.features.cpu(), g.mask.cpu()))
+            for r, p in enumerate(pending):
+                per_q[p["j"]][n] = (g.features[r].cpu(), g.mask[r].cpu())
         pending.clear()
 
     for j, i in enumerate(it):
+        qid = ds.entries[int(i)].query_id
+        key = (qid, nmax, frame_stride)
+        if query_cache is not None and key in query_cache:
+            truth[j], per_q[j] = query_cache[key]
+            continue
         item = ds[int(i)]
         drive = item["query_id"].rsplit("/", 1)[0]
         frames = [int(f) for f in item["frames"]]
@@ -141,16 +152,21 @@ def evaluate_protocol(model, root, protocol: str, seq_lens, max_queries: int | N
                 feat_cache[(drive, frames[k])] = fk
         feats = torch.stack([feat_cache[(drive, f)] for f in frames])
         truth[j] = item["position_enu"].double().numpy()
-        pending.append({"feats": feats, "K": item["K"].float(), "T": item["T_grid_cams"].float(),
-                        "h": item["camera_height_m"].float()})
+        per_q[j] = {}
+        if query_cache is not None:
+            query_cache[key] = (truth[j].copy(), per_q[j])
+        pending.append({"j": j, "feats": feats, "K": item["K"].float(),
+                        "T": item["T_grid_cams"].float(), "h": item["camera_height_m"].float()})
         if len(pending) >= batch_size:
             flush()
         # keep the cache bounded to the current drive's recent frames
         if len(feat_cache) > 4 * nmax * frame_stride + 64:
-            for key in list(feat_cache)[: len(feat_cache) // 2]:
-                del feat_cache[key]
+            for old in list(feat_cache)[: len(feat_cache) // 2]:
+                del feat_cache[old]
     if pending:
         flush()
+    ground = {n: [GroundDescriptor(torch.stack([q[n][0] for q in per_q]),
+                                   torch.stack([q[n][1] for q in per_q]))] for n in seq_lens}
 
     out, details = {}, {}
     for n in seq_lens:
@@ -185,12 +201,13 @@ def evaluate(model, root, protocols, seq_lens, max_queries: int | None = None,
     was_training = model.training
     model.eval()
     res, det = {}, {}
+    cache: dict = {}
     try:
         for p in protocols:
             if p not in PROTOCOLS:
                 raise ValueError(f"protocol must be one of {PROTOCOLS}, got {p!r}")
             r = evaluate_protocol(model, root, p, seq_lens, max_queries, frame_stride,
-                                  progress=progress, return_details=True)
+                                  progress=progress, return_details=True, query_cache=cache)
             res[p], det[p] = r
     finally:
         model.train(was_training)
