@@ -119,3 +119,14 @@ def ros_executor(ros_context):
 def spin_until_fixture():
     """The ``spin_until(executor, predicate, timeout_s=10.0, what=...)`` helper."""
     return spin_until
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch code on one thread (the 2 shared cores run small ops faster so)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

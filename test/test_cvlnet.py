@@ -27,13 +27,7 @@ SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / MO
 SMALL = dict(pretrained=False, ground_hw=(64, 256), sat_px=128, grid_cells=16, coverage_m=50.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's cores are shared: small models run faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_batch(cfg: CVLNetConfig, B=3, N=3, seed=0):

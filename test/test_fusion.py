@@ -7,14 +7,7 @@ import torch
 
 from cvl_ros.model.fusion import FUSIONS, PCSF, build_fusion, frame_encoding
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's cores are shared: small ops run faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def slow_pcsf(model: PCSF, x, mask):

@@ -7,14 +7,7 @@ import torch
 
 from cvl_ros.model.loss import displacement_ce_loss, triplet_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's cores are shared: small ops run faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def slow_triplet(sim, alpha):

@@ -13,14 +13,7 @@ from cvl_ros.model.matching import (
     uncertainty_at_shifts,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's cores are shared: small ops run faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 torch.manual_seed(0)
 

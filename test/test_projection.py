@@ -16,14 +16,7 @@ from cvl_ros.camera import (
 )
 from cvl_ros.model.projection import ResizeProjection, UNetProjection, project_to_overhead
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine's cores are shared: small ops run faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CALIB = Path(__file__).parent / "data" / "kitti_raw" / "2011_09_26" / "calib_cam_to_cam.txt"
 H, W = 128, 512
