@@ -15,7 +15,7 @@
 #   CVL_DEMO_SEED       town/drive seed (default 7)
 #   CVL_DEMO_FRAMES     frames of the drive at 10 Hz (default 200)
 #   CVL_DEMO_RATE       replay speed factor (default 0.25: the 2-core CPU runs the model live)
-#   CVL_DEMO_MODEL      model checkpoint (default models/cvlnet_demo/model.safetensors)
+#   CVL_DEMO_MODEL      model checkpoint or its folder (default models/cvlnet_demo/)
 #   CVL_DEMO_THREADS    torch threads of the node (default 2)
 #   CVL_DEMO_STYLE      town style (default old_town, a test style the model was not trained on)
 #   CVL_DEMO_HEADING_NOISE_DEG  sigma of the IMU heading error of the drive (default 0.5)
@@ -31,7 +31,7 @@ OUT="${CVL_DEMO_OUT:-$ROOT/demo_out}"
 SEED="${CVL_DEMO_SEED:-7}"
 FRAMES="${CVL_DEMO_FRAMES:-200}"
 RATE="${CVL_DEMO_RATE:-0.25}"
-MODEL="${CVL_DEMO_MODEL:-$ROOT/models/cvlnet_demo/model.safetensors}"
+MODEL="${CVL_DEMO_MODEL:-$ROOT/models/cvlnet_demo}"
 THREADS="${CVL_DEMO_THREADS:-2}"
 STYLE="${CVL_DEMO_STYLE:-old_town}"
 HEADING_NOISE="${CVL_DEMO_HEADING_NOISE_DEG:-0.5}"
@@ -46,7 +46,15 @@ die() { printf '[demo] ERROR: %s\n' "$*" >&2; exit 1; }
 for tool in cvl-synth cvl-build-db cvl-kitti2bag cvl-localize cvl-replay; do
   [[ -x "$BIN/$tool" ]] || die "$BIN/$tool is missing: run 'make setup'"
 done
-[[ -f "$MODEL" ]] || die "the shipped demo model is missing: $MODEL
+if [[ -d "$MODEL" ]]; then  # a checkpoint folder: its model/best/last or only .safetensors
+  for name in model best last checkpoint; do
+    if [[ -f "$MODEL/$name.safetensors" ]]; then MODEL="$MODEL/$name.safetensors"; break; fi
+  done
+  if [[ -d "$MODEL" ]]; then
+    MODEL="$(find "$MODEL" -maxdepth 1 -name '*.safetensors' | sort | head -n 1)"
+  fi
+fi
+[[ -n "$MODEL" && -f "$MODEL" ]] || die "the shipped demo model is missing: ${CVL_DEMO_MODEL:-models/cvlnet_demo/}*.safetensors
   (models/cvlnet_demo/ is part of the repository; train one with cvl-train or point
   CVL_DEMO_MODEL at a checkpoint)"
 [[ -f "$PARAMS" ]] || die "missing $PARAMS"
