@@ -412,6 +412,7 @@ def plot_trajectory(rows: list[EstimateRow], path: str | Path, *, gt: GroundTrut
         ax.plot(ge, gn, "-", color="white" if mosaic is not None else "black", lw=2.5,
                 label="ground truth", zorder=3)
         ax.plot(ge, gn, "-", color="black", lw=1.0, zorder=3)
+        ax.plot(ge[:1], gn[:1], "^", color="white", mec="black", ms=10, zorder=6, label="start")
         pts += list(zip(ge, gn))
     fixes = [r for r in rows if r.has_fix]
     for status in ("TRACKING", "LOW_CONFIDENCE"):
@@ -426,7 +427,7 @@ def plot_trajectory(rows: list[EstimateRow], path: str | Path, *, gt: GroundTrut
             if np.all(np.isfinite(cov)):
                 xy = _ellipse_xy(cov)
                 ax.plot(ei + xy[:, 0], ni + xy[:, 1], "-", color=_STATUS_COLORS[status],
-                        lw=0.7, alpha=0.8, zorder=4)
+                        lw=0.7, alpha=0.8 if status == "TRACKING" else 0.35, zorder=4)
         pts += list(zip(e, n))
     if pts:
         arr = np.array(pts)
