@@ -25,9 +25,9 @@ MODEL_DIR = ROOT / "models" / "cvlnet_demo"
 CHECKPOINT = os.environ.get("CVL_E2E_CHECKPOINT")
 
 SEED = 3
-FRAMES = 40
+FRAMES = 60
 KEYFRAME_DISTANCE_M = 2.0
-RATE = 0.2
+RATE = 0.15
 #: Median position error bound [m] for the shipped model on this drive (measured: see the docs).
 MAX_MEDIAN_ERROR_M = 10.0
 
