@@ -20,6 +20,7 @@
 #   CVL_DEMO_STYLE      town style (default old_town, a test style the model was not trained on)
 #   CVL_DEMO_HEADING_NOISE_DEG  sigma of the IMU heading error of the drive (default 0.5)
 #   CVL_DEMO_IMAGE_SIZE camera image size WxH (default 512x128, the demo model's training size)
+#   CVL_DEMO_DOMAIN_ID  ROS_DOMAIN_ID of the run (default: random in 100-199)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,7 +63,7 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 # One ROS graph per run, on this machine only; logs under demo_out.
-export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}"
+export ROS_DOMAIN_ID="${CVL_DEMO_DOMAIN_ID:-$((100 + RANDOM % 100))}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_HOME="$OUT/ros_home"
 export ROS_LOG_DIR="$OUT/ros_home/log"

@@ -133,3 +133,13 @@ def test_gps_baseline_error(tmp_path):
     errs = lb.gps_error_m(tmp_path / "bag", gt)
     assert len(errs) == 6
     np.testing.assert_allclose(errs, 3.0, atol=0.05)
+
+
+def test_expected_keyframes_follow_the_distance_rule(tmp_path):
+    drive = tiny_drive(tmp_path, n=10, yaw_rate=0.0)  # 0.8 m per frame
+    write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0,
+                    odom_yaw_drift_deg_per_100m=0.0)
+    stamps = [int(s) for s in KittiDrive(drive).timestamps_ns]
+    kf = lb.expected_keyframes(tmp_path / "bag", keyframe_distance_m=2.0)
+    assert kf == [stamps[i] for i in (0, 3, 6, 9)]  # 2.4 m >= 2 m; 1.6 m is not
+    assert len(lb.expected_keyframes(tmp_path / "bag", keyframe_distance_m=0.5)) == 10
