@@ -143,3 +143,38 @@ def test_expected_keyframes_follow_the_distance_rule(tmp_path):
     kf = lb.expected_keyframes(tmp_path / "bag", keyframe_distance_m=2.0)
     assert kf == [stamps[i] for i in (0, 3, 6, 9)]  # 2.4 m >= 2 m; 1.6 m is not
     assert len(lb.expected_keyframes(tmp_path / "bag", keyframe_distance_m=0.5)) == 10
+
+
+def test_cli_with_a_real_checkpoint_and_database(tmp_path, capsys):
+    """The CLI path: checkpoint + TileDatabase loaded like the node, report written."""
+    import torch
+
+    from cvl_ros.database import TileDatabase
+    from cvl_ros.model.cvlnet import CVLNet, CVLNetConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = CVLNet(CVLNetConfig(pretrained=False, ground_hw=(32, 128), sat_px=64,
+                                grid_cells=8, search_cells=2))
+    save_checkpoint(tmp_path / "m.safetensors", model)
+    drive = tiny_drive(tmp_path, n=12, image_hw=(40, 124), yaw_rate=0.0)
+    write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0,
+                    odom_yaw_drift_deg_per_100m=0.0)
+    p0 = KittiDrive(drive).oxts[0]
+    datum = GeoDatum(p0.lat, p0.lon, 0.0)
+    rng = np.random.default_rng(0)
+    tiles = []
+    for e in (-20.0, 0.0, 20.0):
+        for n in (-20.0, 0.0, 20.0):
+            lat, lon, _ = datum.to_geodetic(e, n, 0.0)
+            tiles.append((f"e{e:+.0f}_n{n:+.0f}", float(lat), float(lon),
+                          rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    TileDatabase.build(model, tiles, tmp_path / "db", datum)
+    code = lb.main([str(tmp_path / "bag"), "--out", str(tmp_path / "out"), "--checkpoint",
+                    str(tmp_path / "m.safetensors"), "--db", str(tmp_path / "db"), "--quiet",
+                    "--threads", "1"])
+    assert code == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["images"] == 12 and s["frames_used"] == 12 and s["keyframes"] >= 5
+    assert s["heading_source"] == "auto" and s["gps_priors_used"] >= 1
+    assert "median_error_m" in s and (tmp_path / "out" / "trajectory.png").is_file()
+    assert "images=12" in capsys.readouterr().out
