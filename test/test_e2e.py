@@ -28,8 +28,11 @@ SEED = 3
 FRAMES = 60
 KEYFRAME_DISTANCE_M = 2.0
 RATE = 0.15
-#: Median position error bound [m] for the shipped model on this drive (measured: see the docs).
-MAX_MEDIAN_ERROR_M = 10.0
+#: Median position error bound [m] for the shipped model on this drive. Measured (twice, same
+#: result): median 1.46 m, p90 2.04 m, 18 fixes of 20 keyframes (15 TRACKING); the bound leaves
+#: room for frames dropped on a loaded machine.
+MAX_MEDIAN_ERROR_M = 4.0
+MIN_FIX_RATE = 0.75
 
 pytestmark = [pytest.mark.slow, pytest.mark.ros, pytest.mark.timeout(300)]
 
@@ -145,6 +148,6 @@ def test_median_error_within_the_measured_bound(node_run):
     out, s = node_run
     if CHECKPOINT:
         pytest.skip("CVL_E2E_CHECKPOINT overrides the shipped model; the bound is for it only")
-    assert s["fixes"] > 0
+    assert s["keyframe_fix_rate"] >= MIN_FIX_RATE, s
     assert s["median_error_m"] is not None and s["median_error_m"] < MAX_MEDIAN_ERROR_M, s
     assert (out / "report" / "trajectory.png").is_file()
