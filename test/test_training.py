@@ -176,3 +176,30 @@ def test_color_jitter_shares_factors_across_a_sequence():
     assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
     assert torch.allclose(y[:, 0], y[:, 3])  # same jitter for every frame of a sequence
     assert not torch.allclose(y[0], y[1])  # different per batch row
+
+
+def test_sigterm_saves_checkpoint(tmp_path, tree):
+    import time
+
+    cfg = _config(tmp_path, tree, "sig")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "cvl_ros.cli.train", "--config", str(cfg), "--no-progress",
+           "optim.max_steps=100000", "optim.epochs=1000"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    csv_path = tmp_path / "sig" / "metrics.csv"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not csv_path.exists():
+            time.sleep(0.2)
+        assert csv_path.exists(), "training did not start within 60 s"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, stderr[-2000:]
+    _, extra = load_checkpoint(tmp_path / "sig" / "last.safetensors")
+    assert extra["train_state"]["step"] >= 1
+    assert (tmp_path / "sig" / "last.optim.safetensors").is_file()
