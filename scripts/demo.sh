@@ -136,4 +136,9 @@ log "7/7 report"
 "$PY" -m cvl_ros.cli.demo_report --outputs "$OUT/outputs" --bag "$OUT/bag" --out "$OUT" \
   --extra "{\"seed\": $SEED, \"frames\": $FRAMES, \"replay_rate\": $RATE, \"demo_wall_s\": $((SECONDS - T0))}" \
   | tee "$OUT/summary.txt"
+FIXES="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["fixes"])' "$OUT/summary.json")"
+if [[ "$FIXES" == 0 ]]; then
+  grep -E "ERROR|not localizing" "$OUT/node.log" | tail -n 5 >&2 || true
+  die "the node gave no fix (see $OUT/node.log and /diagnostics in $OUT/outputs)"
+fi
 log "done in $((SECONDS - T0)) s: $OUT/trajectory.png, $OUT/heatmap.png, $OUT/summary.json"
