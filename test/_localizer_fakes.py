@@ -49,8 +49,14 @@ class _Match:
 class OracleModel(torch.nn.Module):
     """Score map = Gaussian bump at the true displacement (+ optional alias, noise, flatness)."""
 
-    def __init__(self, db, sigma_m=2.5, noise=0.02, alias_en=None, flat=False, seed=0):
+    def __init__(self, db, sigma_m=2.5, noise=0.02, alias_en=None, flat=False, seed=0,
+                 decoy_en=None, decoy_calls=0):
         super().__init__()
+        # a look-alike place: for the first ``decoy_calls`` match calls the score maps show a clean
+        # bump at truth + decoy_en instead of the truth (what a repeated street corner does)
+        self.decoy_en = decoy_en
+        self.decoy_calls = decoy_calls
+        self.match_calls = 0
         self.config = OracleConfig()
         self.db = db
         self.truth_cam_en = np.zeros(2)
@@ -82,6 +88,9 @@ class OracleModel(torch.nn.Module):
         maps = np.zeros((len(idx), 2 * r + 1, 2 * r + 1))
         truths = [self.truth_cam_en] + ([np.asarray(self.alias_en) + self.truth_cam_en]
                                         if self.alias_en is not None else [])
+        self.match_calls += 1
+        if self.decoy_en is not None and self.match_calls <= self.decoy_calls:
+            truths = [np.asarray(self.decoy_en) + self.truth_cam_en]
         for k, i in enumerate(idx):
             c = self.db.centers_enu[i]
             m = np.zeros_like(de)

@@ -124,6 +124,35 @@ def test_ambiguous_alias_is_not_reported_as_tracking():
         assert math.sqrt(np.linalg.eigvalsh(e.covariance_xy).max()) > 10.0
 
 
+def test_look_alike_place_seen_first_does_not_lock_in():
+    # global initialisation: the first updates match a place 60 m away cleanly, then the truth
+    db = FakeDB()
+    model = OracleModel(db, decoy_en=(60.0, 0.0), decoy_calls=6)
+    loc = Localizer(model, db, LocalizerConfig(window_length=2))
+    Twb = drive_poses(30, 1.5, (0.0, 0.0), 0.0)
+    errs = [(e.status, float(np.hypot(e.east_m - T[0, 3], e.north_m - T[1, 3])))
+            for e, T in zip(_run(loc, model, Twb), Twb) if e is not None]
+    assert not [x for x in errs if x[0] == Status.TRACKING and x[1] > 5.0], errs
+    assert errs[-1][0] == Status.TRACKING and errs[-1][1] < 2.0, errs
+
+
+def test_global_search_needs_travel_before_it_converges():
+    # a clean matcher would converge at once; the travel rule holds the fix back until
+    # global_min_travel_m of odometry has accumulated since the global search began
+    Twb = drive_poses(30, 1.5, (0.0, 0.0), 0.0)
+    for min_travel in (0.0, 20.0):
+        db = FakeDB()
+        model = OracleModel(db)
+        loc = Localizer(model, db, LocalizerConfig(window_length=2, global_min_travel_m=min_travel))
+        fixes = [float(np.hypot(*(T[:2, 3] - Twb[0][:2, 3])))
+                 for e, T in zip(_run(loc, model, Twb), Twb) if e is not None and e.has_fix]
+        assert fixes, min_travel
+        # travel is counted from the second keyframe (the first global update has no motion)
+        assert fixes[0] >= min_travel, (min_travel, fixes[0])
+        if min_travel == 0.0:
+            assert fixes[0] < 10.0, fixes[0]
+
+
 def test_uninformative_matcher_gives_no_fix():
     db = FakeDB()
     model = OracleModel(db, flat=True, noise=0.01)
@@ -136,7 +165,7 @@ def test_uninformative_matcher_gives_no_fix():
 def test_lost_then_relocalizes_and_relocalize_call():
     db = FakeDB()
     model = OracleModel(db)
-    cfg = LocalizerConfig(window_length=2, lost_after_updates=3)
+    cfg = LocalizerConfig(window_length=2, lost_after_updates=3, global_min_travel_m=10.0)
     loc = Localizer(model, db, cfg)
     Twb = drive_poses(12, 1.5, (0.0, 0.0), 0.0)
     ests = [e for e in _run(loc, model, Twb) if e]
@@ -216,7 +245,7 @@ def test_heading_offset_and_lever_arm():
     """Odometry frame rotated 90 deg from ENU; the camera 1 m ahead of base_link."""
     db = FakeDB()
     model = OracleModel(db)
-    loc = Localizer(model, db, LocalizerConfig(window_length=2))
+    loc = Localizer(model, db, LocalizerConfig(window_length=2, global_min_travel_m=0.0))
     Twb = drive_poses(14, 1.5, (0.0, -20.0), math.pi / 2)  # driving north
     ests = [e for e in _run(loc, model, Twb) if e]
     last = ests[-1]
@@ -268,8 +297,8 @@ def test_map_datum_other_than_the_database_datum():
     db = FakeDB()
     model = OracleModel(db)
     lat0, lon0, _ = db.datum.to_geodetic(100.0, -50.0, 0.0)
-    cfg = LocalizerConfig(window_length=2, map_datum_lat_deg=lat0, map_datum_lon_deg=lon0,
-                          map_datum_alt_m=200.0)
+    cfg = LocalizerConfig(window_length=2, global_min_travel_m=0.0, map_datum_lat_deg=lat0,
+                          map_datum_lon_deg=lon0, map_datum_alt_m=200.0)
     loc = Localizer(model, db, cfg)
     assert loc.datum == GeoDatum(lat0, lon0, 200.0)
     Twb = drive_poses(12, 1.5, (0.0, 0.0), 0.0)
