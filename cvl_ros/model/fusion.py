@@ -92,9 +92,16 @@ class _QKV(nn.Module):
         # pointwise convs are slow there, hence matmuls per Q/K/V.
         x = x.contiguous(memory_format=torch.channels_last)
         if self.separable:
-            y = F.relu(_pointwise(self.conv1, self.dw1(x)))
-            parts = self.dw2(y.contiguous(memory_format=torch.channels_last)).split(self.c, 1)
-            return [_pointwise(conv, p) for conv, p in zip(self.conv2, parts)]
+            y = F.relu(_pointwise(self.conv1, self.dw1(x)), inplace=True)
+            z = self.dw2(y.contiguous(memory_format=torch.channels_last))  # (M,3C,S,S) ch-last
+            M, _, S, S2 = z.shape  # noqa: N806
+            c = self.c
+            # the three pointwise convs as one batched matmul over the Q/K/V groups
+            w = torch.stack([conv.weight.reshape(c, c).t() for conv in self.conv2])  # (3,C,C)
+            b = torch.stack([conv.bias for conv in self.conv2]).unsqueeze(1)  # (3,1,C)
+            zz = z.permute(0, 2, 3, 1).reshape(M * S * S2, 3, c).transpose(0, 1)
+            out = torch.baddbmm(b, zz, w)  # (3, M*S*S, C)
+            return [o.reshape(M, S, S2, c).permute(0, 3, 1, 2) for o in out.unbind(0)]
         y = F.relu(self.conv1(x))
         return [conv(p) for conv, p in zip(self.conv2, y.split(self.c, dim=1))]
 
@@ -135,6 +142,52 @@ class PCSF(nn.Module):
         return fused, anyv
 
     def _fuse(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Fast path, equal to ``_fuse_reference`` within float rounding.
+
+        The per-pixel attention runs as 3-D ``baddbmm``/``bmm`` over (pixel, head) batches
+        read straight from the channels_last Q/K/V (the key mask is added inside the matmul);
+        the last layer's w_j = mean_{i valid} M_ij is one more ``bmm`` of the validity row
+        with M, then sum_j w_j V_j.
+        """
+        B, N, C, S, S2 = x.shape  # noqa: N806
+        P = S * S2  # noqa: N806
+        h, d = self.heads, C // self.heads
+        maskp = mask.reshape(B, N, P)
+        cnt = maskp.sum(1)  # (B,P)
+        # additive key mask (0 valid / -1e4 invalid) per (pixel, head) batch over frames j
+        kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, P, 1, 1, N)
+        kbias = kbias.expand(B, P, h, 1, N).reshape(B * P * h, 1, N)
+        enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
+        mflat = mask.reshape(B * N, 1, S, S2)
+        scale = 1.0 / math.sqrt(d)
+        cur = ((x + enc) * mask).reshape(B * N, C, S, S2)
+        nl = len(self.qkv)
+        for li, layer in enumerate(self.qkv):
+            q, k, v = layer(cur)
+
+            def pix(t):  # (B*N,C,S,S) channels_last = (B,N,P,h,d) memory -> (B*P*h, N, d)
+                return t.permute(0, 2, 3, 1).reshape(B, N, P * h, d).transpose(1, 2).reshape(
+                    B * P * h, N, d)
+
+            logits = torch.baddbmm(kbias, pix(q), pix(k).transpose(1, 2), alpha=scale)
+            # cells no frame sees get a uniform softmax here; they are zeroed below
+            att = torch.softmax(logits, dim=-1)  # (BPh, Ni, Nj)
+            if li < nl - 1:
+                out = torch.bmm(att, pix(v))  # (BPh, Ni, d)
+                out = out.reshape(B, S, S2, h, N, d).permute(0, 4, 3, 5, 1, 2)
+                cur = (out.reshape(B * N, C, S, S2) + enc.reshape(N, C, 1, 1).repeat(
+                    B, 1, 1, 1)) * mflat
+            else:
+                # w_j = sum_{i valid} M_ij / N_valid, then sum_j w_j V_j
+                mi = maskp.permute(0, 2, 1).reshape(B, P, 1, 1, N).expand(B, P, h, 1, N)
+                w = torch.bmm(mi.reshape(B * P * h, 1, N), att)  # (BPh, 1, Nj)
+                w = w / cnt.clamp_min(1.0).reshape(B * P, 1, 1, 1).expand(
+                    B * P, h, 1, 1).reshape(B * P * h, 1, 1)
+                out = torch.bmm(w, pix(v)).reshape(B, S, S2, C)  # (B,S,S,h*d)
+        return out.permute(0, 3, 1, 2)
+
+    def _fuse_reference(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Explicit attention matrices (the formulation of Eq. 2-3); kept for tests."""
         B, N, C, S, S2 = x.shape  # noqa: N806
         P = S * S2  # noqa: N806
         h, d = self.heads, C // self.heads
