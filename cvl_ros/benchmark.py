@@ -1,7 +1,8 @@
 """Latency, memory and retrieval benchmark behind ``cvl-bench``.
 
-Measured (median of ``reps`` >= 20 repetitions after warm-up, wall-clock, ``torch.no_grad``;
-model timings interleaved so that load changes on a shared machine hit all of them alike):
+Measured (median of ``reps`` >= 20 repetitions after warm-up, wall-clock, under
+``torch.inference_mode`` as the Localizer's update runs; model timings interleaved so that
+load changes on a shared machine hit all of them alike):
 
 * ``backbone_forward_ms``: one ``encode_ground`` of one frame.
 * ``update_ms[N]``: one tracking update with a window of N frames and cached per-frame features:
@@ -63,7 +64,7 @@ def window_geometry(model, n: int, spacing_m: float = 3.0):
     return K.expand(1, n, 3, 3).clone(), T[None]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: int = 3,
                 candidates: int = 50) -> dict:
     """Backbone, update and recompute-update latencies (ms) for the window lengths.
