@@ -1,4 +1,4 @@
-# cvl_ros: one-command setup, tests, lint and demo (pip-only world; see docs/readme/00-setup.md).
+# cvl_ros: one-command setup, tests, lint and demo (pip-only world; see README.md, "Setup").
 #   make setup   create .venv and install everything (idempotent: seconds when nothing changed)
 #   make test    setup + lint + the whole test suite
 #   make lint    setup + ruff

@@ -1,6 +1,6 @@
 """Pinhole intrinsics, camera extrinsics and pose helpers (one ENU convention for the project).
 
-Conventions (see docs/CONTRACTS.md):
+Conventions (README.md, "The house"):
 
 * World / grid frames are ENU: x east, y north, z up, metres. Yaw 0 = east, counter-clockwise.
 * Body (``base_link``): x forward, y left, z up. Camera optical frame: z forward, x right, y down.

@@ -1,6 +1,6 @@
 """Geodesy: WGS84 <-> local ENU (exact, via ECEF), KITTI's Mercator, web-mercator resolution.
 
-Conventions (see docs/CONTRACTS.md): the world frame is a local East-North-Up frame about a
+Conventions (README.md, "The house"): the world frame is a local East-North-Up frame about a
 WGS84 datum (x east, y north, z up, metres). Every function is vectorised over numpy arrays
 and returns numpy float64 arrays (0-d arrays become Python floats).
 """

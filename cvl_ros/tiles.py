@@ -7,7 +7,7 @@ of pixel (0, 0) and ``m`` is metres per pixel. It is stored as ``<name>.png`` pl
 sidecar ``<name>.geo.json``.
 
 The tile builder cuts KITTI-CVL style satellite tiles from such a mosaic (the script the
-KITTI-CVL authors never released) and writes the split files; see docs/readme/20-data.md.
+KITTI-CVL authors never released) and writes the split files; see README.md ("Data").
 """
 
 from __future__ import annotations

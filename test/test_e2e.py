@@ -4,7 +4,8 @@ cvl-synth (small seeded town) -> cvl-build-db (shipped demo model) -> cvl-kitti2
 (``python -m cvl_ros.ros.node``, use_sim_time) + the recorder + ``cvl-replay`` -> the report.
 Checks: >= 90 % of the keyframes yield an estimate, every estimate carries an image stamp, the
 node's map->odom TF is on /tf, and the median position error is below what the shipped model
-measurably achieves on this drive (see docs/readme/60-bags-demo.md for the measurement).
+measurably achieves on this drive (measured: README.md, "Bags, replay, offline runs and the
+demo").
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Geometry-driven view projection (GVP): ground-view features -> north-up overhead grid.
 
-Grid frame (CONTRACTS.md): origin at the optical centre of the newest camera (frame 0), axes
+Grid frame (README.md, "The house"):
+origin at the optical centre of the newest camera (frame 0), axes
 east / north / up. Cell (r, c) of an S x S grid covering ``coverage_m`` has its centre at
 east = (c - (S-1)/2) * cell_m, north = ((S-1)/2 - r) * cell_m, and its ground point at
 z = -camera_height_m. Each ground point is transformed into every camera with

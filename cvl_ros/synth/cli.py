@@ -6,7 +6,7 @@ Example::
     cvl-synth --seed 101 --out data/synth_test --style old_town --split test --drives 2
     cvl-synth --bench --out /tmp/bench            # frames/s at 256x1024 on one core -> JSON
 
-See docs/readme/25-synth.md for the output layout and the styles.
+See README.md ("Synthetic towns") for the output layout and the styles.
 """
 
 from __future__ import annotations
