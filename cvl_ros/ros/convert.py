@@ -176,22 +176,22 @@ def yaw_from_quat(q) -> float:
     return float(math.atan2(R[1, 0], R[0, 0]))
 
 
+def _matrix(p, q) -> np.ndarray:
+    """Point-like ``p`` (x, y, z) and quaternion-like ``q`` (x, y, z, w) -> 4x4."""
+    T = np.eye(4)  # noqa: N806
+    T[:3, :3] = quat_to_matrix(q.x, q.y, q.z, q.w)
+    T[:3, 3] = (p.x, p.y, p.z)
+    return T
+
+
 def pose_to_matrix(pose) -> np.ndarray:
     """geometry_msgs/Pose -> 4x4."""
-    T = np.eye(4)  # noqa: N806
-    o = pose.orientation
-    T[:3, :3] = quat_to_matrix(o.x, o.y, o.z, o.w)
-    T[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
-    return T
+    return _matrix(pose.position, pose.orientation)
 
 
 def transform_to_matrix(tf) -> np.ndarray:
     """geometry_msgs/Transform -> 4x4."""
-    T = np.eye(4)  # noqa: N806
-    r = tf.rotation
-    T[:3, :3] = quat_to_matrix(r.x, r.y, r.z, r.w)
-    T[:3, 3] = (tf.translation.x, tf.translation.y, tf.translation.z)
-    return T
+    return _matrix(tf.translation, tf.rotation)
 
 
 def odometry_to_matrix(msg) -> np.ndarray:
