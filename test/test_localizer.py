@@ -153,6 +153,14 @@ def test_global_search_needs_travel_before_it_converges():
             assert fixes[0] < 10.0, fixes[0]
 
 
+@pytest.mark.parametrize("bad", [
+    {"window_length": 0}, {"score_temperature": 0.0}, {"keyframe_distance_m": -1.0},
+    {"tracking_min_confidence": 1.5}, {"global_min_travel_m": float("nan")}])
+def test_invalid_config_is_rejected_with_the_field_name(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        LocalizerConfig(**bad)
+
+
 def test_uninformative_matcher_gives_no_fix():
     db = FakeDB()
     model = OracleModel(db, flat=True, noise=0.01)

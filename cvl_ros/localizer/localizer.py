@@ -131,6 +131,34 @@ class LocalizerConfig:
     map_datum_alt_m: float | None = None
     """See map_datum_lat_deg (None with lat/lon set = 0)."""
 
+    def __post_init__(self) -> None:
+        """Reject invalid values with the field's name (the node reports it and stays up)."""
+        errors = []
+        for name, value in vars(self).items():
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                errors.append(f"{name} = {value!r} is not a finite number")
+            elif name in _POSITIVE_FIELDS and value <= 0:
+                errors.append(f"{name} = {value!r} must be > 0")
+            elif name in _FRACTION_FIELDS and not 0.0 <= value <= 1.0:
+                errors.append(f"{name} = {value!r} must lie in [0, 1]")
+            elif name not in _SIGNED_FIELDS and value < 0:
+                errors.append(f"{name} = {value!r} must be >= 0")
+        if errors:
+            raise ValueError("invalid localizer parameters: " + "; ".join(errors))
+
+
+_POSITIVE_FIELDS = frozenset({
+    "window_length", "camera_height_m", "tracking_search_radius_m", "search_radius_sigma_factor",
+    "global_max_tiles", "global_topk", "tile_batch", "filter_cell_m", "tracking_grid_extent_m",
+    "global_grid_max_cells", "score_temperature", "confidence_radius_m", "tracking_max_sigma_m",
+    "max_fix_sigma_m", "min_updates_to_track", "lost_after_updates"})
+_FRACTION_FIELDS = frozenset({"tracking_min_confidence", "max_second_mode_ratio",
+                              "low_confidence_min"})
+_SIGNED_FIELDS = frozenset({"odom_yaw_offset_rad", "map_datum_lat_deg", "map_datum_lon_deg",
+                            "map_datum_alt_m"})
+
 
 @dataclass
 class Frame:
