@@ -89,9 +89,10 @@ def _feed(ex, spin_until, probe, node, drive, i, expect_output=True, **kw):
         spin_until(ex, lambda: len(probe.geo_for(drive.stamps[i])) > before[0], 10.0,
                    f"geo_pose for frame {i} (last input error: {node.last_error!r}, "
                    f"{node.counters})")
-    else:
-        spin_until(ex, lambda: node.counters["frames_handled"] > before[1], 10.0,
-                   f"frame {i} handled")
+    # The worker publishes before it counts the frame as handled: wait for the count too, so
+    # the next feed's baseline is this frame's, not a lagging one (a race seen under CI load).
+    spin_until(ex, lambda: node.counters["frames_handled"] > before[1], 10.0,
+               f"frame {i} handled")
 
 
 def _setup(ros_executor, spin_until, node, probe=None):
