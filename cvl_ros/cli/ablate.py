@@ -34,8 +34,10 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "attn_lstm": ("2", "Attention fusion: LSTM", {"fusion": "attn_lstm"}),
     "ours": ("2,3,4", "Ours (GVP + PCSF + SSM + U)", {}),
     "mobilenet_v2": ("3", "MobileNetV2", {"backbone": "mobilenet_v2"}),
-    "resnet50": ("3", "ResNet-50", {"backbone": "resnet50"}),
-    "vgg16": ("3", "VGG16", {"backbone": "vgg16"}),
+    # a weights path in the base config names MobileNetV2's file: the other backbones look for
+    # their own ImageNet files by name (random initialisation, warned, when absent)
+    "resnet50": ("3", "ResNet-50", {"backbone": "resnet50", "pretrained_path": None}),
+    "vgg16": ("3", "VGG16", {"backbone": "vgg16", "pretrained_path": None}),
     "no_ssm": ("4", "Ours w/o SSM", {"use_ssm": False}),
     "no_u": ("4", "Ours w/o U", {"use_uncertainty": False}),
 }
