@@ -402,6 +402,47 @@ def oxts_to_enu_poses(packets, datum: GeoDatum) -> np.ndarray:
     return T
 
 
+def dead_reckon_oxts(packets, stamps_ns) -> np.ndarray:
+    """Odometry ``T_odom_imu`` (N,4,4) integrated from the OXTS velocities, as a wheel/visual-
+    inertial odometry would measure the motion (no GPS position, no absolute heading).
+
+    Heading integrates ``wu`` (rate about the upward axis, rad/s) from 0; position integrates
+    the level-frame velocities ``vf``/``vl``/``vu`` (m/s; KITTI: forward and left parallel to the
+    earth surface, up perpendicular) rotated by that heading, both with the trapezoidal rule
+    over the packet stamps. Roll and pitch are the packets' own (gravity makes them observable
+    to any inertial odometry). The odometry frame is the first pose's level, heading-0 frame,
+    so ``T_odom_imu[0]`` carries only the first roll and pitch. Errors of the velocities (and of
+    the trapezoidal rule in turns) accumulate as drift, as in a real odometry.
+
+    Raises ``ValueError`` for non-finite fields or stamps that go backwards.
+    """  # noqa: D205
+    packets = list(packets)
+    st = np.asarray(stamps_ns, dtype=np.int64).reshape(-1)
+    n = len(packets)
+    if len(st) < n:
+        raise ValueError(f"dead_reckon_oxts: {n} packets but {len(st)} stamps")
+    T = np.tile(np.eye(4), (n, 1, 1))
+    if n == 0:
+        return T
+    f = np.array([[p.vf, p.vl, p.vu, p.wu, p.roll, p.pitch] for p in packets], dtype=np.float64)
+    if not np.all(np.isfinite(f)):
+        bad = int(np.nonzero(~np.all(np.isfinite(f), axis=1))[0][0])
+        raise ValueError(f"dead_reckon_oxts: packet {bad} has a non-finite velocity/attitude")
+    dt = np.diff(st[:n]).astype(np.float64) * 1e-9
+    if np.any(dt < 0):
+        raise ValueError(f"dead_reckon_oxts: stamps go backwards at packet "
+                         f"{int(np.nonzero(dt < 0)[0][0]) + 1}")
+    yaw = np.concatenate([[0.0], np.cumsum(0.5 * (f[1:, 3] + f[:-1, 3]) * dt)])
+    c, s = np.cos(yaw), np.sin(yaw)
+    v_odom = np.stack([c * f[:, 0] - s * f[:, 1], s * f[:, 0] + c * f[:, 1], f[:, 2]], 1)
+    pos = np.concatenate([np.zeros((1, 3)),
+                          np.cumsum(0.5 * (v_odom[1:] + v_odom[:-1]) * dt[:, None], axis=0)])
+    for i in range(n):
+        T[i, :3, :3] = rpy_to_rotation(f[i, 4], f[i, 5], yaw[i])
+    T[:, :3, 3] = pos
+    return T
+
+
 def enu_poses_to_oxts(T_enu_imu, datum: GeoDatum, template: OxtsPacket | None = None) -> list:
     """Inverse of :func:`oxts_to_enu_poses` (what a synthetic drive should write)."""
     T = np.asarray(T_enu_imu, dtype=np.float64).reshape(-1, 4, 4)

@@ -22,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="odometry translation drift in percent of distance (default: 1.0)")
     p.add_argument("--odom-yaw-drift", type=float, default=0.5, metavar="DEG_PER_100M",
                    help="odometry heading drift in degrees per 100 m (default: 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the odometry noise (default: 0)")
+    p.add_argument("--odom-noise", type=float, default=0.0, metavar="PCT",
+                   help="per-step odometry translation noise, std in percent of the step "
+                   "(default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the --odom-noise draws (default: 0)")
     p.add_argument("--gt-tf", action="store_true",
                    help="also publish ground truth on /tf as world->base_link (then odom->"
                    "base_link is left off /tf so base_link keeps one parent)")
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = write_kitti_bag(
             args.drive, args.out, storage=args.storage, odom_drift_pct=args.odom_drift,
-            odom_yaw_drift_deg_per_100m=args.odom_yaw_drift, seed=args.seed, gt_tf=args.gt_tf,
+            odom_yaw_drift_deg_per_100m=args.odom_yaw_drift,
+            odom_noise_pct=args.odom_noise, seed=args.seed, gt_tf=args.gt_tf,
             odom_tf=not args.no_odom_tf, max_frames=args.frames, overwrite=args.overwrite,
             progress=not args.quiet,
         )

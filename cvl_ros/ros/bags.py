@@ -247,14 +247,17 @@ def _static_transforms(drive_dir: Path) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
-def _simulate_odometry(T_world_body: np.ndarray, drift_pct: float, yaw_drift: float,
-                       seed: int) -> np.ndarray:
-    """``T_odom_body`` (first pose = identity) with drift, by the synth package's model."""
+def _odometry_from_oxts(packets, stamps_ns, drift_pct: float, yaw_drift: float,
+                        noise_pct: float, seed: int) -> np.ndarray:
+    """``T_odom_body`` (first pose = identity): the OXTS velocities dead-reckoned
+    (:func:`cvl_ros.kitti.dead_reckon_oxts`), then scale/yaw drift and seeded per-step noise
+    added to every relative motion by the synth package's odometry model."""  # noqa: D205, D209
+    from cvl_ros.kitti import dead_reckon_oxts
     from cvl_ros.synth.odometry import simulate_odometry
 
-    return np.asarray(simulate_odometry(T_world_body, drift_pct=drift_pct,
-                                        yaw_drift_deg_per_100m=yaw_drift, seed=seed),
-                      np.float64)
+    return np.asarray(simulate_odometry(dead_reckon_oxts(packets, stamps_ns),
+                                        drift_pct=drift_pct, yaw_drift_deg_per_100m=yaw_drift,
+                                        noise_frac=noise_pct / 100.0, seed=seed), np.float64)
 
 
 def write_kitti_bag(
@@ -264,6 +267,7 @@ def write_kitti_bag(
     storage: str = "mcap",
     odom_drift_pct: float = 1.0,
     odom_yaw_drift_deg_per_100m: float = 0.5,
+    odom_noise_pct: float = 0.0,
     seed: int = 0,
     gt_tf: bool = False,
     odom_tf: bool = True,
@@ -279,7 +283,8 @@ def write_kitti_bag(
         storage: ``"mcap"`` or ``"sqlite3"``.
         odom_drift_pct: odometry translation drift, percent of distance travelled.
         odom_yaw_drift_deg_per_100m: odometry heading drift.
-        seed: seed of the odometry noise.
+        odom_noise_pct: per-step odometry translation noise, std in percent of the step.
+        seed: seed of that noise.
         gt_tf: also put ground truth on ``/tf`` as ``world -> base_link`` (then ``odom ->
             base_link`` is left off ``/tf`` so that ``base_link`` keeps one parent).
         odom_tf: put ``odom -> base_link`` on ``/tf`` (what a robot's odometry publishes).
@@ -337,8 +342,10 @@ def write_kitti_bag(
     T_world_body = oxts_to_enu_poses(true_packets[:n], datum)
     # The IMU's absolute orientation comes from the (possibly noisy) OXTS unit.
     T_world_imu = oxts_to_enu_poses(packets[:n], datum)
-    T_odom_body = _simulate_odometry(T_world_body, odom_drift_pct,
-                                     odom_yaw_drift_deg_per_100m, seed)
+    # Odometry: the OXTS velocities dead-reckoned (what a wheel/visual odometry measures; no
+    # GPS position or absolute heading enters), with the chosen drift on top.
+    T_odom_body = _odometry_from_oxts(packets[:n], oxts_stamps, odom_drift_pct,
+                                      odom_yaw_drift_deg_per_100m, odom_noise_pct, seed)
     steps = np.linalg.norm(np.diff(T_world_body[:, :3, 3], axis=0), axis=1)
     travelled = np.concatenate([[0.0], np.cumsum(steps)])
 
