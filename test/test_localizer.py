@@ -318,3 +318,65 @@ def test_map_datum_other_than_the_database_datum():
     lat, lon, _ = db.datum.to_geodetic(Twb[-1][0, 3], Twb[-1][1, 3], 0.0)
     assert abs(last.lat_deg - lat) < 2e-5 and abs(last.lon_deg - lon) < 3e-5
     assert (last.datum_lat_deg, last.datum_alt_m) == (lat0, 200.0)
+
+
+def test_initial_pose_rejects_non_finite_values_and_changes_nothing():
+    db = FakeDB()
+    loc = Localizer(OracleModel(db), db, LocalizerConfig(window_length=2))
+    for args in [(math.nan, 0.0, None, 3.0), (0.0, math.inf, None, 3.0),
+                 (0.0, 0.0, None, math.inf), (0.0, 0.0, None, math.nan), (0.0, 0.0, None, 0.0)]:
+        with pytest.raises(ValueError, match="initial pose"):
+            loc.set_initial_pose(*args)
+    assert not loc.filter.initialized
+    assert not loc.set_gps_prior(math.nan, 8.43, 5.0)
+    assert not loc.filter.initialized
+
+
+def test_requests_during_an_update_never_block_and_apply_with_the_next_frame():
+    """initialpose / relocalize / GPS prior from a ROS callback while the worker holds the lock
+    (an update running) return at once and take effect at the start of the next frame."""
+    import threading
+    import time
+
+    db = FakeDB()
+    model = OracleModel(db)
+    loc = Localizer(model, db, LocalizerConfig(window_length=2))
+    held, release = threading.Event(), threading.Event()
+
+    def busy():  # stands in for add_frame running inference
+        with loc._lock:
+            held.set()
+            release.wait(10.0)
+
+    th = threading.Thread(target=busy)
+    th.start()
+    try:
+        assert held.wait(5.0)
+        t0 = time.perf_counter()
+        assert loc.set_initial_pose(1.0, 0.0, 0.0, sigma_m=3.0) is False  # deferred
+        lat, lon, _ = db.datum.to_geodetic(5.0, 3.0, 0.0)
+        assert loc.set_gps_prior(lat, lon, 10.0) is True  # accepted, deferred
+        assert time.perf_counter() - t0 < 0.5
+        assert not loc.filter.initialized  # nothing applied behind the update's back
+    finally:
+        release.set()
+        th.join()
+    e = [x for x in _run(loc, model, drive_poses(2, 1.5)) if x][0]
+    # the initial pose applied first; the GPS prior then saw a belief and was dropped
+    assert not e.global_search and e.tiles_searched < len(db)
+    assert np.hypot(e.east_m - 1.5, e.north_m) < 3.0
+    assert loc._deferred == []
+    # relocalise deferred the same way, applied before the next keyframe
+    th = threading.Thread(target=busy)
+    held.clear()
+    release.clear()
+    th.start()
+    try:
+        assert held.wait(5.0)
+        assert loc.relocalize() is False
+    finally:
+        release.set()
+        th.join()
+    Twb = drive_poses(4, 1.5, (3.0, 0.0), 0.0)
+    e = [x for x in _run(loc, model, Twb, stamp0=5_000_000_000) if x][0]
+    assert e.global_search

@@ -330,6 +330,18 @@ def test_relocalize_service_and_initialpose(ros_executor, spin_until, resources)
     assert fut.result().success
     _feed(ex, spin_until, probe, node, drive, 3)
     assert probe.geo_for(drive.stamps[3])[-1].tiles_searched == len(node.localizer.db)
+    # bad initial poses are rejected with a diagnostic; the node stays up, nothing changes
+    bad = PoseWithCovarianceStamped()
+    bad.header.frame_id = "map"
+    bad.pose.pose.orientation.w = 1.0
+    bad.pose.covariance[0] = bad.pose.covariance[7] = float("inf")
+    probe.pub_init.publish(bad)
+    spin_until(ex, lambda: "covariance is not finite" in node.last_error, 5.0, "inf covariance")
+    bad.pose.covariance[0] = bad.pose.covariance[7] = 4.0
+    bad.pose.pose.position.x = float("nan")
+    probe.pub_init.publish(bad)
+    spin_until(ex, lambda: "position must be finite" in node.last_error, 5.0, "NaN position")
+    assert node.localizer._global_mode  # still relocalising: the bad poses changed nothing
     m = PoseWithCovarianceStamped()
     m.header.frame_id = "map"
     m.pose.pose.position.x, m.pose.pose.position.y = (float(drive.T_world[4][0, 3]),

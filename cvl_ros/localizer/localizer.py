@@ -297,6 +297,10 @@ class Localizer:
                             else mc.camera_height_m)
         self._torch = torch
         self._lock = threading.RLock()
+        # requests made while an update holds the lock (initial pose, GPS prior, relocalise):
+        # applied at the start of the next add_frame, so callers never wait on inference
+        self._deferred: list = []
+        self._deferred_lock = threading.Lock()
         self.window = SlidingWindow(self.config.window_length, self.config.keyframe_distance_m,
                                     self.config.keyframe_interval_s)
         self.filter = GridFilter()
@@ -397,57 +401,103 @@ class Localizer:
             self._pending_reset_reason = reason if reason != "init" else ""
             self.last_reset_reason = reason
 
-    def relocalize(self) -> None:
-        """Forget the position belief (keep the window); the next keyframe searches globally."""
-        with self._lock:
-            self.filter.clear()
-            self._global_mode = True
-            self._global_travel_m = 0.0
-            self._reloc_requested = True
-            self._updates_since_init = 0
-            self._bad_updates = 0
+    def _run_or_defer(self, request) -> bool:
+        """Run ``request()`` now when no update holds the lock (True), else queue it for the
+        start of the next ``add_frame`` (False). Callers (ROS callbacks) never block."""  # noqa: D205, D209
+        if self._lock.acquire(blocking=False):
+            try:
+                request()
+                return True
+            finally:
+                self._lock.release()
+        with self._deferred_lock:
+            self._deferred.append(request)
+        return False
+
+    def _apply_deferred(self) -> None:
+        with self._deferred_lock:
+            pending, self._deferred = self._deferred, []
+        for request in pending:
+            request()
+
+    def relocalize(self) -> bool:
+        """Forget the position belief (keep the window); the next keyframe searches globally.
+
+        Returns True if applied now, False if deferred to the next frame (an update was
+        running); either way it takes effect before the next keyframe's estimate.
+        """
+        return self._run_or_defer(self._relocalize_now)
+
+    def _relocalize_now(self) -> None:
+        self.filter.clear()
+        self._global_mode = True
+        self._global_travel_m = 0.0
+        self._reloc_requested = True
+        self._updates_since_init = 0
+        self._bad_updates = 0
 
     def set_initial_pose(self, east_m: float, north_m: float, yaw_rad: float | None = None,
-                         sigma_m: float = 5.0) -> None:
+                         sigma_m: float = 5.0) -> bool:
         """Initialise the belief as a Gaussian at a map position (e.g. rviz ``initialpose``).
 
         ``yaw_rad`` (map/ENU yaw of base_link) fixes the odometry->ENU heading offset when frames
-        carry no absolute heading.
+        carry no absolute heading. Raises ``ValueError`` for a non-finite position or a sigma
+        that is not finite and > 0 (nothing changes). Returns True if applied now, False if
+        deferred to the start of the next frame (an update was running).
         """
+        east_m, north_m, sigma_m = float(east_m), float(north_m), float(sigma_m)
+        if not (math.isfinite(east_m) and math.isfinite(north_m)):
+            raise ValueError(f"initial pose position must be finite, got ({east_m}, {north_m})")
+        if not (math.isfinite(sigma_m) and sigma_m > 0.0):
+            raise ValueError(f"initial pose sigma must be finite and > 0 m, got {sigma_m}")
+        if yaw_rad is not None:
+            yaw_rad = float(yaw_rad) if math.isfinite(float(yaw_rad)) else None
+        return self._run_or_defer(lambda: self._set_initial_pose_now(east_m, north_m, yaw_rad,
+                                                                     sigma_m))
+
+    def _set_initial_pose_now(self, east_m: float, north_m: float, yaw_rad: float | None,
+                              sigma_m: float) -> None:
         c = self.config
-        with self._lock:
-            sigma = max(float(sigma_m), c.filter_cell_m)
-            extent = max(c.tracking_grid_extent_m, 8.0 * sigma)
-            self.filter.init_gaussian((east_m, north_m), sigma, extent,
-                                      max(c.filter_cell_m, extent / c.global_grid_max_cells))
-            self._grid_global = False
-            self._global_mode = False
-            self._reloc_requested = False
-            self._updates_since_init = 0
-            self._bad_updates = 0
-            if yaw_rad is not None and math.isfinite(yaw_rad):
-                if self._last_odom is not None:
-                    self._yaw_offset = float(yaw_rad) - yaw_of(self._last_odom)
-                    self._yaw_offset_known = True
-                else:
-                    self._pending_yaw = float(yaw_rad)
-            # the belief refers to the body position now: predict from the newest odometry
-            self._last_update_odom = None if self._last_odom is None else self._last_odom.copy()
+        sigma = max(sigma_m, c.filter_cell_m)
+        extent = max(c.tracking_grid_extent_m, 8.0 * sigma)
+        self.filter.init_gaussian((east_m, north_m), sigma, extent,
+                                  max(c.filter_cell_m, extent / c.global_grid_max_cells))
+        self._grid_global = False
+        self._global_mode = False
+        self._reloc_requested = False
+        self._updates_since_init = 0
+        self._bad_updates = 0
+        if yaw_rad is not None:
+            if self._last_odom is not None:
+                self._yaw_offset = yaw_rad - yaw_of(self._last_odom)
+                self._yaw_offset_known = True
+            else:
+                self._pending_yaw = yaw_rad
+        # the belief refers to the body position now: predict from the newest odometry
+        self._last_update_odom = None if self._last_odom is None else self._last_odom.copy()
 
     def set_gps_prior(self, lat_deg: float, lon_deg: float, sigma_m: float) -> bool:
-        """Use a coarse GNSS fix to initialise when there is no belief; returns True if used."""
+        """Use a coarse GNSS fix to initialise when there is no belief.
+
+        Returns True if accepted (applied now, or at the start of the next frame when an update
+        is running, if there is still no belief then); False if ignored (a belief exists, or
+        the fix is not finite).
+        """
+        if not (math.isfinite(lat_deg) and math.isfinite(lon_deg)):
+            return False
         if self.filter.initialized and not self._global_mode:
-            return False  # cheap early exit without waiting for a running update
-        with self._lock:
-            if not (math.isfinite(lat_deg) and math.isfinite(lon_deg)):
-                return False
+            return False
+        sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0,
+                    self.config.gps_prior_min_sigma_m)
+
+        def apply() -> None:
             if self.filter.initialized and not self._global_mode:
-                return False
+                return  # a belief appeared meanwhile
             e, n = self.latlon_to_map(lat_deg, lon_deg)
-            sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0,
-                        self.config.gps_prior_min_sigma_m)
-            self.set_initial_pose(e, n, None, sigma)
-            return True
+            self._set_initial_pose_now(e, n, None, sigma)
+
+        self._run_or_defer(apply)
+        return True
 
     @property
     def window_fill(self) -> int:
@@ -474,6 +524,7 @@ class Localizer:
                 elif c.max_time_gap_s > 0 and dt > c.max_time_gap_s:
                     self.reset(f"time jumped forward by {dt:.3f} s")
             self._last_stamp_ns = stamp
+            self._apply_deferred()  # after a time reset: the latest request wins
             T_ob = np.asarray(frame.T_odom_body, dtype=np.float64).copy()  # noqa: N806
             T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)  # noqa: N806
                     if frame.T_body_cam is not None else _default_T_body_cam())

@@ -239,7 +239,25 @@ class LocalizerNode(LifecycleNode):
     def _start_diag_timer(self) -> None:
         rate = float(self.p("diagnostics_rate_hz"))
         if rate > 0 and self._diag_timer is None:
-            self._diag_timer = self.create_timer(1.0 / rate, self._publish_diagnostics)
+            self._diag_timer = self.create_timer(1.0 / rate, self._guard(self._publish_diagnostics))
+
+    def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
+        """Create a subscription whose callback is guarded (see ``_guard``)."""
+        self._subs.append(self.create_subscription(msg_type, topic, self._guard(callback), qos))
+
+    def _guard(self, callback):
+        """Wrap a subscription/timer callback: an unexpected exception becomes a diagnostic
+        (``last_input_error``) instead of escaping into the executor and ending the node."""  # noqa: D205, D209
+
+        def guarded(*args):
+            try:
+                return callback(*args)
+            except Exception as exc:  # noqa: BLE001 - keep the node up, report it
+                self.input_error(f"{callback.__name__} failed: {type(exc).__name__}: {exc}")
+                self.get_logger().debug(traceback.format_exc())
+                return None
+
+        return guarded
 
     def input_error(self, what: str) -> None:
         """Record a rejected input (shown in /diagnostics; logged, throttled)."""
@@ -344,45 +362,40 @@ class LocalizerNode(LifecycleNode):
                                     "(run `make setup`, which builds it)")
         sensor = qos_profile_sensor_data
         if bool(self.p("use_compressed")):
-            self._subs.append(self.create_subscription(CompressedImage, "image/compressed",
-                                                       self._on_image, sensor))
+            self._subscribe(CompressedImage, "image/compressed", self._on_image, sensor)
         else:
-            self._subs.append(self.create_subscription(Image, "image", self._on_image, sensor))
-        self._subs.append(self.create_subscription(CameraInfo, "camera_info", self._on_info,
-                                                   sensor))
+            self._subscribe(Image, "image", self._on_image, sensor)
+        self._subscribe(CameraInfo, "camera_info", self._on_info, sensor)
         src = str(self.p("odom_source"))
         if src == "tf" or bool(self.p("use_tf_static_extrinsics")):
             try:
                 from tf2_msgs.msg import TFMessage
 
                 if src == "tf":
-                    self._subs.append(self.create_subscription(
+                    self._subscribe(
                         TFMessage, "/tf", self._on_tf,
-                        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)))
+                        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
                 if bool(self.p("use_tf_static_extrinsics")):
                     # transient-local gets the latched statics; a second, volatile subscription
                     # also hears replayers/converters that lost the transient-local QoS
-                    self._subs.append(self.create_subscription(TFMessage, "/tf_static",
-                                                               self._on_tf_static, latched))
-                    self._subs.append(self.create_subscription(
+                    self._subscribe(TFMessage, "/tf_static", self._on_tf_static, latched)
+                    self._subscribe(
                         TFMessage, "/tf_static", self._on_tf_static,
                         QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                   durability=DurabilityPolicy.VOLATILE)))
+                                   durability=DurabilityPolicy.VOLATILE))
             except ImportError:
                 self.missing.append("tf2_msgs is not installed: /tf input unavailable")
         if src != "tf":
-            self._subs.append(self.create_subscription(Odometry, "odom", self._on_odom, sensor))
+            self._subscribe(Odometry, "odom", self._on_odom, sensor)
         if str(self.p("heading_source")) in ("imu", "auto"):
-            self._subs.append(self.create_subscription(Imu, "imu", self._on_imu, sensor))
+            self._subscribe(Imu, "imu", self._on_imu, sensor)
         if bool(self.p("use_gps_prior")):
-            self._subs.append(self.create_subscription(NavSatFix, "gps/fix", self._on_gps,
-                                                       sensor))
-        self._subs.append(self.create_subscription(PoseWithCovarianceStamped, "initialpose",
-                                                   self._on_initialpose, 10))
+            self._subscribe(NavSatFix, "gps/fix", self._on_gps, sensor)
+        self._subscribe(PoseWithCovarianceStamped, "initialpose", self._on_initialpose, 10)
         self._srv = self.create_service(Trigger, "~/relocalize", self._on_relocalize)
         rate = float(self.p("tf_publish_rate_hz"))
         if rate > 0 and "tf" in self._pubs:
-            self._tf_timer = self.create_timer(1.0 / rate, self._republish_tf)
+            self._tf_timer = self.create_timer(1.0 / rate, self._guard(self._republish_tf))
         self._queue = deque(maxlen=max(1, int(self.p("queue_size"))))
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="cvl_localizer_worker",
@@ -548,17 +561,26 @@ class LocalizerNode(LifecycleNode):
         except ValueError:
             yaw = None
         c = np.asarray(msg.pose.covariance, dtype=np.float64)
-        sigma = math.sqrt(max(c[0], c[7], 1.0))
-        loc.set_initial_pose(float(p.position.x), float(p.position.y), yaw, sigma)
+        var = max(float(c[0]), float(c[7])) if np.all(np.isfinite(c[[0, 7]])) else math.nan
+        if not math.isfinite(var):
+            self.input_error("initialpose rejected: its x/y covariance is not finite")
+            return
+        sigma = math.sqrt(max(var, 1.0))
+        try:
+            now = loc.set_initial_pose(float(p.position.x), float(p.position.y), yaw, sigma)
+        except ValueError as exc:
+            self.input_error(f"initialpose rejected: {exc}")
+            return
         self.get_logger().info(f"initial pose set: ({p.position.x:.1f}, {p.position.y:.1f}) "
-                               f"sigma {sigma:.1f} m")
+                               f"sigma {sigma:.1f} m" + ("" if now else
+                                                         " (applied with the next frame)"))
 
     def _on_relocalize(self, request, response):
         if self.localizer is None:
             response.success = False
             response.message = "not localizing: " + "; ".join(self.missing)
             return response
-        self.localizer.relocalize()
+        self.localizer.relocalize()  # never waits on a running update (deferred then)
         response.success = True
         response.message = "global relocalisation starts with the next keyframe"
         return response
