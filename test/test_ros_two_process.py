@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,11 @@ pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = ROOT / "config" / "localize.yaml"
+# Each parameter's comment in the params file states its unit in brackets, or what it is when it
+# has none: [count], [unitless] (ratio, fraction, factor, score units), [bool], [path], [frame],
+# or [choices] next to the list of allowed values ("a | b").
+_UNIT_TOKEN = re.compile(r"\[(m|s|rad|deg|Hz|m/s|px|%|count|unitless|bool|path|frame|choices)\]")
+_NAME_SUFFIX_UNIT = {"_m": "m", "_s": "s", "_rad": "rad", "_deg": "deg", "_hz": "Hz"}
 
 
 def _node_cmd():
@@ -38,14 +44,31 @@ def test_params_file_documents_every_parameter_with_the_node_defaults():
     assert len(loc) == len([f for f in LocalizerConfig.__dataclass_fields__
                             if f not in _LOCALIZER_SKIP])
     lines = text.splitlines()
-    for i, line in enumerate(lines):  # every parameter line follows a comment with its default
+    checked = 0
+    for i, line in enumerate(lines):  # every parameter line follows a comment with unit + default
         s = line.strip()
         if s and not s.startswith("#") and ":" in s and not s.endswith(":"):
-            j, block = i - 1, ""
+            j, block = i - 1, []
             while j >= 0 and lines[j].strip().startswith("#"):
-                block = lines[j] + block
+                block.insert(0, lines[j].strip().lstrip("#").strip())
                 j -= 1
-            assert "(default" in block.replace("#", "").replace("  ", " "), line
+            comment = " ".join(block)
+            key, value = s.split(":", 1)
+            value = yaml.safe_load(value)
+            default = re.search(r"\(default (.*)\)$", comment)
+            assert default, f"{key}: comment must end with (default ...): {comment!r}"
+            assert yaml.safe_load(default.group(1)) == value, (key, default.group(1), value)
+            units = _UNIT_TOKEN.findall(comment)
+            assert units, f"{key}: comment states no unit/kind token {_UNIT_TOKEN.pattern}"
+            for suffix, unit in _NAME_SUFFIX_UNIT.items():  # the name's unit is stated too
+                if key.endswith(suffix):
+                    assert unit in units, f"{key}: comment lacks [{unit}]: {comment!r}"
+            if isinstance(value, bool):
+                assert "bool" in units, f"{key}: bool parameter without [bool]"
+            if "choices" in units:
+                assert " | " in comment and str(value) in comment, f"{key}: choices not listed"
+            checked += 1
+    assert checked == len(PARAMS) + len(loc)
 
 
 def test_shipped_params_file_alone_configures_and_activates(ros_context):
