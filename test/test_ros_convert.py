@@ -106,6 +106,11 @@ def test_scalar_buffer_and_pairer():
     v = h.lookup(50_000_000, 0.2)
     assert math.isclose(abs(v), math.pi, abs_tol=1e-9)
     assert h.lookup(10_000_000_000, 0.2) is None
+    # a gap in the IMU stream: no interpolation across samples farther than the tolerance
+    h.add(600_000_000, 0.5)
+    assert h.lookup(350_000_000, 0.2) is None
+    assert h.lookup(350_000_000, 0.3) is not None
+    assert h.lookup(550_000_000, 0.2) == 0.5  # the nearest, 0.05 s away
     p = StampPairer()
     p.add(100, "a")
     p.add(200, "b")

@@ -407,3 +407,49 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
     truth = drive.T_world[-1]
     assert math.hypot(g.pose.pose.position.x - truth[0, 3],
                       g.pose.pose.position.y - truth[1, 3]) < 1.5
+
+
+def test_node_parameter_errors_name_the_parameter():
+    from cvl_ros.ros.node import PARAMS, node_parameter_errors
+
+    good = {k: v[0] for k, v in PARAMS.items()}
+    assert node_parameter_errors(good.get) == []
+    cases = {"heading_source": "IMU", "odom_source": "wheel", "heatmap_source": "x",
+             "queue_size": 0, "odom_wait_s": float("nan"), "imu_tolerance_s": -1.0,
+             "camera_extrinsics_xyz_rpy": [0.0, 0.0, 1.65]}
+    for name, value in cases.items():
+        errs = node_parameter_errors(dict(good, **{name: value}).get)
+        assert len(errs) == 1 and name in errs[0], (name, errs)
+    errs = node_parameter_errors(dict(good, use_database_datum=False,
+                                      map_datum_latitude_deg=95.0).get)
+    assert errs and "WGS84" in errs[0]
+
+
+def test_invalid_parameters_keep_the_node_up_and_reported(ros_executor, spin_until, resources):
+    ckpt, db = resources
+    node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(db),
+                      heading_source="IMU")
+    ex, probe = _setup(ros_executor, spin_until, node)
+    node.trigger_configure()
+    node.trigger_activate()
+    assert node.localizer is None
+    assert any("heading_source" in m and "IMU" in m for m in node.missing)
+    spin_until(ex, lambda: probe.diag, 10.0, "diagnostics")
+    values, st = probe.diag_values()
+    assert st.level == st.ERROR and "heading_source" in values["missing_resources"]
+
+
+def test_imu_without_orientation_is_not_a_heading(ros_executor, spin_until, resources):
+    from sensor_msgs.msg import Imu
+
+    drive = Drive(n=2)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources)
+    pub = probe.node.create_publisher(Imu, "imu", 10)
+    spin_until(ex, lambda: pub.get_subscription_count() > 0, 5.0, "imu subscription")
+    m = Imu()
+    m.header.stamp.sec = 1
+    m.orientation.w = 1.0
+    m.orientation_covariance[0] = -1.0  # REP-145: no orientation estimate
+    pub.publish(m)
+    spin_until(ex, lambda: node.counters["imu_without_orientation"] == 1, 5.0, "imu counted")
+    assert len(node.heading_buf._items) == 0 and node.last_error == ""

@@ -111,6 +111,40 @@ PARAMS: dict[str, tuple[object, str]] = {
 _LOCALIZER_SKIP = {"map_datum_lat_deg", "map_datum_lon_deg", "map_datum_alt_m", "camera_height_m",
                    "odom_yaw_offset_rad"}
 
+# parameters with a fixed set of values, and numeric ones with their lower bound
+_CHOICES = {"odom_source": ("odom", "tf"), "heading_source": ("auto", "imu", "odom"),
+            "heatmap_source": ("score_map", "posterior")}
+_AT_LEAST = {"imu_tolerance_s": 0.0, "gps_prior_sigma_m": 0.0, "odom_max_extrapolation_s": 0.0,
+             "odom_wait_s": 0.0, "odom_buffer_s": 0.1, "queue_size": 1, "camera_height_m": 0.0,
+             "transform_tolerance": 0.0, "tf_publish_rate_hz": 0.0, "diagnostics_rate_hz": 0.0,
+             "torch_threads": 0}
+
+
+def node_parameter_errors(get) -> list:
+    """Problems of the node's own parameters (``get(name)`` -> value); empty when valid.
+
+    Choices are matched exactly (a typo is an error, not the other branch), numbers must be
+    finite and not below their bound, the extrinsics six finite numbers, the datum in range.
+    """
+    errors = []
+    for name, allowed in _CHOICES.items():
+        if str(get(name)) not in allowed:
+            errors.append(f"parameter {name} must be one of {', '.join(allowed)}, got "
+                          f"{get(name)!r}")
+    for name, low in _AT_LEAST.items():
+        v = float(get(name))
+        if not math.isfinite(v) or v < low:
+            errors.append(f"parameter {name} must be finite and >= {low}, got {v}")
+    ext = list(get("camera_extrinsics_xyz_rpy"))
+    if len(ext) != 6 or not all(math.isfinite(float(v)) for v in ext):
+        errors.append("parameter camera_extrinsics_xyz_rpy must be 6 finite numbers "
+                      f"(x, y, z [m], roll, pitch, yaw [rad]), got {ext}")
+    if not bool(get("use_database_datum")):
+        lat, lon = float(get("map_datum_latitude_deg")), float(get("map_datum_longitude_deg"))
+        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+            errors.append(f"map datum ({lat}, {lon}) deg is outside WGS84 range")
+    return errors
+
 
 def _localizer_param_defaults() -> dict[str, object]:
     out = {}
@@ -222,7 +256,7 @@ class LocalizerNode(LifecycleNode):
         self.rates = {k: _Rate() for k in ("image", "camera_info", "odom", "imu", "gps", "output")}
         self.counters = {"dropped_images": 0, "processed_images": 0, "estimates": 0,
                          "input_errors": 0, "resets": 0, "odom_time_jumps": 0,
-                         "frames_handled": 0}
+                         "frames_handled": 0, "imu_without_orientation": 0}
         self.last_error = ""
         self.last_error_time = 0.0
         self.last_estimate = None
@@ -271,13 +305,20 @@ class LocalizerNode(LifecycleNode):
         """Load the model and the tile database; missing ones are reported, not fatal."""
         self._reset_state()
         self.odom_buf = PoseBuffer(float(self.p("odom_buffer_s")))
-        if int(self.p("torch_threads")) > 0:
+        if isinstance(self.p("torch_threads"), int) and int(self.p("torch_threads")) > 0:
             import torch
 
             torch.set_num_threads(int(self.p("torch_threads")))
         self.missing = []
         self.localizer = None
         model = db = None
+        param_errors = node_parameter_errors(self.p)
+        if param_errors:  # not localizing, reported in diagnostics; the node stays up
+            self.missing.extend(param_errors)
+            for m in self.missing:
+                self.get_logger().error(f"not localizing: {m}")
+            self._lifecycle_state = "inactive"
+            return TransitionCallbackReturn.SUCCESS
         ckpt = find_checkpoint(self.p("checkpoint_path"))
         try:
             if ckpt is None:
@@ -397,9 +438,11 @@ class LocalizerNode(LifecycleNode):
         if rate > 0 and "tf" in self._pubs:
             self._tf_timer = self.create_timer(1.0 / rate, self._guard(self._republish_tf))
         self._queue = deque(maxlen=max(1, int(self.p("queue_size"))))
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, name="cvl_localizer_worker",
-                                        daemon=True)
+        # a fresh stop event per activation: a previous worker still finishing a slow update
+        # (teardown waits 10 s at most) keeps its own, set, event and ends after that update
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, args=(self._stop,),
+                                        name="cvl_localizer_worker", daemon=True)
         self._worker.start()
         self._pubs["geo_pose"].publish(convert.no_fix_geopose(
             str(self.p("map_frame")), self.get_clock().now().to_msg(),
@@ -413,6 +456,9 @@ class LocalizerNode(LifecycleNode):
             self._cv.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=10.0)
+            if self._worker.is_alive():
+                self.get_logger().warning("the worker is still finishing an update; it stops "
+                                          "after it (its outputs are dropped)")
             self._worker = None
         for s in self._subs:
             self.destroy_subscription(s)
@@ -526,6 +572,13 @@ class LocalizerNode(LifecycleNode):
 
     def _on_imu(self, msg: Imu) -> None:
         self.rates["imu"].tick()
+        if msg.orientation_covariance[0] == -1.0:
+            # REP-145: this IMU gives no orientation; it is no absolute heading source
+            self.counters["imu_without_orientation"] += 1
+            if str(self.p("heading_source")) == "imu":
+                self.input_error("imu has no orientation (orientation_covariance[0] = -1) but "
+                                 "heading_source is imu")
+            return
         try:
             yaw = convert.yaw_from_quat(msg.orientation)
         except ValueError as exc:
@@ -586,12 +639,12 @@ class LocalizerNode(LifecycleNode):
         return response
 
     # ------------------------------------------------------------------ worker
-    def _work(self) -> None:
-        while not self._stop.is_set():
+    def _work(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             with self._cv:
-                while not self._queue and not self._stop.is_set():
+                while not self._queue and not stop.is_set():
                     self._cv.wait(0.2)
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 msg, recv_t = self._queue.popleft()
             try:

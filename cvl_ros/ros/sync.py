@@ -143,7 +143,11 @@ class ScalarBuffer:
             self._items.append((int(stamp_ns), float(value)))
 
     def lookup(self, stamp_ns: int, tolerance_s: float) -> float | None:
-        """Angle at ``stamp_ns`` (interpolated, or the nearest within tolerance), else None."""
+        """Angle at ``stamp_ns``, else None.
+
+        Interpolated between the two samples around it when both lie within ``tolerance_s`` of
+        it, else the nearest sample within ``tolerance_s``.
+        """
         with self._lock:
             items = list(self._items)
         if not items:
@@ -154,7 +158,7 @@ class ScalarBuffer:
             (t0, v0), (t1, v1) = items[i - 1], items[i]
             a = (stamp_ns - t0) / max(t1 - t0, 1)
             d = math.atan2(math.sin(v1 - v0), math.cos(v1 - v0))
-            if (t1 - t0) * 1e-9 <= max(tolerance_s, 0.5):
+            if max(stamp_ns - t0, t1 - stamp_ns) * 1e-9 <= tolerance_s:
                 v = v0 + a * d
                 return math.atan2(math.sin(v), math.cos(v))
         j = min(range(len(items)), key=lambda k: abs(items[k][0] - stamp_ns))
