@@ -126,3 +126,21 @@ def test_status_values_equal_the_message_constants():
 
     for s in Status:
         assert getattr(msg.GeoPoseEstimate, s.name) == int(s)
+
+
+def test_zero_or_nan_quaternions_never_become_a_pose():
+    """The node rejects odometry whose matrix is not finite; /tf transforms raise."""
+    from geometry_msgs.msg import Transform
+    from nav_msgs.msg import Odometry
+
+    from cvl_ros.ros import convert
+
+    m = Odometry()
+    m.pose.pose.orientation.w = 0.0  # all-zero quaternion
+    assert not np.all(np.isfinite(convert.odometry_to_matrix(m)))
+    m.pose.pose.orientation.w, m.pose.pose.orientation.x = 1.0, math.nan
+    assert not np.all(np.isfinite(convert.odometry_to_matrix(m)))
+    t = Transform()
+    t.rotation.w = 0.0
+    with pytest.raises(ValueError, match="invalid quaternion"):
+        convert.transform_to_matrix(t)
