@@ -141,4 +141,11 @@ if [[ "$FIXES" == 0 ]]; then
   grep -E "ERROR|not localizing" "$OUT/node.log" | tail -n 5 >&2 || true
   die "the node gave no fix (see $OUT/node.log and /diagnostics in $OUT/outputs)"
 fi
-log "done in $((SECONDS - T0)) s: $OUT/trajectory.png, $OUT/heatmap.png, $OUT/summary.json"
+PICTURES="$OUT/trajectory.png"
+if [[ -f "$OUT/heatmap.png" ]]; then
+  PICTURES+=", $OUT/heatmap.png"
+else
+  echo "demo: warning: the node published no ~/heatmap, so there is no heatmap.png" >&2
+fi
+[[ -f "$OUT/trajectory.png" ]] || die "no trajectory.png was written (see the report above)"
+log "done in $((SECONDS - T0)) s: $PICTURES, $OUT/summary.json"
