@@ -384,6 +384,11 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
                and pub_imu.get_subscription_count() > 0
                and "camera_optical" in node._static_tf, 10.0, "tf_static and subscriptions")
     assert np.allclose(node._camera_extrinsics("camera_optical"), T_BODY_CAM)
+    assert node.extrinsics_source == "/tf_static base_link->camera_optical"
+    node._camera_extrinsics("other_camera")  # no chain to base_link: the parameter, said so
+    assert "parameter" in node.extrinsics_source and "no /tf_static chain" in \
+        node.extrinsics_source
+    node._camera_extrinsics("camera_optical")
     for i in range(len(drive.stamps)):
         st = convert.ns_to_stamp(drive.stamps[i])
         pub_tf.publish(TFMessage(transforms=[convert.matrix_to_transform_stamped(

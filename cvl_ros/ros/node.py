@@ -258,6 +258,7 @@ class LocalizerNode(LifecycleNode):
                          "input_errors": 0, "resets": 0, "odom_time_jumps": 0,
                          "frames_handled": 0, "imu_without_orientation": 0}
         self.last_error = ""
+        self.extrinsics_source = ""
         self.last_error_time = 0.0
         self.last_estimate = None
         self.last_latency_s = float("nan")
@@ -656,8 +657,12 @@ class LocalizerNode(LifecycleNode):
                 self.counters["frames_handled"] += 1
 
     def _camera_extrinsics(self, camera_frame: str) -> np.ndarray:
+        """base_frame <- camera optical frame: from /tf_static when a chain reaches base_frame,
+        else the ``camera_extrinsics_xyz_rpy`` parameter (``extrinsics_source`` in
+        /diagnostics says which; switching source is logged)."""  # noqa: D205, D209
         base = str(self.p("base_frame"))
-        if bool(self.p("use_tf_static_extrinsics")) and camera_frame:
+        use_tf = bool(self.p("use_tf_static_extrinsics"))
+        if use_tf and camera_frame:
             T = np.eye(4)  # noqa: N806
             frame, seen = camera_frame, set()
             while frame in self._static_tf and frame not in seen:
@@ -665,12 +670,24 @@ class LocalizerNode(LifecycleNode):
                 parent, Tpc = self._static_tf[frame]  # noqa: N806
                 T = Tpc @ T  # noqa: N806
                 if parent == base:
+                    self._note_extrinsics_source(f"/tf_static {base}->{camera_frame}")
                     return T
                 frame = parent
         from cvl_ros.camera import make_body_from_camera
 
+        self._note_extrinsics_source(
+            "parameter camera_extrinsics_xyz_rpy" + (
+                f" (no /tf_static chain {base}->{camera_frame or '?'} yet)" if use_tf else ""))
         x, y, z, r, pch, yw = (float(v) for v in self.p("camera_extrinsics_xyz_rpy"))
         return make_body_from_camera(x, y, z, r, pch, yw)
+
+    def _note_extrinsics_source(self, source: str) -> None:
+        if source != self.extrinsics_source:
+            if "no /tf_static" in source:  # rclpy: one severity per logging call site
+                self.get_logger().warning(f"camera extrinsics from {source}")
+            else:
+                self.get_logger().info(f"camera extrinsics from {source}")
+            self.extrinsics_source = source
 
     def _process(self, msg, recv_t: float) -> None:
         stamp_ns = convert.stamp_to_ns(msg.header.stamp)
@@ -815,6 +832,7 @@ class LocalizerNode(LifecycleNode):
             "last_input_error": self.last_error,
             "last_reset_reason": self.last_reset_reason,
             "missing_resources": " | ".join(self.missing),
+            "extrinsics_source": self.extrinsics_source,
         }
         for k, r in self.rates.items():
             values[f"{k}_rate_hz"] = f"{r.hz():.2f}"
