@@ -306,6 +306,10 @@ def test_real_tiny_model_end_to_end(ros_executor, spin_until, resources):
     node.trigger_activate()
     assert node.localizer is not None, node.missing
     _wait_connected(ex, spin_until, probe, node)
+    # the database's datum is shown through the map_datum_* parameters
+    d = node.localizer.datum
+    assert (node.p("map_datum_latitude_deg"), node.p("map_datum_longitude_deg"),
+            node.p("map_datum_altitude_m")) == (d.lat_deg, d.lon_deg, d.alt_m) != (0, 0, 0)
     for i in range(4):
         _feed(ex, spin_until, probe, node, drive, i)
         g = probe.geo_for(drive.stamps[i])[-1]

@@ -356,6 +356,14 @@ class LocalizerNode(LifecycleNode):
                 self.localizer = None
         for m in self.missing:
             self.get_logger().error(f"not localizing: {m}")
+        if self.localizer is not None and bool(self.p("use_database_datum")):
+            # show the datum in use through the (otherwise ignored) map_datum_* parameters
+            from rclpy.parameter import Parameter
+
+            d = self.localizer.datum
+            self.set_parameters([Parameter("map_datum_latitude_deg", value=float(d.lat_deg)),
+                                 Parameter("map_datum_longitude_deg", value=float(d.lon_deg)),
+                                 Parameter("map_datum_altitude_m", value=float(d.alt_m))])
         if self.localizer is not None:
             self.get_logger().info(
                 f"configured: model {ckpt}, database {db_path} ({len(db)} tiles), device "
