@@ -380,3 +380,22 @@ def test_requests_during_an_update_never_block_and_apply_with_the_next_frame():
     Twb = drive_poses(4, 1.5, (3.0, 0.0), 0.0)
     e = [x for x in _run(loc, model, Twb, stamp0=5_000_000_000) if x][0]
     assert e.global_search
+
+
+def test_device_resolution_and_cpu_fallback(monkeypatch):
+    from cvl_ros.localizer.localizer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == ("cpu", "")
+    assert resolve_device("cpu") == ("cpu", "")
+    dev, warning = resolve_device("cuda:1")
+    assert dev == "cpu" and "CUDA is not available" in warning
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == ("cuda", "")
+    assert resolve_device("CUDA:1") == ("cuda:1", "")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    db = FakeDB()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loc = Localizer(OracleModel(db), db, LocalizerConfig(window_length=2), device="cuda")
+    assert loc.device == "cpu" and "CUDA is not available" in loc.device_warning

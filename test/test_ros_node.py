@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -462,3 +463,28 @@ def test_imu_without_orientation_is_not_a_heading(ros_executor, spin_until, reso
     pub.publish(m)
     spin_until(ex, lambda: node.counters["imu_without_orientation"] == 1, 5.0, "imu counted")
     assert len(node.heading_buf._items) == 0 and node.last_error == ""
+
+
+def test_latest_wins_queue_drops_old_images_while_busy(ros_executor, spin_until, resources):
+    from cvl_ros.ros.convert import stamp_to_ns
+
+    drive = Drive(n=6)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources)
+    processed, real = [], node._process
+
+    def slow(msg, recv_t):  # an inference much slower than the image rate
+        processed.append(stamp_to_ns(msg.header.stamp))
+        time.sleep(0.3)
+        return real(msg, recv_t)
+
+    node._process = slow
+    for i in range(6):
+        probe.pub_odom.publish(drive.odom_msg(i))
+        probe.pub_info.publish(drive.info_msg(i))
+    for i in range(6):
+        probe.pub_img.publish(drive.image_msg(i))
+    spin_until(ex, lambda: drive.stamps[5] in processed and not node._queue, 15.0,
+               "the newest image processed")
+    assert node.counters["dropped_images"] >= 1
+    assert len(processed) < 6 and processed[-1] == drive.stamps[5]
+    assert processed == sorted(processed)  # never an older image after a newer one
