@@ -182,6 +182,9 @@ def run(model, device: str = "cpu", windows=(1, 4, 8, 16), reps: int = 20,
     out["backbone"] = backbone or model.config.backbone
     out["threads"] = torch.get_num_threads()
     out["ground_hw"] = list(model.config.ground_hw)
+    out["grid_cells"] = int(model.config.grid_cells)
+    out["fusion"] = model.config.fusion
+    out["pcsf_layers"] = int(model.config.pcsf_layers)
     out["reps"] = reps
     u = out["update_ms"]
     if "16" in u and "4" in u:

@@ -138,8 +138,9 @@ def test_bench_json_keys_tiny(tmp_path):
     assert bench.main(["--backbone", "mobilenet_v2", "--device", "cpu", "--json", str(out),
                        "--ground-hw", "32x128", "--sat-px", "64", "--grid-cells", "8",
                        "--reps", "2", "--windows", "1,4", "--db-sizes", "100,300",
-                       "--threads", "1"]) == 0
+                       "--threads", "1", "--fusion", "attn_conv2d"]) == 0
     res = json.loads(out.read_text())
+    assert (res["fusion"], res["grid_cells"], res["pcsf_layers"]) == ("attn_conv2d", 8, 2)
     for key in ("backbone_forward_ms", "update_ms", "recompute_update_ms", "peak_rss_mb",
                 "retrieval_ms_per_query", "device", "backbone"):
         assert key in res

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ground-hw", default="128x512", help="ground input HxW (no checkpoint)")
     p.add_argument("--sat-px", type=int, default=256)
     p.add_argument("--grid-cells", type=int, default=32)
+    p.add_argument("--fusion", default="pcsf",
+                   help="sequence fusion of the random model (pcsf, conv2d, conv3d, lstm, "
+                        "attn_conv2d, attn_conv3d, attn_lstm)")
+    p.add_argument("--pcsf-layers", type=int, default=2, help="attention layers of PCSF")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
         h, w = (int(v) for v in args.ground_hw.lower().split("x"))
         try:
             cfg = CVLNetConfig(backbone=args.backbone, pretrained=False, ground_hw=(h, w),
-                               sat_px=args.sat_px, grid_cells=args.grid_cells)
+                               sat_px=args.sat_px, grid_cells=args.grid_cells,
+                               fusion=args.fusion, pcsf_layers=args.pcsf_layers)
         except ValueError as exc:
             print(f"cvl-bench: error: {exc}", file=sys.stderr)
             return 2
