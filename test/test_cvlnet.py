@@ -195,11 +195,25 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     from safetensors.torch import save_file
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
+        f_meta = dict(meta)
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta["config"] = json.dumps({**json.loads(meta["config"]), "fusion": "pcsf"})
     save_file(tensors, str(bad), metadata=meta)
     with pytest.raises(CheckpointError, match="does not match"):
         load_checkpoint(bad)
+    # a stripped hash is refused, not silently trusted
+    meta = {k: v for k, v in f_meta.items() if k != "model_hash"}
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError, match="no model_hash"):
+        load_checkpoint(bad)
+
+
+def test_random_initialisation_is_warned(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        CVLNet(CVLNetConfig(pretrained=False, ground_hw=(32, 128), sat_px=64, grid_cells=8))
+    assert any("randomly initialised" in r.getMessage() for r in caplog.records)
 
 
 def test_backbone_keys_are_torchvision_compatible():

@@ -146,3 +146,21 @@ def test_checkout_package_wins_and_finds_generated_msgs():
 
     assert Path(cvl_ros.__file__).resolve() == ROOT / "cvl_ros" / "__init__.py"
     assert cvl_ros.__version__
+
+
+def test_the_core_imports_no_ros():
+    """Everything outside cvl_ros/ros/ (and the CLIs that drive ROS) imports without rclpy."""
+    import subprocess
+
+    core = ["cvl_ros.geo", "cvl_ros.camera", "cvl_ros.kitti", "cvl_ros.datasets", "cvl_ros.tiles",
+            "cvl_ros.database", "cvl_ros.metrics", "cvl_ros.training", "cvl_ros.evaluation",
+            "cvl_ros.benchmark", "cvl_ros.model.cvlnet", "cvl_ros.localizer",
+            "cvl_ros.synth.cli", "cvl_ros.cli.train", "cvl_ros.cli.evaluate",
+            "cvl_ros.cli.build_db", "cvl_ros.cli.bench", "cvl_ros.cli.ablate"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in core)
+            + "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+              "('rclpy', 'rosidl_runtime_py', 'rosbags') or m.startswith('cvl_ros.ros'))\n"
+              "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

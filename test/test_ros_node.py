@@ -316,6 +316,8 @@ def test_real_tiny_model_end_to_end(ros_executor, spin_until, resources):
         g = probe.geo_for(drive.stamps[i])[-1]
         assert stamp_to_ns(g.header.stamp) == drive.stamps[i]
         assert g.tiles_searched > 0
+        # altitude is not observed: NaN in GeoPoseEstimate (the datum altitude is given)
+        assert math.isnan(g.altitude_m) and g.datum_altitude_m == node.localizer.datum.alt_m
         cov = np.asarray(g.pose.covariance).reshape(6, 6)
         assert np.linalg.eigvalsh(cov).min() > 0
 

@@ -192,7 +192,7 @@ class Estimate:
     status: Status
     lat_deg: float
     lon_deg: float
-    alt_m: float
+    alt_m: float  # NaN: altitude is not observed (the map plane is at datum_alt_m)
     east_m: float
     north_m: float
     yaw_rad: float
@@ -712,7 +712,7 @@ class Localizer:
         best = int(order[0]) if len(order) else -1
         yaw_var = c.heading_sigma_rad**2 if self._yaw_offset_known else math.pi**2
         est = Estimate(
-            stamp_ns=stamp, status=status, lat_deg=lat, lon_deg=lon, alt_m=self.datum.alt_m,
+            stamp_ns=stamp, status=status, lat_deg=lat, lon_deg=lon, alt_m=float("nan"),
             east_m=east, north_m=north, yaw_rad=yaw_body, covariance_xy=cov,
             yaw_var_rad2=float(yaw_var), confidence=float(st.mass_near_peak),
             score=float(scores[best]) if best >= 0 else float("nan"),

@@ -147,6 +147,9 @@ class CVLNet(nn.Module):
         cfg = config or CVLNetConfig()
         self.config = cfg
         pre = cfg.pretrained and load_pretrained
+        if load_pretrained and not cfg.pretrained:
+            LOG.warning("CVLNet: %s backbones randomly initialised (pretrained: false)",
+                        cfg.backbone)
         C, D, S = cfg.feature_dim, cfg.descriptor_dim, cfg.grid_cells  # noqa: N806
         self.ground_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre,
                                               cfg.backbone_frozen)
@@ -353,7 +356,10 @@ def load_checkpoint(path, map_location="cpu") -> tuple[CVLNet, dict]:
         raise CheckpointError(f"checkpoint {path!r} does not match the model of its config "
                               f"(mismatched keys or shapes): {e}") from e
     mh = model.model_hash()
-    if meta.get("model_hash") and meta["model_hash"] != mh:
+    if not meta.get("model_hash"):
+        raise CheckpointError(f"checkpoint {path!r} carries no model_hash (not written by "
+                              "cvl_ros.model.cvlnet.save_checkpoint, or edited)")
+    if meta["model_hash"] != mh:
         raise CheckpointError(f"checkpoint {path!r}: model hash {mh} != stored "
                               f"{meta['model_hash']} (corrupt?)")
     model.eval()

@@ -315,7 +315,9 @@ def estimate_to_navsatfix(est, frame_id: str, stamp):
     m.status.service = 0
     m.latitude = _finite(est.lat_deg)
     m.longitude = _finite(est.lon_deg)
-    m.altitude = _finite(est.alt_m)
+    # NavSatFix: the map plane's altitude (variance 1e6 below) rather than NaN, which
+    # navsat_transform-style consumers would propagate into z
+    m.altitude = _finite(est.alt_m, _finite(est.datum_alt_m, 0.0))
     cov = np.zeros((3, 3))
     cov[:2, :2] = est.covariance_xy
     cov[2, 2] = UNKNOWN_VARIANCE
