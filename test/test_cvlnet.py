@@ -267,3 +267,24 @@ def test_wrong_input_size_is_rejected():
     model = CVLNet(CVLNetConfig(**SMALL))
     with pytest.raises(ValueError, match="resized"):
         model.encode_ground(torch.rand(1, 3, 60, 256))
+
+
+def test_encode_satellite_region_for_a_dense_search():
+    cfg = CVLNetConfig(**SMALL)
+    model = CVLNet(cfg, load_pretrained=False).eval()
+    S, P = cfg.grid_cells, cfg.sat_px
+    with torch.no_grad():
+        region = model.encode_satellite(torch.rand(2, 3, 2 * P, 2 * P), region=True)
+        tile = model.encode_satellite(torch.rand(2, 3, P, P))
+        from cvl_ros.benchmark import window_geometry
+
+        K, T = window_geometry(model, 3)  # noqa: N806
+        feats = model.encode_ground_sequence(torch.rand(1, 3, 3, *cfg.ground_hw))
+        ground = model.project_and_fuse(feats, K, T)
+        dense, small = model.match(ground, region), model.match(ground, tile)
+    assert region.features.shape[-1] == 2 * S and region.uncertainty.shape[-1] == 2 * S
+    k = cfg.search_cells + S // 2
+    assert dense.score_map.shape[-2:] == (2 * k + 1, 2 * k + 1)
+    assert small.score_map.shape[-1] == 2 * cfg.search_cells + 1
+    with pytest.raises(ValueError, match="at least sat_px"):
+        model.encode_satellite(torch.rand(1, 3, P // 2, P // 2), region=True)

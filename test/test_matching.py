@@ -175,3 +175,59 @@ def test_empty_ground_is_safe():
     s = SatelliteDescriptor(torch.zeros(2, 4, S, S), torch.full((2, 1, S, S), 1e-9))
     res = match_descriptors(g, s, 1.0, radius=2)
     assert torch.isfinite(res.score).all() and torch.isfinite(res.score_map).all()
+
+
+def _region_ncc_loop(g, m, region, k):
+    """Slow reference: NCC of one ground grid (D,S,S) at every shift of its centre from the
+    region centre, the region (D,R,R) zero outside; returns (2k+1, 2k+1), [i, j] = (dr, dc) =
+    (i - k, j - k) (row down = south, column = east)."""
+    D, S, _ = g.shape
+    R = region.shape[-1]
+    gm = g * m
+    gn = gm / gm.norm().clamp_min(1e-6)
+    out = torch.zeros(2 * k + 1, 2 * k + 1)
+    top0 = (R - S) // 2  # region row of ground row 0 at zero shift
+    for i in range(2 * k + 1):
+        for j in range(2 * k + 1):
+            win = torch.zeros(D, S, S)
+            for y in range(S):
+                for x in range(S):
+                    yy, xx = top0 + (i - k) + y, top0 + (j - k) + x
+                    if 0 <= yy < R and 0 <= xx < R:
+                        win[:, y, x] = region[:, yy, xx]
+            den = (win * win * m).sum().sqrt().clamp_min(1e-6)
+            out[i, j] = (gn * win).sum() / den
+    return out
+
+
+def test_dense_search_over_a_larger_satellite_region_matches_a_slow_loop():
+    torch.manual_seed(0)
+    S, R, D, r, cell = 8, 14, 3, 1, 2.0  # region 3 cells wider each way: k = 1 + 3 = 4
+    regions = torch.randn(2, D, R, R)
+    # camera 3 cells east and 2 cells north of region 0's centre: its ground grid is the
+    # region window centred there
+    top, left = (R - S) // 2 - 2, (R - S) // 2 + 3
+    g0 = regions[0, :, top:top + S, left:left + S].clone()
+    m0 = torch.ones(1, S, S)
+    m0[:, :2] = 0.0  # some cells unseen
+    g = torch.stack([g0, torch.randn(D, S, S)])
+    m = torch.stack([m0, torch.ones(1, S, S)])
+    d0 = ncc_maps(g, m, regions, r)
+    assert d0.shape == (2, 2, 9, 9)
+    for b in range(2):
+        for t in range(2):
+            torch.testing.assert_close(d0[b, t], _region_ncc_loop(g[b], m[b], regions[t], 4),
+                                       rtol=1e-4, atol=1e-5)
+    paired = ncc_maps(g, m, regions, r, pairwise=False)
+    torch.testing.assert_close(paired, torch.stack([d0[0, 0], d0[1, 1]]), rtol=1e-4, atol=1e-5)
+    res = match_descriptors(GroundDescriptor(g, m), SatelliteDescriptor(
+        regions, torch.ones(2, 1, R, R)), cell, radius=r)
+    np.testing.assert_allclose(res.displacement_m[0, 0].numpy(), [3 * cell, 2 * cell])
+    assert res.score[0, 0] == pytest.approx(1.0, abs=1e-5)
+    # beyond the window of a tile-sized search (r = 1 cell), found only by the dense one
+    tile = regions[:, :, (R - S) // 2:(R - S) // 2 + S, (R - S) // 2:(R - S) // 2 + S]
+    small = match_descriptors(GroundDescriptor(g, m), SatelliteDescriptor(
+        tile, torch.ones(2, 1, S, S)), cell, radius=r)
+    assert small.score[0, 0] < res.score[0, 0] - 0.2
+    with pytest.raises(ValueError, match="R - S even"):
+        ncc_maps(g, m, torch.randn(2, D, R + 1, R + 1), r)

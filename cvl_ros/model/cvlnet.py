@@ -208,10 +208,23 @@ class CVLNet(nn.Module):
         fused, fmask = self.fusion(overhead, mask)
         return GroundDescriptor(self.ground_head(fused) * fmask, fmask)
 
-    def encode_satellite(self, tiles: torch.Tensor) -> SatelliteDescriptor:
-        """(T,3,P,P) RGB in [0,1] -> ``SatelliteDescriptor`` ((T,D,S,S), U (T,1,S,S))."""
+    def encode_satellite(self, tiles: torch.Tensor, region: bool = False) -> SatelliteDescriptor:
+        """(T,3,P,P) RGB in [0,1] -> ``SatelliteDescriptor`` ((T,D,S,S), U (T,1,S,S)).
+
+        ``region=True``: the images are larger satellite regions at the tiles' ground
+        resolution (``sat_px`` pixels per ``coverage_m``), P >= ``sat_px``; the descriptor keeps
+        that extent, R = S * P / sat_px cells (rounded to S + an even number), for a dense
+        search by ``match`` over the whole region.
+        """
         feats = self.sat_backbone(tiles)
         S = self.config.grid_cells  # noqa: N806
+        if region:
+            P = int(tiles.shape[-1])  # noqa: N806
+            if P < self.config.sat_px or tiles.shape[-2] != P:
+                raise ValueError(f"a satellite region must be square and at least sat_px = "
+                                 f"{self.config.sat_px} px, got {tuple(tiles.shape[-2:])}")
+            extra = round((S * P / self.config.sat_px - S) / 2.0)
+            S = S + 2 * extra  # noqa: N806
         if tuple(feats.shape[-2:]) != (S, S):
             feats = F.interpolate(feats, size=(S, S), mode="bilinear", align_corners=False)
         desc = self.sat_head(feats)
@@ -223,7 +236,9 @@ class CVLNet(nn.Module):
 
     def match(self, ground: GroundDescriptor, sat: SatelliteDescriptor,
               pairwise: bool = True, search_cells: int | None = None) -> MatchResult:
-        """Score grounds vs tiles; ``search_cells`` overrides r (e.g. a dense search)."""
+        """Score grounds vs tiles; ``search_cells`` overrides r (a wider window over each
+        tile); a region descriptor (``encode_satellite(..., region=True)``) searches all of
+        it."""  # noqa: D205, D209
         r = self.config.search_cells if search_cells is None else int(search_cells)
         return match_descriptors(ground, sat, self.config.cell_m, r, self.config.use_ssm,
                                  self.config.use_uncertainty, pairwise)

@@ -18,6 +18,9 @@ plain windowed norm when the mask is all ones). Then D = D0 / U[camera cell] (Eq
 sampled at the candidate camera position (centre + shift; bilinear when S is even) and 1 outside
 the tile. Score = max over the window (Eq. 6).
 
+Dense search: ``sat`` may also be a larger region (R > S cells at the same cell size, centred
+on the tile centre); the shift window then grows by (R - S) / 2 cells each way.
+
 Cost: one ``conv2d`` of the padded satellite stack with the ground descriptors as filters
 (pairwise) or one grouped conv (paired), i.e. O(B T D S^2 (2r+1)^2) multiply-adds.
 """
@@ -107,21 +110,30 @@ def normalize_ground(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 def ncc_maps(ground: torch.Tensor, mask: torch.Tensor, sat: torch.Tensor, radius: int,
              pairwise: bool = True) -> torch.Tensor:
-    """Normalised cross-correlation D0 over shifts in [-radius, radius]^2.
+    """Normalised cross-correlation D0 over shifts in [-k, k]^2, k = radius + (R - S) / 2.
 
     ``ground`` (B,D,S,S) (normalised or not: it is normalised here), ``mask`` (B,1,S,S),
-    ``sat`` (T,D,S,S). Returns (B,T,2r+1,2r+1) (pairwise) or (B,2r+1,2r+1) (paired, B == T).
+    ``sat`` (T,D,R,R) with R >= S and R - S even: a tile's own grid (R = S) or a larger
+    satellite region around it (dense search: every placement of the ground grid whose centre
+    lies in the region, plus ``radius`` cells beyond). Returns (B,T,2k+1,2k+1) (pairwise) or
+    (B,2k+1,2k+1) (paired, B == T).
     """
     g = normalize_ground(ground, mask)
     r = int(radius)
     B, D, S, S2 = g.shape  # noqa: N806
+    R = sat.shape[-1]  # noqa: N806
+    extra = R - S
+    if extra < 0 or extra % 2 or sat.shape[-2] != R:
+        raise ValueError(f"satellite grid must be square, R >= S and R - S even; got "
+                         f"{tuple(sat.shape[-2:])} for S = {S}")
     if pairwise:
         # Same sums as conv2d(pad(sat), g) (see ``_ncc_maps_reference``) with the roles
         # swapped: the zero-padded ground is the input and the T tiles are the filters, so
         # oneDNN runs one conv with T output channels instead of T convs with B filters (about
-        # 3-4x faster on CPU for T = 50); output index i is shift r - i, hence the flip.
-        gp = F.pad(g, (r, r, r, r))
-        mp = F.pad(mask.to(g.dtype), (r, r, r, r))
+        # 3-4x faster on CPU for T = 50); output index i is shift k - i, hence the flip.
+        q = r + extra
+        gp = F.pad(g, (q, q, q, q))
+        mp = F.pad(mask.to(g.dtype), (q, q, q, q))
         f2 = (sat * sat).sum(1, keepdim=True)
         num = F.conv2d(gp, sat)  # (B,T,k,k), flipped
         den = F.conv2d(mp, f2)  # (B,T,k,k), flipped
@@ -183,10 +195,14 @@ def match_descriptors(
     """Score every ground against every tile (``pairwise``) or row i against tile i.
 
     ``use_ssm=False`` evaluates the centre-aligned shift only (radius 0, displacement 0);
-    ``use_uncertainty=False`` uses U = 1.
+    ``use_uncertainty=False`` uses U = 1. ``sat`` may be a region of R > S cells around each
+    tile centre (``CVLNet.encode_satellite(..., region=True)``): the window then spans
+    r + (R - S) / 2 cells each way and displacements are from the region's centre.
     """
     r = int(radius) if use_ssm else 0
     d0 = ncc_maps(ground.features, ground.mask, sat.features, r, pairwise)
+    # a satellite region larger than the ground grid widens the shift window (dense search)
+    r = r + (sat.features.shape[-1] - ground.features.shape[-1]) // 2
     if use_uncertainty:
         u = uncertainty_at_shifts(sat.uncertainty, r)  # (T,k,k)
         dmap = d0 / (u.unsqueeze(0) if pairwise else u).clamp_min(_EPS)
