@@ -46,6 +46,25 @@ def test_same_seed_same_bytes(small_world, tmp_path):
     assert not np.array_equal(t1.ground_cls, t2.ground_cls)
 
 
+@pytest.mark.parametrize("cv_threads", [1, 4])
+def test_same_bytes_across_processes_and_opencv_threads(small_world, tmp_path, cv_threads):
+    import subprocess
+    import sys
+
+    out, _ = small_world
+    dst = tmp_path / f"t{cv_threads}"
+    code = ("import cv2, sys\n"
+            f"cv2.setNumThreads({cv_threads})\n"
+            "from cvl_ros.synth.cli import generate\n"
+            f"generate(sys.argv[1], seed=7, style='old_town', preview=True, **{SMALL!r})\n")
+    r = subprocess.run([sys.executable, "-c", code, str(dst)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _tree_digest(out), _tree_digest(dst)
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
 def test_written_files_are_readable(small_world):
     from cvl_ros.datasets import KittiCVL
     from cvl_ros.kitti import KittiDrive, oxts_to_enu_poses, read_oxts_dir, read_timestamps
