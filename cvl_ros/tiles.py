@@ -4,7 +4,9 @@ A :class:`GeoMosaic` is a north-up RGB image on a local ENU plane about a WGS84 
 ``(row, col)`` covers ``east in [e0 + col*m, e0 + (col+1)*m]`` and
 ``north in [n0 - (row+1)*m, n0 - row*m]`` where ``(e0, n0)`` is the ENU of the north-west corner
 of pixel (0, 0) and ``m`` is metres per pixel. It is stored as ``<name>.png`` plus a JSON
-sidecar ``<name>.geo.json``.
+sidecar ``<name>.geo.json``. A north-up web-mercator (EPSG:3857) image with an ESRI world file
+is read as a :class:`WebMercatorMosaic`, which offers the same interface (:func:`read_mosaic`
+picks the class from the geo-reference found).
 
 The tile builder cuts KITTI-CVL style satellite tiles from such a mosaic (the script the
 KITTI-CVL authors never released) and writes the split files; see README.md ("Data").
@@ -20,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cvl_ros.geo import GeoDatum
+from cvl_ros.geo import EARTH_RADIUS_M, GeoDatum
 from cvl_ros.kitti import KittiDrive, read_image, write_image
 
 #: Split file names (KITTI-CVL), written at the dataset root.
@@ -152,10 +154,10 @@ class GeoMosaic:
         geo_sidecar_path(path).write_text(json.dumps(self.georef_dict(), indent=2) + "\n")
 
     @classmethod
-    def read(cls, path) -> GeoMosaic:
-        """Read ``<name>.png`` with its ``<name>.geo.json`` sidecar."""
+    def read(cls, path, sidecar=None) -> GeoMosaic:
+        """Read ``<name>.png`` with its ``<name>.geo.json`` sidecar (or the given ``sidecar``)."""
         path = Path(path)
-        side = geo_sidecar_path(path)
+        side = geo_sidecar_path(path) if sidecar is None else Path(sidecar)
         if not side.is_file():
             raise FileNotFoundError(f"GeoMosaic georeference sidecar not found: {side}")
         g = json.loads(side.read_text())
@@ -167,6 +169,312 @@ class GeoMosaic:
         e0, n0 = g["nw_corner_enu_m"]
         return cls(img, GeoDatum.from_dict(g["datum"]), float(g["m_per_px"]), float(e0),
                    float(n0))
+
+
+# --------------------------------------------------------------------------------------------
+# Web-mercator mosaics georeferenced by an ESRI world file
+# --------------------------------------------------------------------------------------------
+
+#: Half the side of the EPSG:3857 square (m): x and y lie in [-pi*a, pi*a].
+WEBMERCATOR_HALF_SIDE_M = math.pi * EARTH_RADIUS_M
+
+
+def _num(x):
+    a = np.asarray(x, dtype=np.float64)
+    return float(a) if a.ndim == 0 else a
+
+
+def latlon_to_webmercator(lat_deg, lon_deg):
+    """WGS84 lat/lon (deg) -> EPSG:3857 (x, y) in web-mercator metres.
+
+    The spherical formulas on the WGS84 equatorial radius a: x = a*lon,
+    y = a*ln(tan(pi/4 + lat/2)) (angles in radians).
+    """
+    lat = np.radians(np.asarray(lat_deg, dtype=np.float64))
+    lon = np.radians(np.asarray(lon_deg, dtype=np.float64))
+    return (_num(EARTH_RADIUS_M * lon),
+            _num(EARTH_RADIUS_M * np.log(np.tan(math.pi / 4.0 + lat / 2.0))))
+
+
+def webmercator_to_latlon(x_m, y_m):
+    """Inverse of :func:`latlon_to_webmercator`: lat = 2*atan(exp(y/a)) - pi/2, lon = x/a."""
+    x = np.asarray(x_m, dtype=np.float64)
+    y = np.asarray(y_m, dtype=np.float64)
+    lat = np.degrees(2.0 * np.arctan(np.exp(y / EARTH_RADIUS_M)) - math.pi / 2.0)
+    return _num(lat), _num(np.degrees(x / EARTH_RADIUS_M))
+
+
+def world_file_candidates(image) -> list:
+    """World files looked for beside ``image``, in order.
+
+    ``mosaic.png`` -> ``mosaic.pgw``, ``mosaic.pngw``, ``mosaic.wld`` (``.jpg`` -> ``.jgw``,
+    ``.tif`` -> ``.tfw``, ...), each also in upper case.
+    """
+    p = Path(image)
+    ext = p.suffix.lower().lstrip(".")
+    names = []
+    if len(ext) >= 2:
+        names.append(ext[0] + ext[-1] + "w")
+    if ext:
+        names.append(ext + "w")
+    names.append("wld")
+    out = []
+    for n in names:
+        for s in (n, n.upper()):
+            c = p.with_name(p.stem + "." + s)
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def find_world_file(image) -> Path | None:
+    """The first existing :func:`world_file_candidates` of ``image``, or None."""
+    return next((c for c in world_file_candidates(image) if c.is_file()), None)
+
+
+def read_world_file(path) -> tuple:
+    """ESRI world file -> (A, D, B, E, C, F): six numbers, one a line (blank lines ignored).
+
+    Pixel (row, col) centre -> map x = A*col + B*row + C, y = D*col + E*row + F.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"world file not found: {path}")
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) != 6:
+        raise ValueError(f"{path}: a world file has 6 lines (A, D, B, E, C, F), found "
+                         f"{len(lines)}")
+    try:
+        vals = tuple(float(ln) for ln in lines)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a number in the world file ({exc})") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{path}: non-finite value in the world file: {vals}")
+    return vals
+
+
+def write_world_file(path, world) -> Path:
+    """Write (A, D, B, E, C, F) as an ESRI world file (full float precision)."""
+    path = Path(path)
+    vals = tuple(float(v) for v in world)
+    if len(vals) != 6:
+        raise ValueError(f"a world file has 6 values (A, D, B, E, C, F), got {len(vals)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{v!r}\n" for v in vals))
+    return path
+
+
+def check_webmercator_world(world, source="world file") -> tuple:
+    """Validate (A, D, B, E, C, F) as a north-up EPSG:3857 geo-reference; returns it as floats."""
+    A, D, B, E, C, F = (float(v) for v in world)  # noqa: N806
+    if A > 0 and abs(A) < 1e-3 and abs(C) <= 180.0 and abs(F) <= 90.0:
+        raise ValueError(f"{source}: the coordinates look like degrees (EPSG:4326: pixel size "
+                         f"{A:g}, origin {C:g}, {F:g}); only EPSG:3857 web-mercator metres are "
+                         "supported")
+    if abs(B) > 1e-9 * abs(A) or abs(D) > 1e-9 * abs(E):
+        raise ValueError(f"{source}: rotation terms B={B:g}, D={D:g} are not zero; only "
+                         "north-up images are supported (reproject the mosaic north-up in "
+                         "EPSG:3857 first)")
+    if not (A > 0 and E < 0):
+        raise ValueError(f"{source}: A={A:g} must be > 0 and E={E:g} < 0 (a north-up image: "
+                         "columns go east, rows go south)")
+    lim = WEBMERCATOR_HALF_SIDE_M * (1 + 1e-9)
+    if abs(C) > lim or abs(F) > lim:
+        raise ValueError(f"{source}: origin ({C:.3f}, {F:.3f}) lies outside the EPSG:3857 "
+                         f"square (+-{WEBMERCATOR_HALF_SIDE_M:.2f} m)")
+    return A, D, B, E, C, F
+
+
+class WebMercatorMosaic(GeoMosaic):
+    """North-up image in EPSG:3857 (web-mercator metres) georeferenced by an ESRI world file.
+
+    It offers the :class:`GeoMosaic` interface on the local ENU plane about ``datum`` (default:
+    the image centre, altitude 0), so :func:`build_tiles` cuts it as it cuts a ``.geo.json``
+    mosaic: tiles are north-up on that ENU plane, ``m_per_px`` ground metres per pixel.
+
+    Web mercator is not that plane: its scale grows as 1/cos(lat), and since EPSG:3857 applies
+    the sphere's formulas to WGS84 latitudes its north-south and east-west scales differ
+    (by 0.29 % at latitude 49). One affine map for the whole image would be metres off on a
+    city-sized mosaic, so positions are converted exactly (ENU -> WGS84 -> web mercator ->
+    pixel) and each crop resamples through the local affine map (the Jacobian) at its
+    centre; over a 250 m tile that map is off by about a millimetre.
+
+    World file (A, D, B, E, C, F): pixel (row, col) centre at x = A*col + C, y = E*row + F
+    (B = D = 0; A and -E may differ), the pixel-centre convention of :class:`GeoMosaic`.
+    ``m_per_px`` is the ground resolution at the datum (geometric mean of the two axes);
+    ``extent_enu`` (and ``nw_east_m``/``nw_north_m``) is the largest ENU rectangle whose edges
+    stay inside the image (its edges are slightly curved on the ENU plane).
+    """
+
+    def __init__(self, image, world, datum: GeoDatum | None = None):
+        self.world = check_webmercator_world(world)
+        A, _, _, E, C, F = self.world  # noqa: N806
+        img = np.asarray(image)
+        h, w = img.shape[:2]
+        if datum is None:
+            lat, lon = webmercator_to_latlon(C + A * (w - 1) / 2.0, F + E * (h - 1) / 2.0)
+            datum = GeoDatum(float(lat), float(lon), 0.0)
+        super().__init__(img, datum, 1.0, 0.0, 0.0)
+        _, _, jac = self.local_affine(0.0, 0.0)
+        self.m_per_px = 1.0 / math.sqrt(abs(float(np.linalg.det(jac))))
+        self._extent = self._inscribed_extent()
+        self.nw_east_m, self.nw_north_m = self._extent[0], self._extent[3]
+
+    @property
+    def extent_enu(self) -> tuple:
+        """(east_min, east_max, north_min, north_max) of the ENU rectangle inside the image."""
+        return self._extent
+
+    def _inscribed_extent(self, samples: int = 65) -> tuple:
+        h, w = self.height_px, self.width_px
+        t = np.linspace(0.0, 1.0, samples)
+        cols = -0.5 + t * w
+        rows = -0.5 + t * h
+        _, n_top = self.pixel_to_enu(np.full(samples, -0.5), cols)
+        _, n_bot = self.pixel_to_enu(np.full(samples, h - 0.5), cols)
+        e_left, _ = self.pixel_to_enu(rows, np.full(samples, -0.5))
+        e_right, _ = self.pixel_to_enu(rows, np.full(samples, w - 0.5))
+        return (float(np.max(e_left)), float(np.min(e_right)), float(np.max(n_bot)),
+                float(np.min(n_top)))
+
+    def enu_to_pixel(self, east_m, north_m):
+        """ENU (m) on the ground surface through the datum -> continuous (row, col)."""
+        e = np.asarray(east_m, dtype=np.float64)
+        n = np.asarray(north_m, dtype=np.float64)
+        up = -(e * e + n * n) / (2.0 * EARTH_RADIUS_M)  # the surface curves away from the plane
+        lat, lon, _ = self.datum.to_geodetic(e, n, up)
+        x, y = latlon_to_webmercator(lat, lon)
+        A, _, _, E, C, F = self.world  # noqa: N806
+        return _num((y - F) / E), _num((x - C) / A)
+
+    def pixel_to_enu(self, row, col):
+        """Continuous (row, col) -> ENU (east_m, north_m) at the datum's altitude."""
+        A, _, _, E, C, F = self.world  # noqa: N806
+        x = C + A * np.asarray(col, dtype=np.float64)
+        y = F + E * np.asarray(row, dtype=np.float64)
+        lat, lon = webmercator_to_latlon(x, y)
+        e, n, _ = self.datum.to_enu(lat, lon, self.datum.alt_m)
+        return e, n
+
+    def local_affine(self, east_m: float, north_m: float, step_m: float = 10.0) -> tuple:
+        """(row, col, J) at ENU (east, north): J = d(row, col)/d(east, north), (2,2) px/m."""
+        e, n, s = float(east_m), float(north_m), float(step_m)
+        r, c = self.enu_to_pixel(np.array([e, e + s, e - s, e, e]),
+                                 np.array([n, n, n, n + s, n - s]))
+        jac = np.array([[r[1] - r[2], r[3] - r[4]], [c[1] - c[2], c[3] - c[4]]]) / (2.0 * s)
+        return float(r[0]), float(c[0]), jac
+
+    def contains(self, east_m: float, north_m: float, half_size_m: float = 0.0) -> bool:
+        """Whether the square of half side ``half_size_m`` about (east, north) lies inside."""
+        h = float(half_size_m)
+        r, c = self.enu_to_pixel(float(east_m) + np.array([-h, h, h, -h]),
+                                 float(north_m) + np.array([h, h, -h, -h]))
+        return bool(np.all(r >= -0.5) and np.all(r <= self.height_px - 0.5)
+                    and np.all(c >= -0.5) and np.all(c <= self.width_px - 0.5))
+
+    def crop(self, east_m: float, north_m: float, size_px: int,
+             m_per_px_out: float | None = None) -> np.ndarray:
+        """North-up (on the ENU plane) ``size_px`` square centred on ENU (east, north)."""
+        m = self.m_per_px if m_per_px_out is None else float(m_per_px_out)
+        r0, c0, jac = self.local_affine(east_m, north_m)
+        half = (size_px - 1) / 2.0
+        # output pixel (row i, col j) is ENU offset ((j - half)*m, -(i - half)*m)
+        lin = np.array([[jac[1, 0] * m, -jac[1, 1] * m],    # source col per (j, i)
+                        [jac[0, 0] * m, -jac[0, 1] * m]])   # source row per (j, i)
+        shift = np.array([c0, r0]) - lin @ np.array([half, half])
+        return resample_affine(self.image, np.hstack([lin, shift[:, None]]), size_px)
+
+    def georef_dict(self) -> dict:
+        """A description of the geo-reference (the world file is the stored form)."""
+        return {"format": "cvl_ros.webmercator_world_file/1", "crs": "EPSG:3857",
+                "world_file": list(self.world), "datum": self.datum.to_dict(),
+                "m_per_px": float(self.m_per_px), "width_px": self.width_px,
+                "height_px": self.height_px,
+                "convention": "world file A, D, B, E, C, F; (C, F) = centre of pixel (0,0)"}
+
+    def write(self, path) -> None:
+        """Write the image and its world file (``mosaic.png`` -> ``mosaic.pgw``)."""
+        path = Path(path)
+        write_image(path, self.image)
+        write_world_file(world_file_candidates(path)[0], self.world)
+
+    @classmethod
+    def read(cls, path, sidecar=None, datum: GeoDatum | None = None) -> WebMercatorMosaic:
+        """Read an image with its world file (``sidecar``, default: found beside it)."""
+        path = Path(path)
+        wf = find_world_file(path) if sidecar is None else Path(sidecar)
+        if wf is None:
+            names = ", ".join(c.name for c in world_file_candidates(path)[::2])
+            raise FileNotFoundError(f"world file not found beside {path} (looked for {names})")
+        world = check_webmercator_world(read_world_file(wf), str(wf))
+        return cls(read_image(path), world, datum)
+
+
+def resample_affine(image, src_from_out, size_px: int, border_value: int = 0) -> np.ndarray:
+    """``size_px`` square whose pixel (row i, col j) samples ``image`` at ``M @ (j, i, 1)``.
+
+    ``src_from_out`` M (2,3) gives the source (x=col, y=row) in pixel-centre coordinates.
+    Bilinear, with a Gaussian anti-alias pre-filter per axis when shrinking; outside ->
+    ``border_value``.
+    """
+    img = np.asarray(image)
+    M = np.asarray(src_from_out, dtype=np.float64).reshape(2, 3)  # noqa: N806
+    kx, ky = float(np.hypot(*M[0, :2])), float(np.hypot(*M[1, :2]))
+    sx = 0.5 * math.sqrt(kx * kx - 1.0) if kx > 1.0 + 1e-9 else 0.0
+    sy = 0.5 * math.sqrt(ky * ky - 1.0) if ky > 1.0 + 1e-9 else 0.0
+    margin = int(math.ceil(3 * max(sx, sy))) + 2
+    s = size_px - 0.5
+    corners = M @ np.array([[-0.5, s, s, -0.5], [-0.5, -0.5, s, s], [1.0, 1.0, 1.0, 1.0]])
+    c0 = int(math.floor(corners[0].min())) - margin
+    c1 = int(math.ceil(corners[0].max())) + margin + 1
+    r0 = int(math.floor(corners[1].min())) - margin
+    r1 = int(math.ceil(corners[1].max())) + margin + 1
+    H, W = img.shape[:2]  # noqa: N806
+    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
+    chans = img.shape[2] if img.ndim == 3 else None
+    out_shape = (size_px, size_px) + ((chans,) if chans else ())
+    if rr0 >= rr1 or cc0 >= cc1:
+        return np.full(out_shape, border_value, dtype=img.dtype)
+    win = img[rr0:rr1, cc0:cc1]
+    if sx > 0 or sy > 0:
+        win = cv2.GaussianBlur(win, (0, 0), sigmaX=max(sx, 1e-6), sigmaY=max(sy, 1e-6),
+                               borderType=cv2.BORDER_REPLICATE)
+    M = M.copy()  # noqa: N806
+    M[0, 2] -= cc0
+    M[1, 2] -= rr0
+    out = cv2.warpAffine(np.ascontiguousarray(win), M, (size_px, size_px),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(border_value,) * (chans or 1))
+    return out.reshape(out_shape)
+
+
+def read_mosaic(path, georef=None, datum: GeoDatum | None = None) -> GeoMosaic:
+    """Read a mosaic image with its geo-reference.
+
+    ``georef``: a ``.geo.json`` sidecar (:class:`GeoMosaic`) or an ESRI world file for a
+    north-up EPSG:3857 image (:class:`WebMercatorMosaic`); default: ``<name>.geo.json`` if it
+    exists, else a world file beside the image. ``datum`` (world files only) sets the ENU
+    datum, i.e. the origin of the tile grid (default: the image centre).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mosaic image not found: {path}")
+    if georef is None:
+        side = geo_sidecar_path(path)
+        georef = side if side.is_file() else find_world_file(path)
+        if georef is None:
+            names = ", ".join([side.name] + [c.name for c in world_file_candidates(path)[::2]])
+            raise FileNotFoundError(f"no geo-reference found for {path} (looked for {names})")
+    georef = Path(georef)
+    if not georef.is_file():
+        raise FileNotFoundError(f"geo-reference not found: {georef}")
+    if georef.name.lower().endswith(".json"):
+        if datum is not None:
+            raise ValueError(f"{georef} sets the mosaic's datum; a datum can only be given "
+                             "with a world file")
+        return GeoMosaic.read(path, georef)
+    return WebMercatorMosaic.read(path, georef, datum)
 
 
 # --------------------------------------------------------------------------------------------
