@@ -103,8 +103,8 @@ def _console_scripts() -> dict[str, str]:
 def test_console_scripts_declared():
     scripts = _console_scripts()
     assert set(scripts) == {
-        "cvl-synth", "cvl-train", "cvl-eval", "cvl-ablate", "cvl-build-db", "cvl-bench",
-        "cvl-localize", "cvl-kitti2bag", "cvl-replay", "cvl-localize-bag",
+        "cvl-synth", "cvl-train", "cvl-eval", "cvl-ablate", "cvl-build-db", "cvl-build-tiles",
+        "cvl-bench", "cvl-localize", "cvl-kitti2bag", "cvl-replay", "cvl-localize-bag",
     }
     assert scripts["cvl-localize"] == "cvl_ros.ros.node:main"
     for name, target in scripts.items():
