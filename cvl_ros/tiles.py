@@ -33,6 +33,24 @@ TILES_META = "tiles.json"
 LATLON_DECIMALS = 10
 
 
+def _blurred_window(img: np.ndarray, r0: int, r1: int, c0: int, c1: int, sigma_x: float,
+                    sigma_y: float, size_px: int):
+    """Source rows r0:r1, columns c0:c1 clipped to ``img`` and Gaussian anti-alias blurred
+    (per-axis sigma in px, 0 = none): ``(window or None when it misses the image, row offset,
+    col offset, shape of a size_px output with img's channels)``."""  # noqa: D205, D209
+    chans = img.shape[2] if img.ndim == 3 else None
+    out_shape = (size_px, size_px) + ((chans,) if chans else ())
+    H, W = img.shape[:2]  # noqa: N806
+    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
+    if rr0 >= rr1 or cc0 >= cc1:
+        return None, rr0, cc0, out_shape
+    win = img[rr0:rr1, cc0:cc1]
+    if sigma_x > 0 or sigma_y > 0:
+        win = cv2.GaussianBlur(win, (0, 0), sigmaX=max(sigma_x, 1e-6),
+                               sigmaY=max(sigma_y, 1e-6), borderType=cv2.BORDER_REPLICATE)
+    return win, rr0, cc0, out_shape
+
+
 def resample_north_up(image, center_rc, m_per_px_in: float, size_px: int,
                       m_per_px_out: float | None = None, border_value: int = 0) -> np.ndarray:
     """Cut a north-up square of ``size_px`` pixels centred on a continuous pixel position.
@@ -53,22 +71,15 @@ def resample_north_up(image, center_rc, m_per_px_in: float, size_px: int,
     r1 = int(math.ceil(rc + half * k)) + margin + 1
     c0 = int(math.floor(cc - half * k)) - margin
     c1 = int(math.ceil(cc + half * k)) + margin + 1
-    H, W = img.shape[:2]
-    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
-    chans = img.shape[2] if img.ndim == 3 else None
-    out_shape = (size_px, size_px) + ((chans,) if chans else ())
-    if rr0 >= rr1 or cc0 >= cc1:
+    win, rr0, cc0, out_shape = _blurred_window(img, r0, r1, c0, c1, sigma, sigma, size_px)
+    if win is None:
         return np.full(out_shape, border_value, dtype=img.dtype)
-    win = img[rr0:rr1, cc0:cc1]
-    if sigma > 0:
-        win = cv2.GaussianBlur(win, (0, 0), sigmaX=sigma, sigmaY=sigma,
-                               borderType=cv2.BORDER_REPLICATE)
     idx = (np.arange(size_px, dtype=np.float64) - half) * k
     map_x = np.broadcast_to((cc + idx - cc0)[None, :], (size_px, size_px)).astype(np.float32)
     map_y = np.broadcast_to((rc + idx - rr0)[:, None], (size_px, size_px)).astype(np.float32)
     out = cv2.remap(np.ascontiguousarray(win), map_x, map_y, interpolation=cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_CONSTANT,
-                    borderValue=(border_value,) * (chans or 1))
+                    borderValue=(border_value,) * (win.shape[2] if win.ndim == 3 else 1))
     return out.reshape(out_shape)
 
 
@@ -429,23 +440,16 @@ def resample_affine(image, src_from_out, size_px: int, border_value: int = 0) ->
     c1 = int(math.ceil(corners[0].max())) + margin + 1
     r0 = int(math.floor(corners[1].min())) - margin
     r1 = int(math.ceil(corners[1].max())) + margin + 1
-    H, W = img.shape[:2]  # noqa: N806
-    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
-    chans = img.shape[2] if img.ndim == 3 else None
-    out_shape = (size_px, size_px) + ((chans,) if chans else ())
-    if rr0 >= rr1 or cc0 >= cc1:
+    win, rr0, cc0, out_shape = _blurred_window(img, r0, r1, c0, c1, sx, sy, size_px)
+    if win is None:
         return np.full(out_shape, border_value, dtype=img.dtype)
-    win = img[rr0:rr1, cc0:cc1]
-    if sx > 0 or sy > 0:
-        win = cv2.GaussianBlur(win, (0, 0), sigmaX=max(sx, 1e-6), sigmaY=max(sy, 1e-6),
-                               borderType=cv2.BORDER_REPLICATE)
     M = M.copy()  # noqa: N806
     M[0, 2] -= cc0
     M[1, 2] -= rr0
     out = cv2.warpAffine(np.ascontiguousarray(win), M, (size_px, size_px),
                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=(border_value,) * (chans or 1))
+                         borderValue=(border_value,) * (win.shape[2] if win.ndim == 3 else 1))
     return out.reshape(out_shape)
 
 
