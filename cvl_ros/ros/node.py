@@ -781,8 +781,8 @@ class LocalizerNode(LifecycleNode):
     # ------------------------------------------------------------------ outputs
     def _publish_estimate(self, est, stamp, latency_s: float) -> None:
         pubs = self._pubs
-        if not pubs:
-            return
+        if not pubs or threading.current_thread() is not self._worker:
+            return  # inactive, or a previous activation's worker finishing late: dropped
         map_frame, base = str(self.p("map_frame")), str(self.p("base_frame"))
         self.last_estimate = est
         self.last_status = est.status
