@@ -325,3 +325,27 @@ def test_dataset_samples_align_ground_and_satellite(tmp_path):
         good = np.mean([ncc(s, 1.0) for s in samples])
         bad = np.mean([ncc(s, -1.0) for s in samples])
     assert good > 0.3 and good > bad + 0.2, (good, bad)
+
+
+def test_the_two_views_carry_the_cross_view_gap(small_world):
+    """What the satellite and the video see differs as on real data: cars in one view only
+    (moving ones in the satellite only), leaf-off trees in one view, another sun."""
+    from cvl_ros.synth.appearance import height_raster
+
+    t = generate_town(5, "hard", 250.0)
+    cars = t.cars
+    assert cars["x"].size > 10
+    assert np.any(cars["in_sat"] & ~cars["in_ground"])  # left before the video
+    assert np.any(cars["in_ground"] & ~cars["in_sat"])  # arrived after the satellite
+    assert np.any(cars["in_sat"] & cars["in_ground"])
+    trees = t.trees
+    assert np.any(trees["ground_leaf_off"] != trees["sat_leaf_off"])
+    # the occluders each view sees differ (cars, canopies) while buildings are shared
+    hs, hg = height_raster(t, 0.5, "sat"), height_raster(t, 0.5, "ground")
+    assert 0.002 < np.mean(np.abs(hs - hg) > 0.5) < 0.5
+    # the written town: the video's sun is another capture's sun
+    out, _ = small_world
+    town = json.loads((out / "town.json").read_text())
+    for d in town["drives"]:
+        daz = abs((d["video_sun_az_deg"] - town["satellite_sun_az_deg"] + 180.0) % 360.0 - 180.0)
+        assert daz >= 60.0 - 1e-6
