@@ -178,3 +178,44 @@ def test_cli_with_a_real_checkpoint_and_database(tmp_path, capsys):
     assert s["heading_source"] == "auto" and s["gps_priors_used"] >= 1
     assert "median_error_m" in s and (tmp_path / "out" / "trajectory.png").is_file()
     assert "images=12" in capsys.readouterr().out
+
+
+def test_covariance_ellipse_is_the_two_sigma_contour():
+    cov = np.array([[9.0, 2.5], [2.5, 4.0]])
+    xy = lb._ellipse_xy(cov)
+    maha = np.einsum("ni,ij,nj->n", xy, np.linalg.inv(cov), xy)
+    np.testing.assert_allclose(maha, 4.0, rtol=1e-9)  # (2 sigma)^2 for every point
+
+
+def test_trajectory_plot_shows_mosaic_truth_estimates_and_ellipses(tmp_path):
+    import cv2
+
+    from cvl_ros.tiles import GeoMosaic
+
+    datum = GeoDatum(49.0, 8.4, 0.0)
+    magenta = (200, 40, 200)
+    mos = GeoMosaic(np.full((200, 200, 3), magenta, np.uint8), datum, 1.0, -100.0, 100.0)
+    mos.write(tmp_path / "mosaic.png")
+    lat = 49.0 + 1e-5 * np.arange(10)
+    gt = lb.GroundTruth(np.arange(10) * 10**9, lat, np.full(10, 8.4), "test")
+
+    def rows(cov):
+        return [lb.EstimateRow(stamp_ns=10**9 * i, status="TRACKING", lat_deg=lat[i],
+                               lon_deg=8.4 + 2e-5, cov_ee_m2=cov, cov_en_m2=0.0, cov_nn_m2=cov,
+                               latency_ms=20.0) for i in range(10)]
+
+    def draw(name, **kw):
+        lb.plot_trajectory(kw.pop("r"), tmp_path / name, mosaic_path=tmp_path / "mosaic.png",
+                           title="t", **kw)
+        return cv2.cvtColor(cv2.imread(str(tmp_path / name)), cv2.COLOR_BGR2RGB).astype(int)
+
+    full = draw("full.png", r=rows(25.0), gt=gt)
+    bare = draw("bare.png", r=rows(float("nan")))  # no ellipses, no ground truth
+
+    def share(img, rgb, tol):
+        return np.mean(np.all(np.abs(img - np.asarray(rgb)) < tol, axis=-1))
+
+    assert share(full, magenta, 10) > 0.3  # the mosaic is drawn under everything
+    # 10 ellipses of 2 sigma = 10 m: many more pixels off the mosaic colour
+    assert share(full, magenta, 10) < share(bare, magenta, 10) - 0.004
+    assert share(full, (255, 255, 255), 8) > share(bare, (255, 255, 255), 8)  # truth line
