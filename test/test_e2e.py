@@ -131,6 +131,9 @@ def test_keyframes_yield_estimates(node_run):
     _, s = node_run
     assert s["expected_keyframes"] >= 10
     assert s["keyframe_estimate_rate"] >= 0.9, s
+    # and most of them at the very stamps the keyframe rule picks (a frame dropped while the
+    # node is busy may shift the chain after it, hence not all)
+    assert s["estimates_at_expected_keyframe_stamps"] >= 0.75 * s["expected_keyframes"], s
 
 
 def test_stamps_match_image_stamps(node_run):
