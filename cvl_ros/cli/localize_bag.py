@@ -200,18 +200,27 @@ def ground_truth_from_bag(bag: str | Path) -> GroundTruth | None:
         lat, lon, _ = d.to_geodetic(np.array(e), np.array(n), np.array(u))
         return GroundTruth(np.array(st, np.int64), np.atleast_1d(lat), np.atleast_1d(lon),
                            bags.TOPIC_GT_POSE)
+    fixes = _read_fixes(bag)
+    if fixes is None or not fixes[1]:
+        return None
+    fix_topic, st, lat, lon = fixes
+    return GroundTruth(np.array(st, np.int64), np.array(lat), np.array(lon), fix_topic)
+
+
+def _read_fixes(bag: str | Path):
+    """``(topic, stamps_ns, lat_deg, lon_deg)`` lists of the bag's NavSatFix topic, or None."""
+    topics = bags.bag_topics(bag)
     fix_topic = next((t for t, (ty, _) in topics.items() if ty == bags.MSG_NAVSATFIX), None)
     if fix_topic is None:
         return None
+    store = bags.make_typestore()
     st, lat, lon = [], [], []
     for m in bags.iter_bag(bag, [fix_topic]):
         msg = store.deserialize_cdr(m.data, m.msgtype)
         st.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
         lat.append(msg.latitude)
         lon.append(msg.longitude)
-    if not st:
-        return None
-    return GroundTruth(np.array(st, np.int64), np.array(lat), np.array(lon), fix_topic)
+    return fix_topic, st, lat, lon
 
 
 def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None) -> None:
@@ -239,17 +248,10 @@ def gps_error_m(bag: str | Path, gt: GroundTruth | None) -> list[float]:
 
     if gt is None or gt.source != bags.TOPIC_GT_POSE:
         return []
-    topics = bags.bag_topics(bag)
-    fix_topic = next((t for t, (ty, _) in topics.items() if ty == bags.MSG_NAVSATFIX), None)
-    if fix_topic is None:
+    fixes = _read_fixes(bag)
+    if fixes is None:
         return []
-    store = bags.make_typestore()
-    st, lat, lon = [], [], []
-    for m in bags.iter_bag(bag, [fix_topic]):
-        msg = store.deserialize_cdr(m.data, m.msgtype)
-        st.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
-        lat.append(msg.latitude)
-        lon.append(msg.longitude)
+    _, st, lat, lon = fixes
     glat, glon = gt.at(st)
     d = GeoDatum(float(gt.lat_deg[0]), float(gt.lon_deg[0]), 0.0)
     out = []
