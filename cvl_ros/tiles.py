@@ -559,7 +559,8 @@ def drive_key(date: str, drive: str) -> str:
 def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_drives,
                 spacing_m: float = 10.0, tile_px: int = 1280, m_per_px: float | None = None,
                 test_radius_m: float | None = None, test2_drives=None, query_stride: int = 1,
-                png_compression: int = 1, link_duplicates: bool = True) -> dict:
+                png_compression: int = 1, link_duplicates: bool = True,
+                progress: bool = False, source: dict | None = None) -> dict:
     """Cut KITTI-CVL tiles from ``mosaic`` and write the split files.
 
     ``trajectories``: ``{"<date>/<drive>": (frames (N,) int, cam_enu (N,2))}`` with camera
@@ -577,7 +578,9 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
 
     Tiles are ``tile_px`` square at ``m_per_px`` (default: the mosaic's). Training frames
     that share a grid point get hard links to one file when ``link_duplicates`` (readers see
-    ordinary files). ``query_stride`` keeps every k-th frame as a query. Returns counts.
+    ordinary files). ``query_stride`` keeps every k-th frame as a query. ``progress`` shows a
+    tqdm bar of the tiles cut; ``source`` (e.g. the command's inputs) is recorded in
+    ``tiles.json``. Returns counts.
     """
     root = Path(root)
     satmap = root / "satmap"
@@ -589,6 +592,11 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
     stats = {"train": 0, "test1": 0, "test2": 0, "test_tiles": 0, "train_tiles": 0,
              "partial_tiles": 0, "m_per_px": m_out, "tile_px": int(tile_px)}
     cache: dict = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="tiles", unit="tile")
 
     def tile_png(e, n):
         key = (round(e / spacing_m), round(n / spacing_m))
@@ -598,6 +606,8 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
             if len(cache) > 256:
                 cache.clear()
             cache[key] = _encode_png(mosaic.crop(e, n, tile_px, m_out), png_compression)
+            if bar is not None:
+                bar.update(1)
         return cache[key]
 
     def latlon(e, n):
@@ -668,10 +678,12 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
     for name, lines in (("train", train_lines), ("test1", t1), ("test2", t2)):
         (root / SPLIT_FILES[name]).write_text("".join(ln + "\n" for ln in lines))
         stats[name] = len(lines)
+    if bar is not None:
+        bar.close()
     write_tiles_meta(satmap, m_out, tile_px, spacing_m=float(spacing_m),
                      test_radius_m=radius, datum=datum.to_dict(),
                      train_drives=list(train_drives), test_drives=list(test_drives),
-                     test2_drives=test2_drives)
+                     test2_drives=test2_drives, **({"source": source} if source else {}))
     return stats
 
 

@@ -193,27 +193,8 @@ def _clear_old_tiles(dirs, overwrite: bool) -> None:
             f.unlink()
 
 
-def _count_crops(mosaic, enabled: bool):
-    """Show a tqdm bar counting the tiles cut (``build_tiles`` has no progress hook)."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(desc=PROG, unit="tile", file=sys.stderr)
-    crop = mosaic.crop
-
-    def counted(*args, **kwargs):
-        out = crop(*args, **kwargs)
-        bar.update(1)
-        return out
-
-    mosaic.crop = counted
-    return bar
-
-
 def _run(args) -> int:
     from cvl_ros.tiles import (
-        TILES_META,
         GeoMosaic,
         build_tiles,
         drive_camera_track,
@@ -244,27 +225,18 @@ def _run(args) -> int:
         traj[key] = (frames, pos)
     out = Path(args.out)
     _clear_old_tiles(_tile_dirs(out, train, test + (test2 or [])), args.overwrite)
-    bar = _count_crops(mosaic, not args.quiet)
-    try:
-        stats = build_tiles(mosaic, traj, out, train, test, spacing_m=args.spacing_m,
-                            tile_px=args.tile_px, m_per_px=args.m_per_px,
-                            test_radius_m=args.test_radius_m, test2_drives=test2,
-                            query_stride=args.query_stride,
-                            png_compression=args.png_compression,
-                            link_duplicates=not args.no_links)
-    finally:
-        if bar is not None:
-            bar.close()
-            del mosaic.crop
-    meta_path = out / "satmap" / TILES_META
-    meta = json.loads(meta_path.read_text())
-    meta["source"] = {
+    source = {
         "tool": PROG, "raw": str(Path(args.raw).resolve()),
         "mosaic": str(Path(args.mosaic).resolve()),
         "georef": "geo.json" if type(mosaic) is GeoMosaic else "world_file (EPSG:3857)",
         "mosaic_m_per_px": float(mosaic.m_per_px), "query_stride": args.query_stride,
         "cam": args.cam}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    stats = build_tiles(mosaic, traj, out, train, test, spacing_m=args.spacing_m,
+                        tile_px=args.tile_px, m_per_px=args.m_per_px,
+                        test_radius_m=args.test_radius_m, test2_drives=test2,
+                        query_stride=args.query_stride, png_compression=args.png_compression,
+                        link_duplicates=not args.no_links, progress=not args.quiet,
+                        source=source)
     if stats["partial_tiles"]:
         half = args.tile_px * stats["m_per_px"] / 2.0
         print(f"{PROG}: warning: {stats['partial_tiles']} tiles reach past the mosaic's edge "
