@@ -305,21 +305,19 @@ class LocalizerNode(LifecycleNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Load the model and the tile database; missing ones are reported, not fatal."""
         self._reset_state()
-        self.odom_buf = PoseBuffer(float(self.p("odom_buffer_s")))
-        if isinstance(self.p("torch_threads"), int) and int(self.p("torch_threads")) > 0:
-            import torch
-
-            torch.set_num_threads(int(self.p("torch_threads")))
-        self.missing = []
         self.localizer = None
-        model = db = None
-        param_errors = node_parameter_errors(self.p)
-        if param_errors:  # not localizing, reported in diagnostics; the node stays up
-            self.missing.extend(param_errors)
+        self.missing = node_parameter_errors(self.p)
+        if self.missing:  # not localizing, reported in diagnostics; the node stays up
             for m in self.missing:
                 self.get_logger().error(f"not localizing: {m}")
             self._lifecycle_state = "inactive"
             return TransitionCallbackReturn.SUCCESS
+        self.odom_buf = PoseBuffer(float(self.p("odom_buffer_s")))
+        if int(self.p("torch_threads")) > 0:
+            import torch
+
+            torch.set_num_threads(int(self.p("torch_threads")))
+        model = db = None
         ckpt = find_checkpoint(self.p("checkpoint_path"))
         try:
             if ckpt is None:
