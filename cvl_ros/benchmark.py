@@ -5,10 +5,11 @@ Measured (median of ``reps`` >= 20 repetitions after warm-up, wall-clock, under
 load changes on a shared machine hit all of them alike):
 
 * ``backbone_forward_ms``: one ``encode_ground`` of one frame.
-* ``update_ms[N]``: one tracking update with a window of N frames and cached per-frame features:
-  the new keyframe's backbone forward, the projection + fusion of all N cached frames for the
-  newest pose (``project_and_fuse``), and matching against 50 candidate tiles (precomputed
-  satellite descriptors, as the tile database provides them).
+* ``update_ms[N]``: one tracking update with a window of N frames and cached per-frame states
+  (``CVLNet.frame_states``: the backbone features, or with ``pcsf_frame_canvas`` each frame's
+  Q/K/V canvas): the new keyframe's backbone forward and state, the fusion of all N states for
+  the newest pose (``fuse_frame_states``), and matching against 50 candidate tiles
+  (precomputed satellite descriptors, as the tile database provides them).
 * ``recompute_update_ms[N]``: the same, but all N frames go through the backbone every update
   (the paper's way).
 * ``peak_rss_mb``: the process's peak resident set size after the runs (``getrusage``);
@@ -83,13 +84,16 @@ def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: in
     for n in windows:
         K, T = window_geometry(model, n)  # noqa: N806
         K, T = K.to(device), T.to(device)  # noqa: N806
-        cache = [feat1.clone() for _ in range(max(n - 1, 0))]
+        # what a sliding window caches per frame (features, or per-frame Q/K/V canvases)
+        cache = model.frame_states(feat1.expand(n, *feat1.shape[1:])[None], K, T)[0, 1:]
+        cache = [c.clone() for c in cache]
         frames = torch.rand(n, 3, h, w, device=device)
 
         def update(n=n, K=K, T=T, cache=cache):  # noqa: N803
             new = model.encode_ground(frame)  # the new keyframe only
-            feats = torch.cat([new] + cache[: n - 1], 0)[None]
-            g = model.project_and_fuse(feats, K, T)
+            state = model.frame_states(new[None], K[:, :1], T[:, :1])[0, 0]
+            states = torch.stack([state] + cache[: n - 1], 0)[None]
+            g = model.fuse_frame_states(states, K, T)
             return model.match(g, tiles)
 
         def recompute(n=n, K=K, T=T, frames=frames):  # noqa: N803
@@ -185,6 +189,7 @@ def run(model, device: str = "cpu", windows=(1, 4, 8, 16), reps: int = 20,
     out["grid_cells"] = int(model.config.grid_cells)
     out["fusion"] = model.config.fusion
     out["pcsf_layers"] = int(model.config.pcsf_layers)
+    out["pcsf_frame_canvas"] = bool(model.config.pcsf_frame_canvas)
     out["reps"] = reps
     u = out["update_ms"]
     if "16" in u and "4" in u:

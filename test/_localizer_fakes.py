@@ -73,6 +73,15 @@ class OracleModel(torch.nn.Module):
         assert tuple(images.shape[-2:]) == self.config.ground_hw
         return torch.zeros(images.shape[0], 2, 4, 8)
 
+    frame_state_uses_rotation = False
+
+    def frame_states(self, frame_feats, K, T_grid_cams, camera_height_m=None):
+        assert frame_feats.ndim == 5 and K.shape[:2] == T_grid_cams.shape[:2]
+        return frame_feats
+
+    def fuse_frame_states(self, states, K, T_grid_cams, camera_height_m=None):
+        return self.project_and_fuse(states, K, T_grid_cams, camera_height_m)
+
     def project_and_fuse(self, frame_feats, K, T_grid_cams, camera_height_m=None):
         assert frame_feats.ndim == 5 and K.shape[:2] == T_grid_cams.shape[:2]
         assert torch.allclose(T_grid_cams[0, 0, :3, 3], torch.zeros(3))

@@ -6,7 +6,8 @@ evaluated on ``--data`` (Test-1 and Test-2, sequence ``--seq``, default 4). Tabl
 the paper's are written to ``<out>/ablation.md`` (and all numbers to ``<out>/ablation.json``):
 
 * Table 2 (view projection and fusion): w/o GVP (U-Net), w/o GVP (resize), direct Conv2D /
-  Conv3D / LSTM, attention Conv2D / Conv3D / LSTM, ours (GVP + PCSF), with model size;
+  Conv3D / LSTM, attention Conv2D / Conv3D / LSTM, PCSF with per-frame Q/K/V canvases, ours
+  (GVP + PCSF of the base config), with model size;
 * Table 3 (backbone): MobileNetV2, ResNet-50, VGG16;
 * Table 4 (similarity matching): w/o SSM, w/o U, ours.
 
@@ -22,16 +23,21 @@ import sys
 import time
 from pathlib import Path
 
+# the other fusions and projections replace PCSF's per-frame canvases (pcsf_frame_canvas)
+_NO_CANVAS = {"pcsf_frame_canvas": False}
 VARIANTS: dict[str, tuple[str, str, dict]] = {
     # name: (table, row label, model overrides)
-    "unet": ("2", "Ours w/o GVP (U-Net)", {"projection": "unet"}),
-    "no_gvp": ("2", "Ours w/o GVP", {"projection": "none"}),
-    "conv2d": ("2", "Direct fusion: Conv2D", {"fusion": "conv2d"}),
-    "conv3d": ("2", "Direct fusion: Conv3D", {"fusion": "conv3d"}),
-    "lstm": ("2", "Direct fusion: LSTM", {"fusion": "lstm"}),
-    "attn_conv2d": ("2", "Attention fusion: Conv2D", {"fusion": "attn_conv2d"}),
-    "attn_conv3d": ("2", "Attention fusion: Conv3D", {"fusion": "attn_conv3d"}),
-    "attn_lstm": ("2", "Attention fusion: LSTM", {"fusion": "attn_lstm"}),
+    "unet": ("2", "Ours w/o GVP (U-Net)", {"projection": "unet", **_NO_CANVAS}),
+    "no_gvp": ("2", "Ours w/o GVP", {"projection": "none", **_NO_CANVAS}),
+    "conv2d": ("2", "Direct fusion: Conv2D", {"fusion": "conv2d", **_NO_CANVAS}),
+    "conv3d": ("2", "Direct fusion: Conv3D", {"fusion": "conv3d", **_NO_CANVAS}),
+    "lstm": ("2", "Direct fusion: LSTM", {"fusion": "lstm", **_NO_CANVAS}),
+    "attn_conv2d": ("2", "Attention fusion: Conv2D", {"fusion": "attn_conv2d", **_NO_CANVAS}),
+    "attn_conv3d": ("2", "Attention fusion: Conv3D", {"fusion": "attn_conv3d", **_NO_CANVAS}),
+    "attn_lstm": ("2", "Attention fusion: LSTM", {"fusion": "attn_lstm", **_NO_CANVAS}),
+    "pcsf_canvas": ("2", "PCSF, 1 layer, per-frame Q/K/V canvases",
+                    {"fusion": "pcsf", "projection": "gvp", "pcsf_layers": 1,
+                     "pcsf_frame_canvas": True}),
     "ours": ("2,3,4", "Ours (GVP + PCSF + SSM + U)", {}),
     "mobilenet_v2": ("3", "MobileNetV2", {"backbone": "mobilenet_v2"}),
     # a weights path in the base config names MobileNetV2's file: the other backbones look for

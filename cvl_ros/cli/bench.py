@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequence fusion of the random model (pcsf, conv2d, conv3d, lstm, "
                         "attn_conv2d, attn_conv3d, attn_lstm)")
     p.add_argument("--pcsf-layers", type=int, default=2, help="attention layers of PCSF")
+    p.add_argument("--frame-canvas", action="store_true",
+                   help="PCSF with per-frame Q/K/V canvases (pcsf_frame_canvas; needs "
+                        "--pcsf-layers 1): the window caches each frame's Q/K/V")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
         try:
             cfg = CVLNetConfig(backbone=args.backbone, pretrained=False, ground_hw=(h, w),
                                sat_px=args.sat_px, grid_cells=args.grid_cells,
-                               fusion=args.fusion, pcsf_layers=args.pcsf_layers)
+                               fusion=args.fusion, pcsf_layers=args.pcsf_layers,
+                               pcsf_frame_canvas=args.frame_canvas)
         except ValueError as exc:
             print(f"cvl-bench: error: {exc}", file=sys.stderr)
             return 2

@@ -118,6 +118,11 @@ class LocalizerConfig:
     initial pose with a yaw replaces it until the next reset)."""
     heading_sigma_rad: float = 0.05
     """1-sigma of the absolute heading (IMU/INS), reported as the yaw variance."""
+    frame_state_rotation_tolerance_rad: float = 0.002
+    """Models whose cached per-frame state depends on the camera's ENU rotation (per-frame
+    Q/K/V canvases, ``pcsf_frame_canvas``) recompute a keyframe's state when the window's
+    heading has turned it by more than this since it was cached (0.002 rad moves a point 100 m
+    away by 0.2 m, 3 % of a 6.25 m cell)."""
     gps_prior_min_sigma_m: float = 5.0
     """Smallest sigma used for a GPS prior (GPS is coarse; the matcher refines)."""
     max_time_gap_s: float = 0.0
@@ -304,6 +309,8 @@ class Localizer:
         self.window = SlidingWindow(self.config.window_length, self.config.keyframe_distance_m,
                                     self.config.keyframe_interval_s)
         self.filter = GridFilter()
+        self.state_refreshes = 0
+        """Per-frame model states computed so far (new keyframes + rotation refreshes)."""
         self._setup_datum()
         self.reset("init")
 
@@ -603,12 +610,13 @@ class Localizer:
             self._last_update_odom = T_ob.copy()
             # ---- fused ground descriptor of the window
             kfs = self.window.frames()
-            fts = torch.stack([k.features for k in kfs]).unsqueeze(0)
             Ks = torch.from_numpy(np.stack([k.K_net for k in kfs])).float()  # noqa: N806
-            T_grid = torch.from_numpy(self.window.relative_poses(self._yaw_offset)).float()  # noqa: N806
-            ground = self.model.project_and_fuse(
-                fts, Ks.unsqueeze(0).to(self.device), T_grid.unsqueeze(0).to(self.device),
-                self._cam_h)
+            T_np = self.window.relative_poses(self._yaw_offset)  # noqa: N806
+            T_grid = torch.from_numpy(T_np).float().unsqueeze(0).to(self.device)  # noqa: N806
+            Ks = Ks.unsqueeze(0).to(self.device)  # noqa: N806
+            self._refresh_frame_states(kfs, Ks, T_grid, T_np)
+            ground = self.model.fuse_frame_states(
+                torch.stack([k.state for k in kfs]).unsqueeze(0), Ks, T_grid, self._cam_h)
             # ---- search
             if self.filter.initialized and not self._global_mode:
                 st = self.filter.stats(c.confidence_radius_m)
@@ -639,6 +647,32 @@ class Localizer:
         self._updates_since_init += 1
         return self._make_estimate(frame, stamp, T_ob, R_off, idx, scores, disps, maps,
                                    global_search, t0)
+
+    def _refresh_frame_states(self, kfs, Ks, T_grid, T_np) -> None:  # noqa: N803
+        """Compute the model's cached per-frame state of new keyframes, and of keyframes whose
+        ENU rotation moved by more than ``frame_state_rotation_tolerance_rad`` since their state
+        was computed (only for models whose state depends on it); one batched call."""  # noqa: D205, D209
+        torch = self._torch
+        tol = self.config.frame_state_rotation_tolerance_rad
+        uses_rot = self.model.frame_state_uses_rotation
+        stale = []
+        for i, kf in enumerate(kfs):
+            if kf.state is None:
+                stale.append(i)
+            elif uses_rot:
+                R_rel = kf.state_rotation.T @ T_np[i, :3, :3]  # noqa: N806
+                cos = min(1.0, max(-1.0, (float(np.trace(R_rel)) - 1.0) / 2.0))
+                if math.acos(cos) > tol:
+                    stale.append(i)
+        if not stale:
+            return
+        sel = torch.tensor(stale, device=self.device)
+        feats = torch.stack([kfs[i].features for i in stale]).unsqueeze(0)
+        states = self.model.frame_states(feats, Ks[:, sel], T_grid[:, sel], self._cam_h)[0]
+        for j, i in enumerate(stale):
+            kfs[i].state = states[j]
+            kfs[i].state_rotation = T_np[i, :3, :3].copy()
+        self.state_refreshes += len(stale)
 
     def _make_estimate(self, frame, stamp, T_ob, R_off, idx, scores, disps, maps,  # noqa: N803
                        global_search, t0) -> Estimate:

@@ -2,7 +2,9 @@
 
 A frame becomes a keyframe when the body has travelled ``keyframe_distance_m`` since the last
 keyframe (odometry), or when ``keyframe_interval_s`` has elapsed (0 disables the time rule). Each
-keyframe keeps the backbone features of its image, so one update costs one backbone pass. The
+keyframe keeps the backbone features of its image and the model's per-frame state computed from
+them (``CVLNet.frame_states``: the features themselves, or that frame's PCSF Q/K/V canvas), so
+one update costs one backbone pass and one frame state. The
 relative camera poses of the window are expressed in the grid frame of the newest camera
 (east/north/up axes, origin at the newest optical centre), built from odometry rotated into ENU
 by the absolute heading of the newest frame.
@@ -39,6 +41,8 @@ class Keyframe:
     K_net: np.ndarray  # (3, 3) intrinsics at the network input size  # noqa: N815
     T_odom_body: np.ndarray  # (4, 4)  # noqa: N815
     T_body_cam: np.ndarray  # (4, 4)  # noqa: N815
+    state: Any = None  # the model's cached per-frame state (CVLNet.frame_states), or None
+    state_rotation: np.ndarray | None = None  # (3, 3) ENU rotation the state was computed for
 
 
 class SlidingWindow:

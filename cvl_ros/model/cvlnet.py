@@ -54,6 +54,8 @@ LOG = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "cvl_ros.cvlnet/1"
 BACKBONES = ("mobilenet_v2", "vgg16", "resnet50")
 PROJECTIONS = ("gvp", "none", "unet")
+# config fields newer than checkpoint format 1 and their defaults (see ``CVLNet.model_hash``)
+_HASH_OMITTED_IF_DEFAULT = {"pcsf_frame_canvas": False}
 
 
 class CheckpointError(RuntimeError):
@@ -73,7 +75,11 @@ class CVLNetConfig:
     ``descriptor_dim`` D of the matched descriptors. Ablations: ``projection`` (gvp | none |
     unet), ``fusion`` (pcsf | conv2d | conv3d | lstm | attn_conv2d | attn_conv3d | attn_lstm),
     ``use_ssm`` (False: centre-aligned matching only), ``use_uncertainty`` (False: U = 1),
-    ``search_cells`` r of the (2r+1)^2 shift window. Loss: ``triplet_alpha``,
+    ``search_cells`` r of the (2r+1)^2 shift window. PCSF: ``pcsf_heads``, ``pcsf_layers``,
+    ``pcsf_separable`` (depthwise-separable Q/K/V convs), ``pcsf_frame_canvas`` (the paper's
+    one-layer PCSF without frame encoding, with each frame's Q/K/V computed once on its own
+    north-up canvas and translated into the newest frame's grid, so that a sliding window
+    caches them; see ``frame_states``). Loss: ``triplet_alpha``,
     ``displacement_loss_weight`` (extension, default 0 = the paper's loss).
     """
 
@@ -98,6 +104,7 @@ class CVLNetConfig:
     pcsf_heads: int = 2
     pcsf_layers: int = 2
     pcsf_separable: bool = True
+    pcsf_frame_canvas: bool = False
     uncertainty_min: float = 0.05
     displacement_loss_weight: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -112,11 +119,22 @@ class CVLNetConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if len(self.ground_hw) != 2:
             raise ValueError("ground_hw must be (H, W)")
+        if self.pcsf_frame_canvas and (self.fusion != "pcsf" or self.projection != "gvp"
+                                       or self.pcsf_layers != 1):
+            raise ValueError("pcsf_frame_canvas needs fusion pcsf, projection gvp and "
+                             f"pcsf_layers 1 (got {self.fusion}, {self.projection}, "
+                             f"{self.pcsf_layers})")
 
     @property
     def cell_m(self) -> float:
         """Metres per overhead / satellite descriptor cell."""
         return self.coverage_m / self.grid_cells
+
+    @property
+    def canvas_cells(self) -> int:
+        """Side (cells) of a frame's own Q/K/V canvas (``pcsf_frame_canvas``): twice the grid,
+        so a frame up to ``coverage_m`` / 2 behind the newest still covers its whole grid."""  # noqa: D205, D209
+        return 2 * int(self.grid_cells)
 
     @property
     def sat_m_per_px(self) -> float:
@@ -162,7 +180,7 @@ class CVLNet(nn.Module):
         else:
             self.projector = None
         self.fusion = build_fusion(cfg.fusion, C, cfg.max_frames, cfg.pcsf_heads, cfg.pcsf_layers,
-                                   cfg.pcsf_separable)
+                                   cfg.pcsf_separable, frame_encoding=not cfg.pcsf_frame_canvas)
         self.ground_head = nn.Conv2d(C, D, 1)
         self.sat_head = nn.Conv2d(C, D, 1)
         self.uncertainty_net = UncertaintyNet(C, u_min=cfg.uncertainty_min)
@@ -185,6 +203,12 @@ class CVLNet(nn.Module):
                              f"scaled to match), got {tuple(images.shape[-2:])}")
         return self.ground_backbone(images)
 
+    @property
+    def frame_state_uses_rotation(self) -> bool:
+        """Whether a ``frame_states`` entry depends on its camera's rotation in the grid frame
+        (then a cache must be refreshed when the window's heading changes)."""  # noqa: D205, D209
+        return bool(self.config.pcsf_frame_canvas)
+
     def project_and_fuse(self, frame_feats: torch.Tensor, K, T_grid_cams,  # noqa: N803
                          camera_height_m=None) -> GroundDescriptor:
         """Project cached per-frame features for the newest pose and fuse them.
@@ -193,20 +217,110 @@ class CVLNet(nn.Module):
         ``T_grid_cams`` (B,N,4,4) optical-frame poses in frame 0's ENU grid frame
         (``cvl_ros.camera.relative_camera_poses``); ``camera_height_m`` float or (B,) (default
         from the config). Returns a ``GroundDescriptor`` ((B,D,S,S), mask (B,1,S,S)).
+        Equal to ``fuse_frame_states(frame_states(...), ...)``.
         """
+        states = self.frame_states(frame_feats, K, T_grid_cams, camera_height_m)
+        return self.fuse_frame_states(states, K, T_grid_cams, camera_height_m)
+
+    def frame_states(self, frame_feats: torch.Tensor, K, T_grid_cams,  # noqa: N803
+                     camera_height_m=None) -> torch.Tensor:
+        """The per-frame part of ``project_and_fuse``, which a sliding window caches.
+
+        Without ``pcsf_frame_canvas`` this is ``frame_feats`` itself (projection depends on the
+        whole window). With it: each frame's features are projected onto its own north-up
+        canvas (``canvas_cells`` square, the grid's cell size, centred on that camera, ground
+        ``camera_height_m`` below it) and PCSF's Q/K/V convs run there, giving (B,N,3C+1,Sc,Sc)
+        (Q, K, V, mask). That depends on the frame's K, its rotation in the grid frame and the
+        camera height, not on where the newest frame is.
+        """
+        if not self.config.pcsf_frame_canvas:
+            return frame_feats
         cfg = self.config
         dev, dt = frame_feats.device, frame_feats.dtype
+        B, N = frame_feats.shape[:2]  # noqa: N806
+        h = cfg.camera_height_m if camera_height_m is None else camera_height_m
+        K = torch.as_tensor(K, device=dev, dtype=dt)  # noqa: N806
+        T_canvas = torch.as_tensor(T_grid_cams, device=dev, dtype=dt).clone()  # noqa: N806
+        T_canvas[..., :3, 3] = 0.0  # the canvas frame: ENU axes at this camera's optical centre
+        Sc = cfg.canvas_cells  # noqa: N806
+        overhead, mask = project_to_overhead(frame_feats, K, T_canvas, h, Sc, Sc * cfg.cell_m,
+                                             cfg.ground_hw)
+        states = self.fusion.canvas_qkv(overhead.flatten(0, 1), mask.flatten(0, 1))
+        return states.reshape(B, N, *states.shape[1:])
+
+    def fuse_frame_states(self, states: torch.Tensor, K, T_grid_cams,  # noqa: N803
+                          camera_height_m=None) -> GroundDescriptor:
+        """Fuse the window's ``frame_states`` (frame 0 newest) into the ground descriptor."""
+        cfg = self.config
+        dev, dt = states.device, states.dtype
+        if cfg.pcsf_frame_canvas:
+            T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)  # noqa: N806
+            qkvm = self._canvases_to_grid(states, T[..., 0, 3], T[..., 1, 3])
+            fused, fmask = self.fusion.fuse_qkv(qkvm)
+            return GroundDescriptor(self.ground_head(fused) * fmask, fmask)
         if camera_height_m is None:
             camera_height_m = cfg.camera_height_m
         if self.projector is None:
             K = torch.as_tensor(K, device=dev, dtype=dt)  # noqa: N806
             T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)  # noqa: N806
-            overhead, mask = project_to_overhead(frame_feats, K, T, camera_height_m,
+            overhead, mask = project_to_overhead(states, K, T, camera_height_m,
                                                  cfg.grid_cells, cfg.coverage_m, cfg.ground_hw)
         else:
-            overhead, mask = self.projector(frame_feats)
+            overhead, mask = self.projector(states)
         fused, fmask = self.fusion(overhead, mask)
         return GroundDescriptor(self.ground_head(fused) * fmask, fmask)
+
+    def _canvases_to_grid(self, states: torch.Tensor, east_m: torch.Tensor,
+                          north_m: torch.Tensor) -> torch.Tensor:
+        """Sample per-frame canvases (B,N,Cs,Sc,Sc) centred at (``east_m``, ``north_m``) (B,N)
+        of the newest frame's grid at its cell centres -> (B,N,Cs,S,S); the last channel (the
+        mask) is thresholded at 1/2.
+
+        A pure translation: bilinear with zeros outside the canvas, i.e. ``F.grid_sample``
+        (``align_corners=False``) at the grid's cell centres (``_canvases_to_grid_reference``),
+        computed as four weighted integer crops, which is several times faster on CPU.
+        """  # noqa: D205
+        cfg = self.config
+        B, N, Cs, Sc, _ = states.shape  # noqa: N806
+        S, cell = int(cfg.grid_cells), cfg.cell_m  # noqa: N806
+        # canvas pixel coordinate of grid cell (r, c): (r + off_y, c + off_x)
+        off_x = ((Sc - S) / 2.0 - east_m / cell).reshape(B * N)
+        off_y = ((Sc - S) / 2.0 + north_m / cell).reshape(B * N)
+        # beyond these integer offsets every tap falls outside the canvas (all zeros)
+        x0 = torch.floor(off_x).clamp(-S - 1, Sc)
+        y0 = torch.floor(off_y).clamp(-S - 1, Sc)
+        fx = (off_x - x0).clamp(0.0, 1.0).to(states.dtype).view(B * N, 1, 1, 1)
+        fy = (off_y - y0).clamp(0.0, 1.0).to(states.dtype).view(B * N, 1, 1, 1)
+        xs, ys = x0.long().tolist(), y0.long().tolist()
+        pad = max(0, -min(xs + ys), max(xs + ys) + S + 1 - Sc)
+        src = states.reshape(B * N, Cs, Sc, Sc)
+        if pad:
+            src = F.pad(src, (pad, pad, pad, pad))
+        crops = torch.stack([src[i, :, y + pad:y + pad + S + 1, x + pad:x + pad + S + 1]
+                             for i, (x, y) in enumerate(zip(xs, ys))])
+        top = torch.lerp(crops[..., :-1, :-1], crops[..., :-1, 1:], fx)
+        bottom = torch.lerp(crops[..., 1:, :-1], crops[..., 1:, 1:], fx)
+        out = torch.lerp(top, bottom, fy).reshape(B, N, Cs, S, S)
+        out[:, :, -1] = (out[:, :, -1] > 0.5).to(out.dtype)
+        return out
+
+    def _canvases_to_grid_reference(self, states: torch.Tensor, east_m: torch.Tensor,
+                                    north_m: torch.Tensor) -> torch.Tensor:
+        """``_canvases_to_grid`` as one ``F.grid_sample`` (kept for tests)."""
+        cfg = self.config
+        B, N, Cs, Sc, _ = states.shape  # noqa: N806
+        S, cell = cfg.grid_cells, cfg.cell_m  # noqa: N806
+        idx = torch.arange(S, device=states.device, dtype=states.dtype)
+        east = (idx - (S - 1) / 2.0) * cell
+        north = ((S - 1) / 2.0 - idx) * cell
+        col = (east.view(1, 1, 1, S) - east_m[..., None, None]) / cell + (Sc - 1) / 2.0
+        row = (Sc - 1) / 2.0 - (north.view(1, 1, S, 1) - north_m[..., None, None]) / cell
+        gx = ((2.0 * col + 1.0) / Sc - 1.0).expand(B, N, S, S)
+        gy = ((2.0 * row + 1.0) / Sc - 1.0).expand(B, N, S, S)
+        grid = torch.stack([gx, gy], -1).reshape(B * N, S, S, 2)
+        out = F.grid_sample(states.reshape(B * N, Cs, Sc, Sc), grid, mode="bilinear",
+                            padding_mode="zeros", align_corners=False).reshape(B, N, Cs, S, S)
+        return torch.cat([out[:, :, :-1], (out[:, :, -1:] > 0.5).to(out.dtype)], 2)
 
     def encode_satellite(self, tiles: torch.Tensor, region: bool = False) -> SatelliteDescriptor:
         """(T,3,P,P) RGB in [0,1] -> ``SatelliteDescriptor`` ((T,D,S,S), U (T,1,S,S)).
@@ -301,9 +415,16 @@ class CVLNet(nn.Module):
         }
 
     def model_hash(self) -> str:
-        """sha256 of the config JSON and every state-dict tensor (sorted keys), 16 hex chars."""
+        """sha256 of the config JSON and every state-dict tensor (sorted keys), 16 hex chars.
+
+        Config fields added after checkpoint format 1 (``_HASH_OMITTED_IF_DEFAULT``) enter the
+        hash only when they differ from their default, so existing checkpoints and tile
+        databases keep their hash.
+        """
         h = hashlib.sha256()
-        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        cfg = {k: v for k, v in self.config.to_dict().items()
+               if k not in _HASH_OMITTED_IF_DEFAULT or v != _HASH_OMITTED_IF_DEFAULT[k]}
+        h.update(json.dumps(cfg, sort_keys=True).encode())
         for k, v in sorted(self.state_dict().items()):
             t = v.detach().cpu().contiguous()
             h.update(k.encode())

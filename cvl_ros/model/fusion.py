@@ -113,15 +113,35 @@ class PCSF(nn.Module):
     frames j valid at p, O_i = sum_j M_ij V_j (per-frame output, input of the next layer).
     The last layer returns (1/N_valid) sum_{i valid} sum_j M_ij V_j (Eq. 3), computed as
     sum_j w_j V_j with w_j = mean_i M_ij. Cells valid in no frame output zero.
+
+    ``frame_encoding=True`` adds a sinusoidal frame-index encoding (0 = newest) to every layer's
+    input (an extension); ``False`` is the paper's form, where Q/K/V of a frame depend on that
+    frame's projected features only, which is what lets ``canvas_qkv`` + ``fuse_qkv`` cache
+    them per frame (one layer).
     """
 
     def __init__(self, channels: int, heads: int = 2, layers: int = 2,
-                 separable: bool = True) -> None:
+                 separable: bool = True, frame_encoding: bool = True) -> None:
         super().__init__()
         if channels % heads:
             raise ValueError("channels must be divisible by heads")
+        if layers < 1:
+            raise ValueError("PCSF needs at least one layer")
         self.c, self.heads = channels, heads
+        self.use_encoding = bool(frame_encoding)
         self.qkv = nn.ModuleList([_QKV(channels, separable) for _ in range(layers)])
+
+    @staticmethod
+    def _seen_box(seen: torch.Tensor, margin: int):
+        """Bounding box (r0, r1, c0, c1) of the set cells of ``seen`` (B,S,S) (any batch) grown
+        by ``margin`` and clipped; None when no cell is set."""  # noqa: D205, D209
+        rows = seen.any(0).any(1).nonzero()
+        if rows.numel() == 0:
+            return None
+        cols = seen.any(0).any(0).nonzero()
+        S, S2 = seen.shape[-2:]  # noqa: N806
+        return (max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, S),
+                max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, S2))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
         """(B,N,C,S,S), (B,N,1,S,S) -> (B,C,S,S), (B,1,S,S)."""
@@ -129,17 +149,100 @@ class PCSF(nn.Module):
         seen = mask.sum(1)[:, 0] > 0  # (B,S,S)
         anyv = seen.to(x.dtype).unsqueeze(1)
         fused = x.new_zeros(B, C, S, S2)
-        rows = seen.any(0).any(1).nonzero()
-        cols = seen.any(0).any(0).nonzero()
-        if rows.numel() == 0:
+        # Work on the bounding box of the seen cells plus a 2-cell margin per layer (the reach
+        # of two stacked 3x3 convs): inputs outside are zero, so the result is exact and cheaper.
+        box = self._seen_box(seen, 2 * len(self.qkv))
+        if box is None:
             return fused, anyv
-        # Work on the bounding box of the seen cells plus a 2-cell margin (the reach of two
-        # stacked 3x3 convs): inputs outside are zero, so the result is exact and cheaper.
-        m = 2 * len(self.qkv)
-        r0, r1 = max(int(rows[0]) - m, 0), min(int(rows[-1]) + m + 1, S)
-        c0, c1 = max(int(cols[0]) - m, 0), min(int(cols[-1]) + m + 1, S2)
+        r0, r1, c0, c1 = box
         fused[..., r0:r1, c0:c1] = self._fuse(x[..., r0:r1, c0:c1], mask[..., r0:r1, c0:c1])
         return fused, anyv
+
+    def canvas_qkv(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Q, K, V of single frames on their own overhead canvases (the cacheable half).
+
+        ``x`` (M,C,Sc,Sc) projected features of M frames, ``mask`` (M,1,Sc,Sc). Returns
+        (M, 3C+1, Sc, Sc): Q, K, V stacked on channels, then the mask. Needs one layer and no
+        frame encoding (a frame's Q/K/V must not depend on the rest of the window).
+        """
+        if len(self.qkv) != 1 or self.use_encoding:
+            raise ValueError("per-frame Q/K/V canvases need a one-layer PCSF without frame "
+                             "encoding")
+        M, C, Sc, Sc2 = x.shape  # noqa: N806
+        out = x.new_zeros(M, 3 * C + 1, Sc, Sc2)
+        out[:, 3 * C:] = mask
+        box = self._seen_box(mask[:, 0] > 0, 2)
+        if box is not None:
+            r0, r1, c0, c1 = box
+            q, k, v = self.qkv[0]((x * mask)[..., r0:r1, c0:c1])
+            out[:, :3 * C, r0:r1, c0:c1] = torch.cat([q, k, v], 1)
+        return out
+
+    def fuse_qkv(self, qkvm: torch.Tensor):
+        """The attention half: (B,N,3C+1,S,S) Q, K, V and mask on the grid -> fused, mask.
+
+        Equal to ``forward`` of a one-layer PCSF without frame encoding when the Q/K/V were
+        computed on the grid itself. Attention runs only at the cells some frame sees (in any
+        batch row); the others output zero.
+        """
+        B, N, _, S, S2 = qkvm.shape  # noqa: N806
+        C = self.c  # noqa: N806
+        flat = qkvm.reshape(B, N, 3 * C + 1, S * S2)
+        seen = flat[:, :, 3 * C].sum(1) > 0  # (B,P)
+        anyv = seen.to(qkvm.dtype).reshape(B, 1, S, S2)
+        fused = qkvm.new_zeros(B, C, S * S2)
+        cells = seen.any(0).nonzero()[:, 0]
+        if cells.numel() == 0:
+            return fused.reshape(B, C, S, S2), anyv
+        P = int(cells.numel())  # noqa: N806
+        h, d = self.heads, C // self.heads
+        sub = flat.index_select(3, cells)  # (B,N,3C+1,P')
+        # one copy into (pixel, head)-major batches of frames for Q, K and V together
+        qkv = sub[:, :, :3 * C].reshape(B, N, 3, h, d, P).permute(2, 0, 5, 3, 1, 4)
+        qkv = qkv.reshape(3, B * P * h, N, d)
+        out = self._attend_pix(qkv[0], qkv[1], qkv[2], sub[:, :, 3 * C], B, P)  # (B,P',C)
+        fused[..., cells] = out.transpose(1, 2)
+        return fused.reshape(B, C, S, S2), anyv
+
+    def _pix(self, t: torch.Tensor, B: int, N: int, P: int) -> torch.Tensor:  # noqa: N803
+        """(B*N,C,S,S) or (B,N,C,P) -> (B*P*h, N, d) per (pixel, head) batches."""
+        h, d = self.heads, self.c // self.heads
+        t = t.reshape(B * N, self.c, P).transpose(1, 2)  # (B*N, P, C)
+        return t.reshape(B, N, P * h, d).transpose(1, 2).reshape(B * P * h, N, d)
+
+    def _key_bias(self, maskp: torch.Tensor) -> torch.Tensor:
+        """Additive key mask (0 valid / -1e4 invalid) per (pixel, head) batch over frames j."""
+        B, N, P = maskp.shape  # noqa: N806
+        h = self.heads
+        kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, P, 1, N, 1)
+        return kbias.expand(B, P, h, N, 1).reshape(B * P * h, N, 1)
+
+    def _attend_last(self, q, k, v, mask) -> torch.Tensor:
+        """Last attention layer: (B,N,C,...) Q/K/V over P cells ((S,S) or (P,)) and mask
+        (B,N,1,...) -> (B,C,...).
+
+        w_j = mean_{i valid} M_ij (one ``bmm`` of M^T with the validity column), then
+        sum_j w_j V_j.
+        """  # noqa: D205
+        B, N, C = q.shape[:3]  # noqa: N806
+        cells = q.shape[3:]
+        P = math.prod(cells)  # noqa: N806
+        out = self._attend_pix(self._pix(q, B, N, P), self._pix(k, B, N, P),
+                               self._pix(v, B, N, P), mask.reshape(B, N, P), B, P)
+        return out.transpose(1, 2).reshape(B, C, *cells)
+
+    def _attend_pix(self, qp, kp, vp, maskp, B: int, P: int) -> torch.Tensor:  # noqa: N803
+        """The last layer on (pixel, head) batches: Q/K/V (B*P*h, N, d), mask (B,N,P) ->
+        (B,P,C)."""  # noqa: D205, D209
+        h, d = self.heads, self.c // self.heads
+        N = maskp.shape[1]  # noqa: N806
+        cnt = maskp.sum(1)  # (B,P)
+        att_t = torch.softmax(torch.baddbmm(self._key_bias(maskp), kp, qp.transpose(1, 2),
+                                            alpha=1.0 / math.sqrt(d)), dim=1)
+        mi = (maskp / cnt.clamp_min(1.0).unsqueeze(1)).permute(0, 2, 1)
+        mi = mi.reshape(B, P, 1, N, 1).expand(B, P, h, N, 1).reshape(B * P * h, N, 1)
+        w = torch.bmm(att_t, mi)  # (BPh, Nj, 1)
+        return torch.bmm(w.transpose(1, 2), vp).reshape(B, P, self.c)
 
     def _fuse(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Fast path, equal to ``_fuse_reference`` within float rounding.
@@ -148,46 +251,37 @@ class PCSF(nn.Module):
         key-major layout: logits^T (BPh, Nj, Ni) = K Q^T with the key mask added inside the
         matmul, softmax over dim 1 (faster on CPU than over a 16-wide last dim), V made
         contiguous once per layer, and O = M V as ``bmm`` of the transposed view (a BLAS
-        transpose flag, no copy). The last layer's w_j = mean_{i valid} M_ij is one ``bmm`` of
-        M^T with the validity column, then sum_j w_j V_j.
+        transpose flag, no copy). The last layer is ``_attend_last``.
         """
         B, N, C, S, S2 = x.shape  # noqa: N806
         P = S * S2  # noqa: N806
         h, d = self.heads, C // self.heads
         maskp = mask.reshape(B, N, P)
-        cnt = maskp.sum(1)  # (B,P)
-        # additive key mask (0 valid / -1e4 invalid) per (pixel, head) batch over frames j
-        kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, P, 1, N, 1)
-        kbias = kbias.expand(B, P, h, N, 1).reshape(B * P * h, N, 1)
-        enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
+        kbias = self._key_bias(maskp)
+        if self.use_encoding:
+            enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
+        else:
+            enc = x.new_zeros(1, N, C, 1, 1)
         mflat = mask.reshape(B * N, 1, S, S2)
         scale = 1.0 / math.sqrt(d)
         cur = ((x + enc) * mask).reshape(B * N, C, S, S2)
         nl = len(self.qkv)
-
-        def pix(t):  # (B*N,C,S,S) channels_last = (B,N,P,h,d) memory -> (B*P*h, N, d)
-            return t.permute(0, 2, 3, 1).reshape(B, N, P * h, d).transpose(1, 2).reshape(
-                B * P * h, N, d)
-
         for li, layer in enumerate(self.qkv):
             q, k, v = layer(cur)
-            v = pix(v).contiguous()
+            if li == nl - 1:
+                shp = (B, N, C, S, S2)
+                return self._attend_last(q.reshape(shp), k.reshape(shp), v.reshape(shp), mask)
+            v = self._pix(v, B, N, P).contiguous()
             # logits^T[j, i] = K_j . Q_i / sqrt(d) + key bias_j; softmax over j (dim 1)
-            att_t = torch.softmax(
-                torch.baddbmm(kbias, pix(k), pix(q).transpose(1, 2), alpha=scale), dim=1)
+            att_t = torch.softmax(torch.baddbmm(kbias, self._pix(k, B, N, P),
+                                                self._pix(q, B, N, P).transpose(1, 2),
+                                                alpha=scale), dim=1)
             # cells no frame sees get a uniform softmax here; they are zeroed below
-            if li < nl - 1:
-                out = torch.bmm(att_t.transpose(1, 2), v)  # (BPh, Ni, d)
-                out = out.reshape(B, S, S2, h, N, d).permute(0, 4, 3, 5, 1, 2)
-                cur = (out.reshape(B * N, C, S, S2) + enc.reshape(N, C, 1, 1).repeat(
-                    B, 1, 1, 1)) * mflat
-            else:
-                # w_j = sum_{i valid} M_ij / N_valid, then sum_j w_j V_j
-                mi = (maskp / cnt.clamp_min(1.0).unsqueeze(1)).permute(0, 2, 1)
-                mi = mi.reshape(B, P, 1, N, 1).expand(B, P, h, N, 1).reshape(B * P * h, N, 1)
-                w = torch.bmm(att_t, mi)  # (BPh, Nj, 1)
-                out = torch.bmm(w.transpose(1, 2), v).reshape(B, S, S2, C)  # (B,S,S,h*d)
-        return out.permute(0, 3, 1, 2)
+            out = torch.bmm(att_t.transpose(1, 2), v)  # (BPh, Ni, d)
+            out = out.reshape(B, S, S2, h, N, d).permute(0, 4, 3, 5, 1, 2)
+            cur = (out.reshape(B * N, C, S, S2) + enc.reshape(N, C, 1, 1).repeat(
+                B, 1, 1, 1)) * mflat
+        raise AssertionError("unreachable")
 
     def _fuse_reference(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Explicit attention matrices (the formulation of Eq. 2-3); kept for tests."""
@@ -199,6 +293,8 @@ class PCSF(nn.Module):
         # additive key mask (0 valid / -1e4 invalid), per pixel over frames j
         kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, 1, P, 1, N)
         enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
+        if not self.use_encoding:
+            enc = torch.zeros_like(enc)
         mflat = mask.reshape(B * N, 1, S, S2)
         scale = 1.0 / math.sqrt(d)
         cur = ((x + enc) * mask).reshape(B * N, C, S, S2)
@@ -299,10 +395,11 @@ class _LSTMFusion(nn.Module):
 
 
 def build_fusion(name: str, channels: int, max_frames: int = 16, heads: int = 2,
-                 layers: int = 2, separable: bool = True) -> nn.Module:
+                 layers: int = 2, separable: bool = True,
+                 frame_encoding: bool = True) -> nn.Module:
     """Construct a fusion module by name (see ``FUSIONS``)."""
     if name == "pcsf":
-        return PCSF(channels, heads, layers, separable)
+        return PCSF(channels, heads, layers, separable, frame_encoding)
     if name in ("conv2d", "attn_conv2d"):
         return _Conv2dFusion(channels, max_frames, name.startswith("attn"))
     if name in ("conv3d", "attn_conv3d"):
