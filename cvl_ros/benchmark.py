@@ -12,8 +12,10 @@ load changes on a shared machine hit all of them alike):
   (precomputed satellite descriptors, as the tile database provides them).
 * ``recompute_update_ms[N]``: the same, but all N frames go through the backbone every update
   (the paper's way).
-* ``peak_rss_mb``: the process's peak resident set size after the runs (``getrusage``);
-  ``cuda_peak_mb`` too on CUDA.
+* ``peak_rss_mb``: the process's peak resident set size (``getrusage``) after the inference
+  runs (backbone and cached updates up to the largest N; ``cuda_peak_mb`` too on CUDA), taken
+  before the recompute runs; ``recompute_peak_rss_mb``: the peak after those too (16 frames
+  through the backbone at once).
 * ``retrieval_ms_per_query[T]``: ``TileDatabase.global_topk`` (two-stage: pooled global
   descriptor shortlist, then full SSM shift search on the shortlist) over a database of T tiles
   (random descriptors of the model's shape; the cost does not depend on their values).
@@ -70,9 +72,10 @@ def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: in
                 candidates: int = 50) -> dict:
     """Backbone, update and recompute-update latencies (ms) for the window lengths.
 
-    The measurements are interleaved (each repetition times the backbone and every window
-    length, cached and recomputed, in turn), so a change of machine load during the run affects
-    all of them alike and their ratios stay meaningful on a shared machine.
+    The measurements are interleaved (each repetition times the backbone and the cached update
+    of every window length in turn; then, separately, the recompute updates), so a change of
+    machine load during the run affects them alike and their ratios stay meaningful on a shared
+    machine. Also returns the peak RSS of the inference phase and of the whole run.
     """
     model.eval().to(device)
     h, w = model.config.ground_hw
@@ -103,6 +106,26 @@ def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: in
 
         tasks[f"update/{n}"] = update
         tasks[f"recompute/{n}"] = recompute
+    # phase 1: the node's inference (backbone and cached updates, interleaved), then its peak
+    # memory; phase 2: the paper's recompute-everything updates (larger activations)
+    inference = {k: fn for k, fn in tasks.items() if not k.startswith("recompute/")}
+    recompute = {k: fn for k, fn in tasks.items() if k.startswith("recompute/")}
+    med = _interleaved_medians(inference, reps, warmup, device)
+    mem = {"peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        mem["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    med.update(_interleaved_medians(recompute, reps, warmup, device))
+    mem["recompute_peak_rss_mb"] = peak_rss_mb()
+    return {
+        "backbone_forward_ms": med["backbone"],
+        "update_ms": {str(n): med[f"update/{n}"] for n in windows},
+        "recompute_update_ms": {str(n): med[f"recompute/{n}"] for n in windows},
+        **mem,
+    }
+
+
+def _interleaved_medians(tasks: dict, reps: int, warmup: int, device: torch.device) -> dict:
+    """Median ms of each task, the repetitions interleaved across tasks."""
     for _ in range(warmup):
         for fn in tasks.values():
             fn()
@@ -114,12 +137,7 @@ def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: in
             fn()
             _sync(device)
             times[key].append((time.perf_counter() - t) * 1000.0)
-    med = {k: float(statistics.median(v)) for k, v in times.items()}
-    return {
-        "backbone_forward_ms": med["backbone"],
-        "update_ms": {str(n): med[f"update/{n}"] for n in windows},
-        "recompute_update_ms": {str(n): med[f"recompute/{n}"] for n in windows},
-    }
+    return {k: float(statistics.median(v)) for k, v in times.items()}
 
 
 @torch.no_grad()
@@ -178,9 +196,6 @@ def run(model, device: str = "cpu", windows=(1, 4, 8, 16), reps: int = 20,
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     out = bench_model(model, dev, windows, reps)
-    out["peak_rss_mb"] = peak_rss_mb()
-    if dev.type == "cuda":
-        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     out["retrieval_ms_per_query"] = bench_retrieval(model, db_sizes, reps)
     out["device"] = str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     out["backbone"] = backbone or model.config.backbone

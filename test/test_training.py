@@ -148,6 +148,7 @@ def test_bench_json_keys_tiny(tmp_path):
     assert set(res["retrieval_ms_per_query"]) == {"100", "300"}
     assert res["device"] == "cpu" and res["backbone"] == "mobilenet_v2"
     assert all(v > 0 for v in res["update_ms"].values())
+    assert 0 < res["peak_rss_mb"] <= res["recompute_peak_rss_mb"]
 
 
 def test_ablate_tiny(tmp_path, tree):
