@@ -77,11 +77,20 @@ def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: in
     machine load during the run affects them alike and their ratios stay meaningful on a shared
     machine. Also returns the peak RSS of the inference phase and of the whole run.
     """
+    from cvl_ros.model.matching import SatelliteDescriptor
+
     model.eval().to(device)
     h, w = model.config.ground_hw
     frame = torch.rand(1, 3, h, w, device=device)
     sat_px = model.config.sat_px
-    tiles = model.encode_satellite(torch.rand(candidates, 3, sat_px, sat_px, device=device))
+    # the candidates' descriptors come from the tile database in the node; encode them here in
+    # small batches so that this setup does not set the inference phase's peak memory
+    tiles = [model.encode_satellite(torch.rand(min(8, candidates - i), 3, sat_px, sat_px,
+                                               device=device))
+             for i in range(0, candidates, 8)]
+    tiles = SatelliteDescriptor(torch.cat([t.features for t in tiles]),
+                                torch.cat([t.uncertainty for t in tiles]))
+    gc.collect()
     feat1 = model.encode_ground(frame)
     tasks = {"backbone": lambda: model.encode_ground(frame)}
     for n in windows:

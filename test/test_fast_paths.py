@@ -64,6 +64,26 @@ def test_pcsf_fast_path_gradients_match_reference():
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
 
 
+def _explicit_attention(qkvm: torch.Tensor, heads: int) -> torch.Tensor:
+    """Eq. 2-3 with the attention matrices written out: (B,N,3C+1,S,S) -> (B,C,S,S)."""
+    B, N, Cs, S, _ = qkvm.shape  # noqa: N806
+    C = (Cs - 1) // 3  # noqa: N806
+    d = C // heads
+
+    def split(t):  # (B,N,C,S,S) -> (B,h,P,N,d)
+        return t.reshape(B, N, heads, d, S * S).permute(0, 2, 4, 1, 3)
+
+    q, k, v = (split(qkvm[:, :, i * C:(i + 1) * C]) for i in range(3))
+    valid = qkvm[:, :, -1].reshape(B, N, S * S).permute(0, 2, 1)  # (B,P,N)
+    logits = q @ k.transpose(-1, -2) / d ** 0.5  # (B,h,P,Ni,Nj)
+    logits = logits.masked_fill(valid[:, None, :, None, :] < 0.5, float("-inf"))
+    att = torch.softmax(logits, -1).nan_to_num(0.0)
+    out_i = att @ v  # (B,h,P,Ni,d)
+    w = valid[:, None, :, :, None]
+    out = (out_i * w).sum(3) / w.sum(3).clamp_min(1.0)  # (B,h,P,d)
+    return out.permute(0, 1, 3, 2).reshape(B, C, S, S)
+
+
 @pytest.mark.skipif(not DEMO.is_file(), reason="demo model not present")
 def test_demo_model_update_equals_reference_path():
     from cvl_ros.benchmark import window_geometry
@@ -80,15 +100,20 @@ def test_demo_model_update_equals_reference_path():
         g = model.project_and_fuse(feats, K, T)
         res = model.match(g, sat)
         # reference: explicit-attention fusion + direct NCC conv
-        from cvl_ros.model.projection import project_to_overhead
-        ov, mk = project_to_overhead(feats, K, T, cfg.camera_height_m, cfg.grid_cells,
-                                     cfg.coverage_m, cfg.ground_hw)
-        fused, fmask = model.fusion(ov, mk)
-        seen = mk.sum(1)[:, 0] > 0
-        assert seen.any()
-        ref_fused = torch.zeros_like(fused)
-        ref_fused[:] = model.fusion._fuse_reference(ov, mk)
-        torch.testing.assert_close(fused, ref_fused * fmask, rtol=1e-5, atol=1e-5)
+        if cfg.pcsf_frame_canvas:  # canvases translated by grid_sample, attention matrices
+            states = model.frame_states(feats, K, T)
+            qkvm = model._canvases_to_grid_reference(states, T[..., 0, 3], T[..., 1, 3])
+            ref_fused = _explicit_attention(qkvm, cfg.pcsf_heads)
+            fmask = (qkvm[:, :, -1:].sum(1) > 0).float()
+        else:
+            from cvl_ros.model.projection import project_to_overhead
+            ov, mk = project_to_overhead(feats, K, T, cfg.camera_height_m, cfg.grid_cells,
+                                         cfg.coverage_m, cfg.ground_hw)
+            fused, fmask = model.fusion(ov, mk)
+            ref_fused = model.fusion._fuse_reference(ov, mk)
+            torch.testing.assert_close(fused, ref_fused * fmask, rtol=1e-5, atol=1e-5)
+        assert fmask.sum() > 0
+        torch.testing.assert_close(g.mask, fmask)
         gd = model.ground_head(ref_fused * fmask) * fmask
         torch.testing.assert_close(g.features, gd, rtol=1e-5, atol=1e-5)
         r = model.search_radius
