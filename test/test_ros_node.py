@@ -247,6 +247,7 @@ def test_pipeline_outputs_agree_and_tf_is_map_to_odom(ros_executor, spin_until, 
                5.0, "diagnostics TRACKING")
     values, st = probe.diag_values()
     assert values["window_fill"] == "2/2" and float(values["latency_s"]) >= 0
+    assert int(values["frame_states_computed"]) >= 2
 
 
 def test_time_jump_resets(ros_executor, spin_until, resources):

@@ -995,7 +995,9 @@ def main(argv: list[str] | None = None) -> int:
         extra={"bag": str(bag), "checkpoint": str(ckpt), "database": str(dbp),
                "frames_used": result.frames_used, "skipped": result.skipped,
                "gps_priors_used": result.gps_priors_used, "heading_source": heading,
-               "device": localizer.device},
+               "device": localizer.device,
+               # per-frame model states computed: one per keyframe when the cache holds
+               "frame_states_computed": localizer.state_refreshes},
     )
     keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "gps_median_error_m",
             "mean_latency_ms", "wall_s")

@@ -834,6 +834,8 @@ class LocalizerNode(LifecycleNode):
             "window_fill": (f"{self.localizer.window_fill}/{self.localizer.config.window_length}"
                             if self.localizer else "0/0"),
             "tiles_searched": str(est.tiles_searched) if est else "0",
+            "frame_states_computed": (str(self.localizer.state_refreshes)
+                                      if self.localizer else "0"),
             "device": self.localizer.device if self.localizer else "",
             "last_input_error": self.last_error,
             "last_reset_reason": self.last_reset_reason,
