@@ -104,8 +104,7 @@ def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: in
         def update(n=n, K=K, T=T, cache=cache):  # noqa: N803
             new = model.encode_ground(frame)  # the new keyframe only
             state = model.frame_states(new[None], K[:, :1], T[:, :1])[0, 0]
-            states = torch.stack([state] + cache[: n - 1], 0)[None]
-            g = model.fuse_frame_states(states, K, T)
+            g = model.fuse_frame_states([state] + cache[: n - 1], K, T)
             return model.match(g, tiles)
 
         def recompute(n=n, K=K, T=T, frames=frames):  # noqa: N803

@@ -80,6 +80,8 @@ class OracleModel(torch.nn.Module):
         return frame_feats
 
     def fuse_frame_states(self, states, K, T_grid_cams, camera_height_m=None):
+        if not torch.is_tensor(states):
+            states = torch.stack(list(states))[None]
         return self.project_and_fuse(states, K, T_grid_cams, camera_height_m)
 
     def project_and_fuse(self, frame_feats, K, T_grid_cams, camera_height_m=None):

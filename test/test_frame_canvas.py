@@ -139,6 +139,13 @@ def test_project_and_fuse_is_states_then_fusion_and_trains():
     g = m.project_and_fuse(feats, K, T)
     g2 = m.fuse_frame_states(m.frame_states(feats, K, T), K, T)
     torch.testing.assert_close(g.features, g2.features)
+    with torch.no_grad():  # one window given as a list of per-frame states (no stacking)
+        states = m.frame_states(feats, K, T)
+        g3 = m.fuse_frame_states(list(states[0]), K, T)
+        torch.testing.assert_close(g3.features, g2.features)
+        plain = _model(pcsf_frame_canvas=False, pcsf_layers=2)
+        torch.testing.assert_close(plain.fuse_frame_states(list(feats[0]), K, T).features,
+                                   plain.project_and_fuse(feats, K, T).features)
     g.features.square().sum().backward()
     assert feats.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0

@@ -615,8 +615,8 @@ class Localizer:
             T_grid = torch.from_numpy(T_np).float().unsqueeze(0).to(self.device)  # noqa: N806
             Ks = Ks.unsqueeze(0).to(self.device)  # noqa: N806
             self._refresh_frame_states(kfs, Ks, T_grid, T_np)
-            ground = self.model.fuse_frame_states(
-                torch.stack([k.state for k in kfs]).unsqueeze(0), Ks, T_grid, self._cam_h)
+            ground = self.model.fuse_frame_states([k.state for k in kfs], Ks, T_grid,
+                                                  self._cam_h)
             # ---- search
             if self.filter.initialized and not self._global_mode:
                 st = self.filter.stats(c.confidence_radius_m)

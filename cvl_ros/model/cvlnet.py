@@ -157,6 +157,18 @@ class CVLNetConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _zero_padded_crop(img: torch.Tensor, y: int, x: int, size: int) -> torch.Tensor:
+    """``img[:, y:y+size, x:x+size]`` of a (C,H,W) tensor, zeros where it leaves the image."""
+    H, W = img.shape[-2:]  # noqa: N806
+    if 0 <= y and y + size <= H and 0 <= x and x + size <= W:
+        return img[:, y:y + size, x:x + size]
+    out = img.new_zeros(img.shape[0], size, size)
+    y0, y1, x0, x1 = max(y, 0), min(y + size, H), max(x, 0), min(x + size, W)
+    if y0 < y1 and x0 < x1:
+        out[:, y0 - y:y1 - y, x0 - x:x1 - x] = img[:, y0:y1, x0:x1]
+    return out
+
+
 class CVLNet(nn.Module):
     """Cross-view video-based localisation network (GVP + fusion + SSM)."""
 
@@ -248,11 +260,18 @@ class CVLNet(nn.Module):
         states = self.fusion.canvas_qkv(overhead.flatten(0, 1), mask.flatten(0, 1))
         return states.reshape(B, N, *states.shape[1:])
 
-    def fuse_frame_states(self, states: torch.Tensor, K, T_grid_cams,  # noqa: N803
+    def fuse_frame_states(self, states, K, T_grid_cams,  # noqa: N803
                           camera_height_m=None) -> GroundDescriptor:
-        """Fuse the window's ``frame_states`` (frame 0 newest) into the ground descriptor."""
+        """Fuse the window's ``frame_states`` (frame 0 newest) into the ground descriptor.
+
+        ``states`` is (B,N,...) or, for one window (B = 1), a sequence of the N per-frame
+        states, which spares stacking a sliding window's cache at every update.
+        """
         cfg = self.config
-        dev, dt = states.device, states.dtype
+        if not torch.is_tensor(states) and not cfg.pcsf_frame_canvas:
+            states = torch.stack(list(states))[None]
+        first = states if torch.is_tensor(states) else states[0]
+        dev, dt = first.device, first.dtype
         if cfg.pcsf_frame_canvas:
             T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)  # noqa: N806
             qkvm = self._canvases_to_grid(states, T[..., 0, 3], T[..., 1, 3])
@@ -281,23 +300,25 @@ class CVLNet(nn.Module):
         computed as four weighted integer crops, which is several times faster on CPU.
         """  # noqa: D205
         cfg = self.config
-        B, N, Cs, Sc, _ = states.shape  # noqa: N806
+        if torch.is_tensor(states):
+            B, N = states.shape[:2]  # noqa: N806
+            frames = list(states.flatten(0, 1))
+        else:  # one window as a sequence of per-frame (Cs,Sc,Sc) states
+            B, N, frames = 1, len(states), list(states)  # noqa: N806
+        Cs, Sc = frames[0].shape[0], frames[0].shape[-1]  # noqa: N806
         S, cell = int(cfg.grid_cells), cfg.cell_m  # noqa: N806
+        dt = frames[0].dtype
         # canvas pixel coordinate of grid cell (r, c): (r + off_y, c + off_x)
         off_x = ((Sc - S) / 2.0 - east_m / cell).reshape(B * N)
         off_y = ((Sc - S) / 2.0 + north_m / cell).reshape(B * N)
         # beyond these integer offsets every tap falls outside the canvas (all zeros)
         x0 = torch.floor(off_x).clamp(-S - 1, Sc)
         y0 = torch.floor(off_y).clamp(-S - 1, Sc)
-        fx = (off_x - x0).clamp(0.0, 1.0).to(states.dtype).view(B * N, 1, 1, 1)
-        fy = (off_y - y0).clamp(0.0, 1.0).to(states.dtype).view(B * N, 1, 1, 1)
-        xs, ys = x0.long().tolist(), y0.long().tolist()
-        pad = max(0, -min(xs + ys), max(xs + ys) + S + 1 - Sc)
-        src = states.reshape(B * N, Cs, Sc, Sc)
-        if pad:
-            src = F.pad(src, (pad, pad, pad, pad))
-        crops = torch.stack([src[i, :, y + pad:y + pad + S + 1, x + pad:x + pad + S + 1]
-                             for i, (x, y) in enumerate(zip(xs, ys))])
+        fx = (off_x - x0).clamp(0.0, 1.0).to(dt).view(B * N, 1, 1, 1)
+        fy = (off_y - y0).clamp(0.0, 1.0).to(dt).view(B * N, 1, 1, 1)
+        crops = torch.stack([_zero_padded_crop(f, y, x, S + 1)
+                             for f, x, y in zip(frames, x0.long().tolist(),
+                                                y0.long().tolist())])
         top = torch.lerp(crops[..., :-1, :-1], crops[..., :-1, 1:], fx)
         bottom = torch.lerp(crops[..., 1:, :-1], crops[..., 1:, 1:], fx)
         out = torch.lerp(top, bottom, fy).reshape(B, N, Cs, S, S)
