@@ -146,6 +146,8 @@ def test_project_and_fuse_is_states_then_fusion_and_trains():
         plain = _model(pcsf_frame_canvas=False, pcsf_layers=2)
         torch.testing.assert_close(plain.fuse_frame_states(list(feats[0]), K, T).features,
                                    plain.project_and_fuse(feats, K, T).features)
+    with pytest.raises(ValueError, match="at least one frame"):
+        m.fuse_frame_states([], K, T)
     g.features.square().sum().backward()
     assert feats.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0

@@ -268,6 +268,8 @@ class CVLNet(nn.Module):
         states, which spares stacking a sliding window's cache at every update.
         """
         cfg = self.config
+        if not torch.is_tensor(states) and len(states) == 0:
+            raise ValueError("fuse_frame_states needs the state of at least one frame")
         if not torch.is_tensor(states) and not cfg.pcsf_frame_canvas:
             states = torch.stack(list(states))[None]
         first = states if torch.is_tensor(states) else states[0]
@@ -291,13 +293,13 @@ class CVLNet(nn.Module):
 
     def _canvases_to_grid(self, states: torch.Tensor, east_m: torch.Tensor,
                           north_m: torch.Tensor) -> torch.Tensor:
-        """Sample per-frame canvases (B,N,Cs,Sc,Sc) centred at (``east_m``, ``north_m``) (B,N)
-        of the newest frame's grid at its cell centres -> (B,N,Cs,S,S); the last channel (the
-        mask) is thresholded at 1/2.
+        """Sample per-frame canvases (B,N,Cs,Sc,Sc), or one window's N canvases (Cs,Sc,Sc) as a
+        sequence, centred at (``east_m``, ``north_m``) (B,N) of the newest frame's grid at its
+        cell centres -> (B,N,Cs,S,S); the last channel (the mask) is thresholded at 1/2.
 
         A pure translation: bilinear with zeros outside the canvas, i.e. ``F.grid_sample``
         (``align_corners=False``) at the grid's cell centres (``_canvases_to_grid_reference``),
-        computed as four weighted integer crops, which is several times faster on CPU.
+        computed from one integer crop per frame and three ``lerp``s, which is faster on CPU.
         """  # noqa: D205
         cfg = self.config
         if torch.is_tensor(states):

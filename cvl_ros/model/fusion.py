@@ -150,7 +150,8 @@ class PCSF(nn.Module):
         anyv = seen.to(x.dtype).unsqueeze(1)
         fused = x.new_zeros(B, C, S, S2)
         # Work on the bounding box of the seen cells plus a 2-cell margin per layer (the reach
-        # of two stacked 3x3 convs): inputs outside are zero, so the result is exact and cheaper.
+        # of two stacked 3x3 convs): inputs outside are zero, so the result at every seen cell
+        # is exact (unseen cells output zero anyway) and cheaper.
         box = self._seen_box(seen, 2 * len(self.qkv))
         if box is None:
             return fused, anyv
@@ -217,7 +218,7 @@ class PCSF(nn.Module):
         kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, P, 1, N, 1)
         return kbias.expand(B, P, h, N, 1).reshape(B * P * h, N, 1)
 
-    def _attend_last(self, q, k, v, mask) -> torch.Tensor:
+    def _attend_last(self, q, k, v, mask, kbias=None) -> torch.Tensor:
         """Last attention layer: (B,N,C,...) Q/K/V over P cells ((S,S) or (P,)) and mask
         (B,N,1,...) -> (B,C,...).
 
@@ -228,16 +229,19 @@ class PCSF(nn.Module):
         cells = q.shape[3:]
         P = math.prod(cells)  # noqa: N806
         out = self._attend_pix(self._pix(q, B, N, P), self._pix(k, B, N, P),
-                               self._pix(v, B, N, P), mask.reshape(B, N, P), B, P)
+                               self._pix(v, B, N, P), mask.reshape(B, N, P), B, P, kbias)
         return out.transpose(1, 2).reshape(B, C, *cells)
 
-    def _attend_pix(self, qp, kp, vp, maskp, B: int, P: int) -> torch.Tensor:  # noqa: N803
+    def _attend_pix(self, qp, kp, vp, maskp, B: int, P: int,  # noqa: N803
+                    kbias: torch.Tensor | None = None) -> torch.Tensor:
         """The last layer on (pixel, head) batches: Q/K/V (B*P*h, N, d), mask (B,N,P) ->
-        (B,P,C)."""  # noqa: D205, D209
+        (B,P,C); ``kbias`` is ``_key_bias(maskp)`` when the caller has it already."""  # noqa: D205, D209
         h, d = self.heads, self.c // self.heads
         N = maskp.shape[1]  # noqa: N806
         cnt = maskp.sum(1)  # (B,P)
-        att_t = torch.softmax(torch.baddbmm(self._key_bias(maskp), kp, qp.transpose(1, 2),
+        if kbias is None:
+            kbias = self._key_bias(maskp)
+        att_t = torch.softmax(torch.baddbmm(kbias, kp, qp.transpose(1, 2),
                                             alpha=1.0 / math.sqrt(d)), dim=1)
         mi = (maskp / cnt.clamp_min(1.0).unsqueeze(1)).permute(0, 2, 1)
         mi = mi.reshape(B, P, 1, N, 1).expand(B, P, h, N, 1).reshape(B * P * h, N, 1)
@@ -270,7 +274,8 @@ class PCSF(nn.Module):
             q, k, v = layer(cur)
             if li == nl - 1:
                 shp = (B, N, C, S, S2)
-                return self._attend_last(q.reshape(shp), k.reshape(shp), v.reshape(shp), mask)
+                return self._attend_last(q.reshape(shp), k.reshape(shp), v.reshape(shp), mask,
+                                         kbias)
             v = self._pix(v, B, N, P).contiguous()
             # logits^T[j, i] = K_j . Q_i / sqrt(d) + key bias_j; softmax over j (dim 1)
             att_t = torch.softmax(torch.baddbmm(kbias, self._pix(k, B, N, P),
