@@ -59,11 +59,11 @@ def window_geometry(model, n: int, spacing_m: float = 3.0):
 
     h, w = model.config.ground_hw
     f = 0.58 * w
-    K = torch.tensor([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])  # noqa: N806
-    T_body_cam = make_body_from_camera(1.0, 0.0, 1.65)  # noqa: N806
+    K = torch.tensor([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
+    T_body_cam = make_body_from_camera(1.0, 0.0, 1.65)
     T_world_cams = np.stack([pose_enu(-k * spacing_m, 0.0, 0.0, 0.0) @ T_body_cam
                              for k in range(n)])
-    T = torch.from_numpy(relative_camera_poses(T_world_cams)).float()  # noqa: N806
+    T = torch.from_numpy(relative_camera_poses(T_world_cams)).float()
     return K.expand(1, n, 3, 3).clone(), T[None]
 
 
@@ -94,20 +94,20 @@ def bench_model(model, device, windows=(1, 4, 8, 16), reps: int = 20, warmup: in
     feat1 = model.encode_ground(frame)
     tasks = {"backbone": lambda: model.encode_ground(frame)}
     for n in windows:
-        K, T = window_geometry(model, n)  # noqa: N806
-        K, T = K.to(device), T.to(device)  # noqa: N806
+        K, T = window_geometry(model, n)
+        K, T = K.to(device), T.to(device)
         # what a sliding window caches per frame (features, or per-frame Q/K/V canvases)
         cache = model.frame_states(feat1.expand(n, *feat1.shape[1:])[None], K, T)[0, 1:]
         cache = [c.clone() for c in cache]
         frames = torch.rand(n, 3, h, w, device=device)
 
-        def update(n=n, K=K, T=T, cache=cache):  # noqa: N803
+        def update(n=n, K=K, T=T, cache=cache):
             new = model.encode_ground(frame)  # the new keyframe only
             state = model.frame_states(new[None], K[:, :1], T[:, :1])[0, 0]
             g = model.fuse_frame_states([state] + cache[: n - 1], K, T)
             return model.match(g, tiles)
 
-        def recompute(n=n, K=K, T=T, frames=frames):  # noqa: N803
+        def recompute(n=n, K=K, T=T, frames=frames):
             feats = model.encode_ground(frames)[None]
             g = model.project_and_fuse(feats, K, T)
             return model.match(g, tiles)

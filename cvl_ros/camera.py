@@ -43,7 +43,7 @@ class PinholeCamera:
     height_px: int
 
     @property
-    def K(self) -> np.ndarray:  # noqa: N802 - the usual name of the intrinsic matrix
+    def K(self) -> np.ndarray:
         """The 3x3 intrinsic matrix (float64, a fresh array)."""
         return np.array(
             [[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], dtype=np.float64
@@ -67,9 +67,9 @@ class PinholeCamera:
         )
 
     @classmethod
-    def from_matrix(cls, K, width_px: int, height_px: int) -> PinholeCamera:  # noqa: N803
+    def from_matrix(cls, K, width_px: int, height_px: int) -> PinholeCamera:
         """Build from a 3x3 intrinsic matrix (zero skew assumed)."""
-        K = np.asarray(K, dtype=np.float64)  # noqa: N806
+        K = np.asarray(K, dtype=np.float64)
         if K.shape != (3, 3):
             raise ValueError(f"K must be 3x3, got {K.shape}")
         return cls(
@@ -82,9 +82,9 @@ class PinholeCamera:
         )
 
     @classmethod
-    def from_kitti_projection(cls, P, width_px: int, height_px: int) -> PinholeCamera:  # noqa: N803
+    def from_kitti_projection(cls, P, width_px: int, height_px: int) -> PinholeCamera:
         """Build from a KITTI rectified projection matrix ``P_rect_0x`` (3x4): K = P[:3, :3]."""
-        P = np.asarray(P, dtype=np.float64).reshape(3, 4)  # noqa: N806
+        P = np.asarray(P, dtype=np.float64).reshape(3, 4)
         return cls.from_matrix(P[:3, :3], width_px, height_px)
 
     @classmethod
@@ -137,7 +137,7 @@ def make_body_from_camera(
     looks along body +x; with all angles zero the camera looks forward with the image x axis to
     the body's right and image y axis down.
     """
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, :3] = rpy_to_matrix(roll_rad, pitch_rad, yaw_rad) @ optical_to_body_rotation()
     T[:3, 3] = (x_m, y_m, z_m)
     return T
@@ -152,32 +152,32 @@ def pose_enu(
     roll_rad: float = 0.0,
 ) -> np.ndarray:
     """``T_world_body`` (4x4) in ENU with R = Rz(yaw) Ry(pitch) Rx(roll); yaw 0 = east, CCW."""
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, :3] = rpy_to_matrix(roll_rad, pitch_rad, yaw_rad)
     T[:3, 3] = (east_m, north_m, up_m)
     return T
 
 
-def invert_pose(T) -> np.ndarray:  # noqa: N803
+def invert_pose(T) -> np.ndarray:
     """Inverse of a rigid 4x4 pose (or a stack (..., 4, 4))."""
-    T = np.asarray(T, dtype=np.float64)  # noqa: N806
-    R = T[..., :3, :3]  # noqa: N806
+    T = np.asarray(T, dtype=np.float64)
+    R = T[..., :3, :3]
     t = T[..., :3, 3]
     out = np.zeros_like(T)
-    Rt = np.swapaxes(R, -1, -2)  # noqa: N806
+    Rt = np.swapaxes(R, -1, -2)
     out[..., :3, :3] = Rt
     out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, t)
     out[..., 3, 3] = 1.0
     return out
 
 
-def world_camera_poses(T_world_bodies, T_body_cam) -> np.ndarray:  # noqa: N803
+def world_camera_poses(T_world_bodies, T_body_cam) -> np.ndarray:
     """Compose body poses (N,4,4) with a camera extrinsic (4,4) or (N,4,4): ``T_world_cam``."""
-    T_world_bodies = np.asarray(T_world_bodies, dtype=np.float64)  # noqa: N806
+    T_world_bodies = np.asarray(T_world_bodies, dtype=np.float64)
     return T_world_bodies @ np.asarray(T_body_cam, dtype=np.float64)
 
 
-def relative_camera_poses(T_world_cams) -> np.ndarray:  # noqa: N803
+def relative_camera_poses(T_world_cams) -> np.ndarray:
     """Camera poses in the grid frame of the newest camera (index 0).
 
     The grid frame has ENU axes (east, north, up) and its origin at the optical centre of camera
@@ -185,7 +185,7 @@ def relative_camera_poses(T_world_cams) -> np.ndarray:  # noqa: N803
     taken as known (absolute yaw), as in the paper; the overhead grid is therefore north-up.
     Accepts (N,4,4) and returns a new (N,4,4) float64 array.
     """
-    T = np.array(T_world_cams, dtype=np.float64, copy=True)  # noqa: N806
+    T = np.array(T_world_cams, dtype=np.float64, copy=True)
     if T.ndim != 3 or T.shape[1:] != (4, 4):
         raise ValueError(f"T_world_cams must be (N,4,4), got {T.shape}")
     T[:, :3, 3] -= T[0, :3, 3]

@@ -72,7 +72,7 @@ def _sat_descriptor_cls():
         from cvl_ros.model.cvlnet import SatelliteDescriptor
 
         return SatelliteDescriptor
-    except Exception:  # noqa: BLE001 - the model package may be absent in minimal installs
+    except Exception:
         return _SatDesc
 
 
@@ -261,7 +261,7 @@ class TileDatabase:
             db = cls(path, manifest, verify=verify)
         except DatabaseError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise DatabaseError(f"{path}: corrupt database ({exc})") from exc
         if model is not None:
             db._model = model
@@ -285,7 +285,7 @@ class TileDatabase:
                     "or corrupt); rebuild the database with cvl-build-db")
             try:
                 shape, dtype, offset, fortran = _npy_header(fpath)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise DatabaseError(f"{fpath}: not a valid .npy file ({exc})") from exc
             if list(shape) != list(info["shape"]) or str(dtype) != info["dtype"] or fortran:
                 raise DatabaseError(
@@ -303,7 +303,7 @@ class TileDatabase:
         if arr is None:
             try:
                 arr = np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise DatabaseError(f"{self.path / (name + '.npy')}: cannot map ({exc})") from exc
             self._arrays[name] = arr
         return arr

@@ -127,8 +127,8 @@ def evaluate_protocol(model, root, protocol: str, seq_lens, max_queries: int | N
     def flush():
         for n in seq_lens:
             f = torch.stack([p["feats"][:n] for p in pending]).to(dev)
-            K = torch.stack([p["K"][:n] for p in pending]).to(dev)  # noqa: N806
-            T = torch.stack([p["T"][:n] for p in pending]).to(dev)  # noqa: N806
+            K = torch.stack([p["K"][:n] for p in pending]).to(dev)
+            T = torch.stack([p["T"][:n] for p in pending]).to(dev)
             h = torch.stack([p["h"] for p in pending]).to(dev)
             g = model.project_and_fuse(f, K, T, h)
             for r, p in enumerate(pending):

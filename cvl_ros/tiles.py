@@ -40,7 +40,7 @@ def _blurred_window(img: np.ndarray, r0: int, r1: int, c0: int, c1: int, sigma_x
     col offset, shape of a size_px output with img's channels)``."""  # noqa: D205, D209
     chans = img.shape[2] if img.ndim == 3 else None
     out_shape = (size_px, size_px) + ((chans,) if chans else ())
-    H, W = img.shape[:2]  # noqa: N806
+    H, W = img.shape[:2]
     rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, H), max(c0, 0), min(c1, W)
     if rr0 >= rr1 or cc0 >= cc1:
         return None, rr0, cc0, out_shape
@@ -277,7 +277,7 @@ def write_world_file(path, world) -> Path:
 
 def check_webmercator_world(world, source="world file") -> tuple:
     """Validate (A, D, B, E, C, F) as a north-up EPSG:3857 geo-reference; returns it as floats."""
-    A, D, B, E, C, F = (float(v) for v in world)  # noqa: N806
+    A, D, B, E, C, F = (float(v) for v in world)
     if A > 0 and abs(A) < 1e-3 and abs(C) <= 180.0 and abs(F) <= 90.0:
         raise ValueError(f"{source}: the coordinates look like degrees (EPSG:4326: pixel size "
                          f"{A:g}, origin {C:g}, {F:g}); only EPSG:3857 web-mercator metres are "
@@ -319,7 +319,7 @@ class WebMercatorMosaic(GeoMosaic):
 
     def __init__(self, image, world, datum: GeoDatum | None = None):
         self.world = check_webmercator_world(world)
-        A, _, _, E, C, F = self.world  # noqa: N806
+        A, _, _, E, C, F = self.world
         img = np.asarray(image)
         h, w = img.shape[:2]
         if datum is None:
@@ -355,12 +355,12 @@ class WebMercatorMosaic(GeoMosaic):
         up = -(e * e + n * n) / (2.0 * EARTH_RADIUS_M)  # the surface curves away from the plane
         lat, lon, _ = self.datum.to_geodetic(e, n, up)
         x, y = latlon_to_webmercator(lat, lon)
-        A, _, _, E, C, F = self.world  # noqa: N806
+        A, _, _, E, C, F = self.world
         return _num((y - F) / E), _num((x - C) / A)
 
     def pixel_to_enu(self, row, col):
         """Continuous (row, col) -> ENU (east_m, north_m) at the datum's altitude."""
-        A, _, _, E, C, F = self.world  # noqa: N806
+        A, _, _, E, C, F = self.world
         x = C + A * np.asarray(col, dtype=np.float64)
         y = F + E * np.asarray(row, dtype=np.float64)
         lat, lon = webmercator_to_latlon(x, y)
@@ -429,7 +429,7 @@ def resample_affine(image, src_from_out, size_px: int, border_value: int = 0) ->
     ``border_value``.
     """
     img = np.asarray(image)
-    M = np.asarray(src_from_out, dtype=np.float64).reshape(2, 3)  # noqa: N806
+    M = np.asarray(src_from_out, dtype=np.float64).reshape(2, 3)
     kx, ky = float(np.hypot(*M[0, :2])), float(np.hypot(*M[1, :2]))
     sx = 0.5 * math.sqrt(kx * kx - 1.0) if kx > 1.0 + 1e-9 else 0.0
     sy = 0.5 * math.sqrt(ky * ky - 1.0) if ky > 1.0 + 1e-9 else 0.0
@@ -443,7 +443,7 @@ def resample_affine(image, src_from_out, size_px: int, border_value: int = 0) ->
     win, rr0, cc0, out_shape = _blurred_window(img, r0, r1, c0, c1, sx, sy, size_px)
     if win is None:
         return np.full(out_shape, border_value, dtype=img.dtype)
-    M = M.copy()  # noqa: N806
+    M = M.copy()
     M[0, 2] -= cc0
     M[1, 2] -= rr0
     out = cv2.warpAffine(np.ascontiguousarray(win), M, (size_px, size_px),

@@ -429,7 +429,7 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(self.path.parent / "tb"))
-            except Exception:  # noqa: BLE001 - tensorboard is optional
+            except Exception:
                 self.tb = None
 
     def write(self, row: dict) -> None:
@@ -466,7 +466,7 @@ class _StopFlag:
         self.requested = False
         self.signal = None
 
-    def __call__(self, signum, frame):  # noqa: D102 - signal handler
+    def __call__(self, signum, frame):
         self.requested = True
         self.signal = signum
 
@@ -640,7 +640,7 @@ def train(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
         if distributed and torch.distributed.is_initialized():
             try:
                 torch.distributed.barrier()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
     return {"steps": state["step"], "epochs": state["epoch"], "interrupted": interrupted,
             "checkpoint": str(last), "last": last_row, "out_dir": str(out_dir)}

@@ -32,7 +32,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = CVLNet(CVLNetConfig(pretrained=False), load_pretrained=False).eval()
     datum = GeoDatum(49.015, 8.43, 110.0)
-    E, N = np.meshgrid(np.arange(-100, 101, 10.0), np.arange(-50, 51, 10.0))  # noqa: N806
+    E, N = np.meshgrid(np.arange(-100, 101, 10.0), np.arange(-50, 51, 10.0))
     lat, lon, _ = datum.to_geodetic(E.ravel(), N.ravel(), 0.0)
     n_tiles = E.size
     rng = np.random.default_rng(0)
@@ -42,12 +42,12 @@ def main() -> None:
             rng.standard_normal((n_tiles, 4, 32, 32)).astype(np.float32),
             np.ones((n_tiles, 1, 32, 32), np.float32), np.stack([lat, lon], 1), datum)
         cam = PinholeCamera(721.5, 721.5, 609.6, 172.9, 1242, 375)
-        T_body_cam = make_body_from_camera(1.0, 0.0, 1.6)  # noqa: N806
+        T_body_cam = make_body_from_camera(1.0, 0.0, 1.6)
         loc = Localizer(model, db, LocalizerConfig())
         img = rng.integers(0, 255, (375, 1242, 3), dtype=np.uint8)
         lat_s = {True: [], False: []}
         for i in range(args.frames):
-            T = pose_enu(1.5 * i, 0.0, 0.0, 0.0)  # noqa: N806
+            T = pose_enu(1.5 * i, 0.0, 0.0, 0.0)
             t = time.perf_counter()
             est = loc.add_frame(Frame(i * 100_000_000, img, cam, invert_pose(pose_enu(0, 0, 0, 0))
                                       @ T, 0.0, T_body_cam))

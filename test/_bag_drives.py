@@ -81,7 +81,7 @@ def tiny_drive(tmp: Path, n: int = 10, speed_mps: float = 8.0, yaw_rate: float =
         for i, p in enumerate(packets):
             write_oxts_packet(drive / "oxts_true" / "data" / f"{i:010d}.txt", p)
         write_timestamps(drive / "oxts_true" / "timestamps.txt", oxts_stamps)
-        T_noisy = T.copy()  # noqa: N806
+        T_noisy = T.copy()
         T_noisy[:, 0, 3] += gps_offset_m
         packets = enu_poses_to_oxts(T_noisy, datum, template=template)
         for p in packets:

@@ -124,7 +124,7 @@ class FakeDB:
     def __init__(self, spacing_m=10.0, east=(-50, 150), north=(-40, 40), datum=DATUM):
         es = np.arange(east[0], east[1] + 1e-9, spacing_m)
         ns = np.arange(north[0], north[1] + 1e-9, spacing_m)
-        E, N = np.meshgrid(es, ns)  # noqa: N806
+        E, N = np.meshgrid(es, ns)
         self.centers_enu = np.stack([E.ravel(), N.ravel()], 1).astype(float)
         self.datum = datum
         lat, lon, _ = datum.to_geodetic(self.centers_enu[:, 0], self.centers_enu[:, 1], 0.0)

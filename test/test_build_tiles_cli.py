@@ -182,10 +182,10 @@ def _blob_centre(img, rc, r=7):
 def test_webmercator_geometry_on_the_ground():
     """A z18 scale-2 style export (square mercator pixels): ground metres come out right on
     both axes (EPSG:3857's north-south and east-west scales differ by 0.29 % here)."""
-    A = 156543.03392 / 2**18 / 2  # noqa: N806  web-mercator metres per pixel
+    A = 156543.03392 / 2**18 / 2
     x0, y0 = _mercator(DATUM.lat_deg, DATUM.lon_deg)
     size = 1200
-    C, F = x0 - A * (size - 1) / 2, y0 + A * (size - 1) / 2  # noqa: N806
+    C, F = x0 - A * (size - 1) / 2, y0 + A * (size - 1) / 2
     marks = [(0.0, 0.0), (60.0, 0.0), (0.0, 60.0), (-45.0, -30.0)]  # ENU (m)
     img = np.zeros((size, size), np.float64)
     rr, cc = np.mgrid[0:size, 0:size]

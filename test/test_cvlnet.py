@@ -278,7 +278,7 @@ def test_encode_satellite_region_for_a_dense_search():
         tile = model.encode_satellite(torch.rand(2, 3, P, P))
         from cvl_ros.benchmark import window_geometry
 
-        K, T = window_geometry(model, 3)  # noqa: N806
+        K, T = window_geometry(model, 3)
         feats = model.encode_ground_sequence(torch.rand(1, 3, 3, *cfg.ground_hw))
         ground = model.project_and_fuse(feats, K, T)
         dense, small = model.match(ground, region), model.match(ground, tile)

@@ -1,5 +1,5 @@
 """Odometry dead-reckoned from the OXTS velocities (``cvl_ros.kitti.dead_reckon_oxts``) and
-its use by cvl-kitti2bag: no GPS position enters the odometry topic."""  # noqa: D205
+its use by cvl-kitti2bag: no GPS position enters the odometry topic."""
 
 from __future__ import annotations
 

@@ -66,8 +66,8 @@ def test_pcsf_fast_path_gradients_match_reference():
 
 def _explicit_attention(qkvm: torch.Tensor, heads: int) -> torch.Tensor:
     """Eq. 2-3 with the attention matrices written out: (B,N,3C+1,S,S) -> (B,C,S,S)."""
-    B, N, Cs, S, _ = qkvm.shape  # noqa: N806
-    C = (Cs - 1) // 3  # noqa: N806
+    B, N, Cs, S, _ = qkvm.shape
+    C = (Cs - 1) // 3
     d = C // heads
 
     def split(t):  # (B,N,C,S,S) -> (B,h,P,N,d)
@@ -95,7 +95,7 @@ def test_demo_model_update_equals_reference_path():
     torch.manual_seed(1)
     with torch.inference_mode():
         feats = model.encode_ground(torch.rand(8, 3, *cfg.ground_hw))[None]
-        K, T = window_geometry(model, 8)  # noqa: N806
+        K, T = window_geometry(model, 8)
         sat = model.encode_satellite(torch.rand(50, 3, cfg.sat_px, cfg.sat_px))
         g = model.project_and_fuse(feats, K, T)
         res = model.match(g, sat)

@@ -37,7 +37,7 @@ def test_config_needs_one_layer_pcsf_and_gvp():
 def test_translation_equals_grid_sample_inside_beyond_and_far_outside_the_canvas():
     m = _model()
     torch.manual_seed(1)
-    S, Sc = m.config.grid_cells, m.config.canvas_cells  # noqa: N806
+    S, Sc = m.config.grid_cells, m.config.canvas_cells
     states = torch.rand(2, 5, 3 * 8 + 1, Sc, Sc)
     states[:, :, -1] = (states[:, :, -1] > 0.3).float()
     cell = m.config.cell_m
@@ -55,12 +55,12 @@ def test_translation_equals_grid_sample_inside_beyond_and_far_outside_the_canvas
 def test_integer_cell_offsets_give_the_qkv_computed_on_the_grid():
     """For a frame displaced by whole cells, its canvas Q/K/V translated into the newest grid
     equal Q/K/V computed on that grid directly at the cells the frame sees, away from the grid
-    border (where the grid's zero padding differs from the canvas's real content)."""  # noqa: D205, D209
+    border (where the grid's zero padding differs from the canvas's real content)."""
     m = _model(grid_cells=16, coverage_m=80.0)
     cfg = m.config
-    S, C, cell = cfg.grid_cells, cfg.feature_dim, cfg.cell_m  # noqa: N806
+    S, C, cell = cfg.grid_cells, cfg.feature_dim, cfg.cell_m
     n = 3
-    K, T = window_geometry(m, n, spacing_m=cell)  # noqa: N806 (whole cells apart, z = 0)
+    K, T = window_geometry(m, n, spacing_m=cell)
     T[0, 2, :2, 3] = torch.tensor([-2.0 * cell, 1.0 * cell])  # one more, off the road
     torch.manual_seed(2)
     feats = torch.randn(1, n, C, 4, 16)
@@ -83,9 +83,9 @@ def test_integer_cell_offsets_give_the_qkv_computed_on_the_grid():
 
 def _slow_attention(qkvm: torch.Tensor, heads: int) -> torch.Tensor:
     """Eq. 2-3 cell by cell: M_ij = softmax_j(Q_i.K_j/sqrt(d)) over valid j, and the mean over
-    valid i of sum_j M_ij V_j; cells no frame sees give 0."""  # noqa: D205, D209
-    B, N, Cs, S, _ = qkvm.shape  # noqa: N806
-    C = (Cs - 1) // 3  # noqa: N806
+    valid i of sum_j M_ij V_j; cells no frame sees give 0."""
+    B, N, Cs, S, _ = qkvm.shape
+    C = (Cs - 1) // 3
     d = C // heads
     out = torch.zeros(B, C, S, S, dtype=torch.float64)
     for b in range(B):
@@ -114,10 +114,10 @@ def test_fused_attention_equals_the_per_cell_loop():
     m = _model()
     cfg = m.config
     n = 4
-    K, T = window_geometry(m, n, spacing_m=3.3)  # noqa: N806
+    K, T = window_geometry(m, n, spacing_m=3.3)
     torch.manual_seed(3)
     feats = torch.randn(2, n, cfg.feature_dim, 4, 16)
-    K2, T2 = K.expand(2, -1, -1, -1).clone(), T.expand(2, -1, -1, -1).clone()  # noqa: N806
+    K2, T2 = K.expand(2, -1, -1, -1).clone(), T.expand(2, -1, -1, -1).clone()
     T2[1, :, 1, 3] += 4.0  # the second sample's window is offset sideways
     T2[1, 0, :3, 3] = 0.0
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_fused_attention_equals_the_per_cell_loop():
 def test_project_and_fuse_is_states_then_fusion_and_trains():
     m = _model()
     n = 3
-    K, T = window_geometry(m, n)  # noqa: N806
+    K, T = window_geometry(m, n)
     torch.manual_seed(4)
     feats = torch.randn(1, n, m.config.feature_dim, 4, 16, requires_grad=True)
     g = m.project_and_fuse(feats, K, T)
@@ -191,7 +191,7 @@ def test_localizer_caches_canvases_and_refreshes_them_when_the_heading_turns(tmp
     m.frame_states = lambda f, *a, **k: calls.append(f.shape[1]) or real(f, *a, **k)
 
     def feed(i, heading):
-        T = np.eye(4)  # noqa: N806
+        T = np.eye(4)
         T[0, 3] = 1.5 * i
         return loc.add_frame(Frame(i * 100_000_000, image(i), CAMERA, T, heading, T_BODY_CAM))
 
@@ -200,7 +200,7 @@ def test_localizer_caches_canvases_and_refreshes_them_when_the_heading_turns(tmp
     assert calls == [1, 1, 1, 1]  # each keyframe's canvas once
     # the cached canvases are what a fresh computation for the current window gives
     kfs = loc.window.frames()
-    T_np = loc.window.relative_poses(loc._yaw_offset)  # noqa: N806
+    T_np = loc.window.relative_poses(loc._yaw_offset)
     fresh = real(torch.stack([k.features for k in kfs])[None],
                  torch.from_numpy(np.stack([k.K_net for k in kfs])).float()[None],
                  torch.from_numpy(T_np).float()[None], loc._cam_h)[0]

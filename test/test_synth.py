@@ -92,7 +92,7 @@ def test_written_files_are_readable(small_world):
         assert len(read_oxts_dir(drive.drive_dir)) == len(drive)
         tp = read_oxts_dir_true(drive.drive_dir)
         assert len(tp) == len(drive)
-        T_true = oxts_to_enu_poses(tp, mosaic.datum)  # noqa: N806
+        T_true = oxts_to_enu_poses(tp, mosaic.datum)
         err = np.linalg.norm(noisy[:, :2, 3] - (T_true @ drive.T_imu_cam())[:, :2, 3], axis=1)
         assert 0.0 < err.max() < 12.0
         # the camera is 1.65-1.66 m above the ground (IMU at 0.93 m + KITTI extrinsic)
@@ -116,10 +116,10 @@ def read_oxts_dir_true(drive_dir: Path):
 
 
 # ------------------------------------------------------------------ geometry agreement
-def _perturb(T, de=0.0, dn=0.0, dyaw_deg=0.0):  # noqa: N803
-    T2 = T.copy()  # noqa: N806
+def _perturb(T, de=0.0, dn=0.0, dyaw_deg=0.0):
+    T2 = T.copy()
     a = math.radians(dyaw_deg)
-    Rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])  # noqa: N806
+    Rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
     T2[:3, :3] = Rz @ T2[:3, :3]
     T2[0, 3] += de
     T2[1, 3] += dn
@@ -131,42 +131,42 @@ def geo_world():
     town = generate_town(11, "suburb", 200.0)
     renderer = GroundRenderer(town, seed=0)
     drive = plan_drive(town, seed=3, n_frames=60, margin_m=20.0, roll_pitch_deg=1.0)
-    W, H = 1024, 256  # noqa: N806
-    K = kitti_camera(W, H)[:3, :3]  # noqa: N806
-    T_cams = drive.T_world_body @ KITTI_T_IMU_CAM2  # noqa: N806
+    W, H = 1024, 256
+    K = kitti_camera(W, H)[:3, :3]
+    T_cams = drive.T_world_body @ KITTI_T_IMU_CAM2
     return town, renderer, K, (W, H), T_cams[[0, 15, 30, 45]]
 
 
-def _project(feats, K, T_world_cam, S=200, cov=40.0):  # noqa: N803
+def _project(feats, K, T_world_cam, S=200, cov=40.0):
     """Project (C,H,W) image features onto the north-up grid of the camera ``T_world_cam``
     with the model's GVP projection (``cvl_ros.model.projection``)."""
     import torch
 
     from cvl_ros.model.projection import project_to_overhead
 
-    Tg = T_world_cam.copy()  # noqa: N806
+    Tg = T_world_cam.copy()
     h = float(Tg[2, 3])
     Tg[:3, 3] = 0.0
-    C, H, W = feats.shape  # noqa: N806
+    C, H, W = feats.shape
     ov, mask = project_to_overhead(torch.from_numpy(feats)[None, None],
                                    torch.from_numpy(K).float()[None, None],
                                    torch.from_numpy(Tg).float()[None, None], h, S, cov,
                                    image_hw=(H, W))
     idx = np.arange(S)
     cell = cov / S
-    E, N = np.meshgrid((idx - (S - 1) / 2) * cell, ((S - 1) / 2 - idx) * cell)  # noqa: N806
+    E, N = np.meshgrid((idx - (S - 1) / 2) * cell, ((S - 1) / 2 - idx) * cell)
     return ov[0, 0].numpy(), mask[0, 0, 0].numpy() > 0, E, N
 
 
 CLASSES = (GRASS, ROAD, MARKING, CURB, SIDEWALK)
 
 
-def _class_score(town, renderer, K, wh, T_true, T_used, max_dist_m=12.0):  # noqa: N803
+def _class_score(town, renderer, K, wh, T_true, T_used, max_dist_m=12.0):
     """Mean IoU of the thin ground structures (markings, curbs) between the rendered label image
     projected onto a 0.2 m overhead grid with ``T_used`` and the town's class raster."""
     lab = renderer.render(T_true, K[0, 0], K[1, 1], K[0, 2], K[1, 2], *wh, labels=True)
     feats = np.stack([lab == k for k in CLASSES]).astype(np.float32)
-    ov, m, E, N = _project(feats, K, T_used)  # noqa: N806
+    ov, m, E, N = _project(feats, K, T_used)
     gt = town.ground_class_at(T_used[0, 3] + E, T_used[1, 3] + N)
     pred = np.asarray(CLASSES)[np.argmax(ov, 0)]
     valid = m & (ov.max(0) > 0.5) & (np.hypot(E, N) < max_dist_m)
@@ -185,10 +185,10 @@ CLASS_MEAN_THRESHOLD = 0.8
 
 
 def test_rendered_labels_match_town_only_at_the_true_pose(geo_world):
-    town, renderer, K, wh, poses = geo_world  # noqa: N806
+    town, renderer, K, wh, poses = geo_world
     true_scores = []
     shifted = {}
-    for T in poses:  # noqa: N806
+    for T in poses:
         s_true = _class_score(town, renderer, K, wh, T, T)
         assert s_true > CLASS_FRAME_THRESHOLD, s_true
         true_scores.append(s_true)
@@ -209,12 +209,12 @@ def test_rendered_labels_match_town_only_at_the_true_pose(geo_world):
         assert np.mean(v) < CLASS_MEAN_THRESHOLD, (name, v, true_scores)
 
 
-def _rgb_score(town, renderer, sat_lum, K, wh, T_true, T_used):  # noqa: N803
+def _rgb_score(town, renderer, sat_lum, K, wh, T_true, T_used):
     """NCC of high-passed luminance: rendered RGB projected with ``T_used`` vs the satellite
     mosaic, on road pixels (paint vs asphalt) within 20 m."""
     img = renderer.render(T_true, K[0, 0], K[1, 1], K[0, 2], K[1, 2], *wh)
     lum = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)[None] / 255.0
-    ov, m, E, N = _project(lum, K, T_used)  # noqa: N806
+    ov, m, E, N = _project(lum, K, T_used)
     n = sat_lum.shape[0]
     res = town.size_m / n
     col = np.clip(((T_used[0, 3] + E + town.size_m / 2) / res).astype(int), 0, n - 1)
@@ -239,10 +239,10 @@ def test_rendered_rgb_matches_mosaic_markings(geo_world):
     """Raw RGB vs the satellite mosaic (other sun, palette, shadows): road paint lines up at the
     true pose; a 1 m lateral or 2-3 deg heading error breaks it. (Along the road direction
     long lines are self-similar, which the class test above covers.)"""
-    town, renderer, K, wh, poses = geo_world  # noqa: N806
+    town, renderer, K, wh, poses = geo_world
     sat, _ = render_satellite(town, seed=1)
     sat_lum = cv2.cvtColor(sat, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    for T in poses:  # noqa: N806
+    for T in poses:
         s_true = _rgb_score(town, renderer, sat_lum, K, wh, T, T)
         assert s_true > RGB_THRESHOLD, s_true
         yaw = math.atan2(T[1, 2], T[0, 2])  # optical axis heading
@@ -295,7 +295,7 @@ def test_dataset_samples_align_ground_and_satellite(tmp_path):
              gps_noise_m=0.0, heading_noise_deg=0.0)
     ds = KittiCVL(tmp_path / "e", split="train", seq_len=1, ground_hw=(256, 1024), sat_px=500,
                   coverage_m=100.0)
-    S, cov = 500, 100.0  # noqa: N806
+    S, cov = 500, 100.0
     cell = cov / S
 
     def ncc(s, sign):
@@ -305,7 +305,7 @@ def test_dataset_samples_align_ground_and_satellite(tmp_path):
                                     S, cov, image_hw=(256, 1024))
         ov, m = ov[0, 0, 0].numpy().astype(np.float32), m[0, 0, 0].numpy().astype(np.uint8)
         de, dn = s["displacement_m"].numpy() * sign
-        M = np.float32([[1, 0, round(de / cell)], [0, 1, round(-dn / cell)]])  # noqa: N806
+        M = np.float32([[1, 0, round(de / cell)], [0, 1, round(-dn / cell)]])
         ov = cv2.warpAffine(ov, M, (S, S))
         m = cv2.erode(cv2.warpAffine(m, M, (S, S)), np.ones((9, 9), np.uint8)) > 0
         yy, xx = np.mgrid[0:S, 0:S]

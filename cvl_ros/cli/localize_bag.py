@@ -638,18 +638,18 @@ class RunResult:
     gps_priors_used: int = 0
 
 
-def _T_from_tf_static(statics: dict[str, tuple[str, np.ndarray]], base: str,  # noqa: N802
+def _T_from_tf_static(statics: dict[str, tuple[str, np.ndarray]], base: str,
                       frame: str) -> np.ndarray | None:
     """T_base_frame from a {child: (parent, T_parent_child)} tree, or None."""
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     cur = frame
     for _ in range(16):
         if cur == base:
             return T
         if cur not in statics:
             return None
-        parent, T_pc = statics[cur]  # noqa: N806
-        T = T_pc @ T  # noqa: N806
+        parent, T_pc = statics[cur]
+        T = T_pc @ T
         cur = parent
     return None
 
@@ -659,7 +659,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
                          heading_tolerance_s: float = HEADING_TOLERANCE_S,
                          odom_max_extrapolation_s: float = ODOM_EXTRAPOLATION_S,
                          use_gps_prior: bool = True, gps_prior_sigma_m: float | None = None,
-                         T_body_cam: np.ndarray | None = None,  # noqa: N803
+                         T_body_cam: np.ndarray | None = None,
                          progress: bool = True, max_images: int | None = None) -> RunResult:
     """Feed a bag's images (+ odometry, heading, extrinsics, GPS prior) to ``localizer``.
 
@@ -711,7 +711,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
             skip("no camera_info")
             return
         try:
-            T_ob = odom.lookup(stamp, odom_max_extrapolation_s)  # noqa: N806
+            T_ob = odom.lookup(stamp, odom_max_extrapolation_s)
         except LookupError:
             skip("no odometry at the image stamp")
             return
@@ -726,9 +726,9 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
         if heading_source == "imu" and heading is None:
             skip("no IMU heading near the image stamp")
             return
-        T_bc = T_body_cam  # noqa: N806
+        T_bc = T_body_cam
         if T_bc is None:
-            T_bc = _T_from_tf_static(statics, base_frame, img_msg.header.frame_id)  # noqa: N806
+            T_bc = _T_from_tf_static(statics, base_frame, img_msg.header.frame_id)
         frame = Frame(stamp_ns=stamp, image_rgb=rgb, camera=cam, T_odom_body=T_ob,
                       heading_enu_rad=heading, T_body_cam=T_bc)
         try:
@@ -1029,14 +1029,14 @@ def expected_keyframes(bag: str | Path, *, keyframe_distance_m: float = 1.0,
         else:
             stamps.append(m.stamp_ns)
     out: list[int] = []
-    last_T, last_t = None, None  # noqa: N806
+    last_T, last_t = None, None
     for s in stamps:
         try:
-            T = odom.lookup(s, ODOM_EXTRAPOLATION_S)  # noqa: N806
+            T = odom.lookup(s, ODOM_EXTRAPOLATION_S)
         except LookupError:
             continue
         if last_T is None or np.linalg.norm(T[:2, 3] - last_T[:2, 3]) >= keyframe_distance_m \
                 or (keyframe_interval_s > 0 and (s - last_t) * 1e-9 >= keyframe_interval_s):
             out.append(s)
-            last_T, last_t = T, s  # noqa: N806
+            last_T, last_t = T, s
     return out

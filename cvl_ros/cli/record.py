@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("cvl_record")
     stop = {"flag": False}
 
-    def on_term(signum, frame):  # noqa: ARG001
+    def on_term(signum, frame):
         stop["flag"] = True
 
     signal.signal(signal.SIGTERM, on_term)

@@ -172,9 +172,9 @@ class Frame:
     stamp_ns: int
     image_rgb: np.ndarray  # (H, W, 3) uint8 RGB
     camera: object  # PinholeCamera of the image as given (width/height must match the image)
-    T_odom_body: np.ndarray  # (4, 4)  # noqa: N815
+    T_odom_body: np.ndarray  # (4, 4)
     heading_enu_rad: float | None = None  # absolute yaw of base_link (0 = east, CCW)
-    T_body_cam: np.ndarray | None = None  # (4, 4) optical frame in base_link  # noqa: N815
+    T_body_cam: np.ndarray | None = None  # (4, 4) optical frame in base_link
 
 
 @dataclass
@@ -212,8 +212,8 @@ class Estimate:
     latency_s: float
     candidates: list[Candidate] = field(default_factory=list)
     score_map: np.ndarray | None = None  # best tile's score map, north-up
-    T_map_body: np.ndarray | None = None  # (4, 4)  # noqa: N815
-    T_odom_body: np.ndarray | None = None  # (4, 4) odometry at the same stamp  # noqa: N815
+    T_map_body: np.ndarray | None = None  # (4, 4)
+    T_odom_body: np.ndarray | None = None  # (4, 4) odometry at the same stamp
     datum_lat_deg: float = float("nan")
     datum_lon_deg: float = float("nan")
     datum_alt_m: float = float("nan")
@@ -227,16 +227,16 @@ class Estimate:
         return self.status in (Status.TRACKING, Status.LOW_CONFIDENCE)
 
     @property
-    def T_map_odom(self) -> np.ndarray | None:  # noqa: N802
+    def T_map_odom(self) -> np.ndarray | None:
         """map->odom at this stamp (REP-105), or None without a pose."""
         if self.T_map_body is None or self.T_odom_body is None:
             return None
         return compose_map_odom(self.T_map_body, self.T_odom_body)
 
 
-def compose_map_odom(T_map_body: np.ndarray, T_odom_body: np.ndarray) -> np.ndarray:  # noqa: N803
+def compose_map_odom(T_map_body: np.ndarray, T_odom_body: np.ndarray) -> np.ndarray:
     """``T_map_odom = T_map_body @ inv(T_odom_body)``; both poses must share one stamp."""
-    T = np.asarray(T_odom_body, dtype=np.float64)  # noqa: N806
+    T = np.asarray(T_odom_body, dtype=np.float64)
     inv = np.eye(4)
     inv[:3, :3] = T[:3, :3].T
     inv[:3, 3] = -T[:3, :3].T @ T[:3, 3]
@@ -275,8 +275,8 @@ def _to_device(obj, device):
     return obj
 
 
-def _default_T_body_cam() -> np.ndarray:  # noqa: N802
-    T = np.eye(4)  # noqa: N806
+def _default_T_body_cam() -> np.ndarray:
+    T = np.eye(4)
     T[:3, :3] = [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
     return T
 
@@ -370,19 +370,19 @@ class Localizer:
             raise InvalidFrameError(
                 f"image is {img.shape[1]}x{img.shape[0]} but the camera intrinsics are for "
                 f"{cam.width_px}x{cam.height_px}")
-        K = cam.K  # noqa: N806
+        K = cam.K
         if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
             raise InvalidFrameError(f"invalid intrinsics fx={cam.fx} fy={cam.fy}")
-        T = np.asarray(frame.T_odom_body, dtype=np.float64)  # noqa: N806
+        T = np.asarray(frame.T_odom_body, dtype=np.float64)
         if T.shape != (4, 4) or not np.all(np.isfinite(T)):
             raise InvalidFrameError("odometry pose T_odom_body is not a finite 4x4 matrix")
-        R = T[:3, :3]  # noqa: N806
+        R = T[:3, :3]
         if abs(np.linalg.det(R) - 1.0) > 1e-3 or np.abs(R.T @ R - np.eye(3)).max() > 1e-3:
             raise InvalidFrameError("odometry rotation is not a rotation matrix")
         if frame.heading_enu_rad is not None and not math.isfinite(frame.heading_enu_rad):
             raise InvalidFrameError("heading_enu_rad is not finite")
         if frame.T_body_cam is not None:
-            Tb = np.asarray(frame.T_body_cam, dtype=np.float64)  # noqa: N806
+            Tb = np.asarray(frame.T_body_cam, dtype=np.float64)
             if Tb.shape != (4, 4) or not np.all(np.isfinite(Tb)):
                 raise InvalidFrameError("T_body_cam is not a finite 4x4 matrix")
 
@@ -532,8 +532,8 @@ class Localizer:
                     self.reset(f"time jumped forward by {dt:.3f} s")
             self._last_stamp_ns = stamp
             self._apply_deferred()  # after a time reset: the latest request wins
-            T_ob = np.asarray(frame.T_odom_body, dtype=np.float64).copy()  # noqa: N806
-            T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)  # noqa: N806
+            T_ob = np.asarray(frame.T_odom_body, dtype=np.float64).copy()
+            T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)
                     if frame.T_body_cam is not None else _default_T_body_cam())
             self._last_odom = T_ob
             if frame.heading_enu_rad is not None:
@@ -589,15 +589,15 @@ class Localizer:
         cell = max(c.filter_cell_m, extent / c.global_grid_max_cells)
         return (lo + hi) / 2.0, extent, cell
 
-    def _update(self, frame: Frame, stamp: int, T_ob, T_bc, t0) -> Estimate:  # noqa: N803
+    def _update(self, frame: Frame, stamp: int, T_ob, T_bc, t0) -> Estimate:
         torch = self._torch
         c = self.config
         with torch.inference_mode():
             feats = self._encode(frame.image_rgb)
-            K_net = frame.camera.scaled_to(self._ground_hw[1], self._ground_hw[0]).K  # noqa: N806
+            K_net = frame.camera.scaled_to(self._ground_hw[1], self._ground_hw[0]).K
             self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
             # ---- predict
-            R_off = rot_z(self._yaw_offset)  # noqa: N806
+            R_off = rot_z(self._yaw_offset)
             if self.filter.initialized and self._last_update_odom is not None:
                 d = (R_off @ np.append(T_ob[:3, 3] - self._last_update_odom[:3, 3], 0.0))[:2]
                 sigma = c.process_noise_m + c.odom_noise_fraction * float(np.hypot(*d))
@@ -610,10 +610,10 @@ class Localizer:
             self._last_update_odom = T_ob.copy()
             # ---- fused ground descriptor of the window
             kfs = self.window.frames()
-            Ks = torch.from_numpy(np.stack([k.K_net for k in kfs])).float()  # noqa: N806
-            T_np = self.window.relative_poses(self._yaw_offset)  # noqa: N806
-            T_grid = torch.from_numpy(T_np).float().unsqueeze(0).to(self.device)  # noqa: N806
-            Ks = Ks.unsqueeze(0).to(self.device)  # noqa: N806
+            Ks = torch.from_numpy(np.stack([k.K_net for k in kfs])).float()
+            T_np = self.window.relative_poses(self._yaw_offset)
+            T_grid = torch.from_numpy(T_np).float().unsqueeze(0).to(self.device)
+            Ks = Ks.unsqueeze(0).to(self.device)
             self._refresh_frame_states(kfs, Ks, T_grid, T_np)
             ground = self.model.fuse_frame_states([k.state for k in kfs], Ks, T_grid,
                                                   self._cam_h)
@@ -648,7 +648,7 @@ class Localizer:
         return self._make_estimate(frame, stamp, T_ob, R_off, idx, scores, disps, maps,
                                    global_search, t0)
 
-    def _refresh_frame_states(self, kfs, Ks, T_grid, T_np) -> None:  # noqa: N803
+    def _refresh_frame_states(self, kfs, Ks, T_grid, T_np) -> None:
         """Compute the model's cached per-frame state of new keyframes, and of keyframes whose
         ENU rotation moved by more than ``frame_state_rotation_tolerance_rad`` since their state
         was computed (only for models whose state depends on it); one batched call."""  # noqa: D205, D209
@@ -660,7 +660,7 @@ class Localizer:
             if kf.state is None:
                 stale.append(i)
             elif uses_rot:
-                R_rel = kf.state_rotation.T @ T_np[i, :3, :3]  # noqa: N806
+                R_rel = kf.state_rotation.T @ T_np[i, :3, :3]
                 cos = min(1.0, max(-1.0, (float(np.trace(R_rel)) - 1.0) / 2.0))
                 if math.acos(cos) > tol:
                     stale.append(i)
@@ -674,7 +674,7 @@ class Localizer:
             kfs[i].state_rotation = T_np[i, :3, :3].copy()
         self.state_refreshes += len(stale)
 
-    def _make_estimate(self, frame, stamp, T_ob, R_off, idx, scores, disps, maps,  # noqa: N803
+    def _make_estimate(self, frame, stamp, T_ob, R_off, idx, scores, disps, maps,
                        global_search, t0) -> Estimate:
         c = self.config
         st = self.filter.stats(c.confidence_radius_m)
@@ -734,7 +734,7 @@ class Localizer:
         lat, lon = self.map_to_latlon(east, north)
         yaw_body = self._yaw_offset + yaw_of(T_ob)
         yaw_body = float(math.atan2(math.sin(yaw_body), math.cos(yaw_body)))
-        T_mb = R_off @ T_ob  # noqa: N806
+        T_mb = R_off @ T_ob
         T_mb[0, 3], T_mb[1, 3] = east, north
         order = np.argsort(-scores)[: c.num_candidates] if len(scores) else np.zeros(0, int)
         cands = []

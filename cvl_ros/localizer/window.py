@@ -27,7 +27,7 @@ def rot_z(yaw_rad: float) -> np.ndarray:
     return T
 
 
-def yaw_of(T: np.ndarray) -> float:  # noqa: N803
+def yaw_of(T: np.ndarray) -> float:
     """Yaw (rad, ENU, CCW from x) of the x axis of a 4x4 pose."""
     return float(np.arctan2(T[1, 0], T[0, 0]))
 
@@ -38,9 +38,9 @@ class Keyframe:
 
     stamp_ns: int
     features: Any  # torch tensor (C, h, w) on the model's device
-    K_net: np.ndarray  # (3, 3) intrinsics at the network input size  # noqa: N815
-    T_odom_body: np.ndarray  # (4, 4)  # noqa: N815
-    T_body_cam: np.ndarray  # (4, 4)  # noqa: N815
+    K_net: np.ndarray  # (3, 3) intrinsics at the network input size
+    T_odom_body: np.ndarray  # (4, 4)
+    T_body_cam: np.ndarray  # (4, 4)
     state: Any = None  # the model's cached per-frame state (CVLNet.frame_states), or None
     state_rotation: np.ndarray | None = None  # (3, 3) ENU rotation the state was computed for
 
@@ -78,7 +78,7 @@ class SlidingWindow:
         """Drop every keyframe."""
         self._frames.clear()
 
-    def is_keyframe(self, stamp_ns: int, T_odom_body: np.ndarray) -> bool:  # noqa: N803
+    def is_keyframe(self, stamp_ns: int, T_odom_body: np.ndarray) -> bool:
         """Whether a frame at this stamp/odometry pose should become a keyframe."""
         last = self.newest
         if last is None:

@@ -159,7 +159,7 @@ class CVLNetConfig:
 
 def _zero_padded_crop(img: torch.Tensor, y: int, x: int, size: int) -> torch.Tensor:
     """``img[:, y:y+size, x:x+size]`` of a (C,H,W) tensor, zeros where it leaves the image."""
-    H, W = img.shape[-2:]  # noqa: N806
+    H, W = img.shape[-2:]
     if 0 <= y and y + size <= H and 0 <= x and x + size <= W:
         return img[:, y:y + size, x:x + size]
     out = img.new_zeros(img.shape[0], size, size)
@@ -180,7 +180,7 @@ class CVLNet(nn.Module):
         if load_pretrained and not cfg.pretrained:
             LOG.warning("CVLNet: %s backbones randomly initialised (pretrained: false)",
                         cfg.backbone)
-        C, D, S = cfg.feature_dim, cfg.descriptor_dim, cfg.grid_cells  # noqa: N806
+        C, D, S = cfg.feature_dim, cfg.descriptor_dim, cfg.grid_cells
         self.ground_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre,
                                               cfg.backbone_frozen)
         self.sat_backbone = build_backbone(cfg.backbone, C, cfg.pretrained_path, pre,
@@ -221,7 +221,7 @@ class CVLNet(nn.Module):
         (then a cache must be refreshed when the window's heading changes)."""  # noqa: D205, D209
         return bool(self.config.pcsf_frame_canvas)
 
-    def project_and_fuse(self, frame_feats: torch.Tensor, K, T_grid_cams,  # noqa: N803
+    def project_and_fuse(self, frame_feats: torch.Tensor, K, T_grid_cams,
                          camera_height_m=None) -> GroundDescriptor:
         """Project cached per-frame features for the newest pose and fuse them.
 
@@ -234,7 +234,7 @@ class CVLNet(nn.Module):
         states = self.frame_states(frame_feats, K, T_grid_cams, camera_height_m)
         return self.fuse_frame_states(states, K, T_grid_cams, camera_height_m)
 
-    def frame_states(self, frame_feats: torch.Tensor, K, T_grid_cams,  # noqa: N803
+    def frame_states(self, frame_feats: torch.Tensor, K, T_grid_cams,
                      camera_height_m=None) -> torch.Tensor:
         """The per-frame part of ``project_and_fuse``, which a sliding window caches.
 
@@ -249,18 +249,18 @@ class CVLNet(nn.Module):
             return frame_feats
         cfg = self.config
         dev, dt = frame_feats.device, frame_feats.dtype
-        B, N = frame_feats.shape[:2]  # noqa: N806
+        B, N = frame_feats.shape[:2]
         h = cfg.camera_height_m if camera_height_m is None else camera_height_m
-        K = torch.as_tensor(K, device=dev, dtype=dt)  # noqa: N806
-        T_canvas = torch.as_tensor(T_grid_cams, device=dev, dtype=dt).clone()  # noqa: N806
+        K = torch.as_tensor(K, device=dev, dtype=dt)
+        T_canvas = torch.as_tensor(T_grid_cams, device=dev, dtype=dt).clone()
         T_canvas[..., :3, 3] = 0.0  # the canvas frame: ENU axes at this camera's optical centre
-        Sc = cfg.canvas_cells  # noqa: N806
+        Sc = cfg.canvas_cells
         overhead, mask = project_to_overhead(frame_feats, K, T_canvas, h, Sc, Sc * cfg.cell_m,
                                              cfg.ground_hw)
         states = self.fusion.canvas_qkv(overhead.flatten(0, 1), mask.flatten(0, 1))
         return states.reshape(B, N, *states.shape[1:])
 
-    def fuse_frame_states(self, states, K, T_grid_cams,  # noqa: N803
+    def fuse_frame_states(self, states, K, T_grid_cams,
                           camera_height_m=None) -> GroundDescriptor:
         """Fuse the window's ``frame_states`` (frame 0 newest) into the ground descriptor.
 
@@ -275,15 +275,15 @@ class CVLNet(nn.Module):
         first = states if torch.is_tensor(states) else states[0]
         dev, dt = first.device, first.dtype
         if cfg.pcsf_frame_canvas:
-            T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)  # noqa: N806
+            T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)
             qkvm = self._canvases_to_grid(states, T[..., 0, 3], T[..., 1, 3])
             fused, fmask = self.fusion.fuse_qkv(qkvm)
             return GroundDescriptor(self.ground_head(fused) * fmask, fmask)
         if camera_height_m is None:
             camera_height_m = cfg.camera_height_m
         if self.projector is None:
-            K = torch.as_tensor(K, device=dev, dtype=dt)  # noqa: N806
-            T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)  # noqa: N806
+            K = torch.as_tensor(K, device=dev, dtype=dt)
+            T = torch.as_tensor(T_grid_cams, device=dev, dtype=dt)
             overhead, mask = project_to_overhead(states, K, T, camera_height_m,
                                                  cfg.grid_cells, cfg.coverage_m, cfg.ground_hw)
         else:
@@ -303,12 +303,12 @@ class CVLNet(nn.Module):
         """  # noqa: D205
         cfg = self.config
         if torch.is_tensor(states):
-            B, N = states.shape[:2]  # noqa: N806
+            B, N = states.shape[:2]
             frames = list(states.flatten(0, 1))
         else:  # one window as a sequence of per-frame (Cs,Sc,Sc) states
-            B, N, frames = 1, len(states), list(states)  # noqa: N806
-        Cs, Sc = frames[0].shape[0], frames[0].shape[-1]  # noqa: N806
-        S, cell = int(cfg.grid_cells), cfg.cell_m  # noqa: N806
+            B, N, frames = 1, len(states), list(states)
+        Cs, Sc = frames[0].shape[0], frames[0].shape[-1]
+        S, cell = int(cfg.grid_cells), cfg.cell_m
         dt = frames[0].dtype
         # canvas pixel coordinate of grid cell (r, c): (r + off_y, c + off_x)
         off_x = ((Sc - S) / 2.0 - east_m / cell).reshape(B * N)
@@ -331,8 +331,8 @@ class CVLNet(nn.Module):
                                     north_m: torch.Tensor) -> torch.Tensor:
         """``_canvases_to_grid`` as one ``F.grid_sample`` (kept for tests)."""
         cfg = self.config
-        B, N, Cs, Sc, _ = states.shape  # noqa: N806
-        S, cell = cfg.grid_cells, cfg.cell_m  # noqa: N806
+        B, N, Cs, Sc, _ = states.shape
+        S, cell = cfg.grid_cells, cfg.cell_m
         idx = torch.arange(S, device=states.device, dtype=states.dtype)
         east = (idx - (S - 1) / 2.0) * cell
         north = ((S - 1) / 2.0 - idx) * cell
@@ -354,14 +354,14 @@ class CVLNet(nn.Module):
         search by ``match`` over the whole region.
         """
         feats = self.sat_backbone(tiles)
-        S = self.config.grid_cells  # noqa: N806
+        S = self.config.grid_cells
         if region:
-            P = int(tiles.shape[-1])  # noqa: N806
+            P = int(tiles.shape[-1])
             if P < self.config.sat_px or tiles.shape[-2] != P:
                 raise ValueError(f"a satellite region must be square and at least sat_px = "
                                  f"{self.config.sat_px} px, got {tuple(tiles.shape[-2:])}")
             extra = round((S * P / self.config.sat_px - S) / 2.0)
-            S = S + 2 * extra  # noqa: N806
+            S = S + 2 * extra
         if tuple(feats.shape[-2:]) != (S, S):
             feats = F.interpolate(feats, size=(S, S), mode="bilinear", align_corners=False)
         desc = self.sat_head(feats)
@@ -383,7 +383,7 @@ class CVLNet(nn.Module):
     # ------------------------------------------------------------------ training API
     def encode_ground_sequence(self, images: torch.Tensor) -> torch.Tensor:
         """(B,N,3,H,W) -> (B,N,C,h,w) (one backbone pass over all frames)."""
-        B, N = images.shape[:2]  # noqa: N806
+        B, N = images.shape[:2]
         f = self.encode_ground(images.flatten(0, 1))
         return f.reshape(B, N, *f.shape[1:])
 
@@ -418,7 +418,7 @@ class CVLNet(nn.Module):
     def metrics(self, pred: dict, batch: dict) -> dict:
         """In-batch retrieval and localisation metrics (scalars as 0-dim tensors)."""
         score = pred["score"]
-        B = score.shape[0]  # noqa: N806
+        B = score.shape[0]
         idx = torch.arange(B, device=score.device)
         top1 = score.argmax(1)
         pos = score[idx, idx]

@@ -94,7 +94,7 @@ class _QKV(nn.Module):
         if self.separable:
             y = F.relu(_pointwise(self.conv1, self.dw1(x)), inplace=True)
             z = self.dw2(y.contiguous(memory_format=torch.channels_last))  # (M,3C,S,S) ch-last
-            M, _, S, S2 = z.shape  # noqa: N806
+            M, _, S, S2 = z.shape
             c = self.c
             # the three pointwise convs as one batched matmul over the Q/K/V groups
             w = torch.stack([conv.weight.reshape(c, c).t() for conv in self.conv2])  # (3,C,C)
@@ -139,13 +139,13 @@ class PCSF(nn.Module):
         if rows.numel() == 0:
             return None
         cols = seen.any(0).any(0).nonzero()
-        S, S2 = seen.shape[-2:]  # noqa: N806
+        S, S2 = seen.shape[-2:]
         return (max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, S),
                 max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, S2))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
         """(B,N,C,S,S), (B,N,1,S,S) -> (B,C,S,S), (B,1,S,S)."""
-        B, N, C, S, S2 = x.shape  # noqa: N806
+        B, N, C, S, S2 = x.shape
         seen = mask.sum(1)[:, 0] > 0  # (B,S,S)
         anyv = seen.to(x.dtype).unsqueeze(1)
         fused = x.new_zeros(B, C, S, S2)
@@ -169,7 +169,7 @@ class PCSF(nn.Module):
         if len(self.qkv) != 1 or self.use_encoding:
             raise ValueError("per-frame Q/K/V canvases need a one-layer PCSF without frame "
                              "encoding")
-        M, C, Sc, Sc2 = x.shape  # noqa: N806
+        M, C, Sc, Sc2 = x.shape
         out = x.new_zeros(M, 3 * C + 1, Sc, Sc2)
         out[:, 3 * C:] = mask
         box = self._seen_box(mask[:, 0] > 0, 2)
@@ -186,8 +186,8 @@ class PCSF(nn.Module):
         computed on the grid itself. Attention runs only at the cells some frame sees (in any
         batch row); the others output zero.
         """
-        B, N, _, S, S2 = qkvm.shape  # noqa: N806
-        C = self.c  # noqa: N806
+        B, N, _, S, S2 = qkvm.shape
+        C = self.c
         flat = qkvm.reshape(B, N, 3 * C + 1, S * S2)
         seen = flat[:, :, 3 * C].sum(1) > 0  # (B,P)
         anyv = seen.to(qkvm.dtype).reshape(B, 1, S, S2)
@@ -195,7 +195,7 @@ class PCSF(nn.Module):
         cells = seen.any(0).nonzero()[:, 0]
         if cells.numel() == 0:
             return fused.reshape(B, C, S, S2), anyv
-        P = int(cells.numel())  # noqa: N806
+        P = int(cells.numel())
         h, d = self.heads, C // self.heads
         sub = flat.index_select(3, cells)  # (B,N,3C+1,P')
         # one copy into (pixel, head)-major batches of frames for Q, K and V together
@@ -205,7 +205,7 @@ class PCSF(nn.Module):
         fused[..., cells] = out.transpose(1, 2)
         return fused.reshape(B, C, S, S2), anyv
 
-    def _pix(self, t: torch.Tensor, B: int, N: int, P: int) -> torch.Tensor:  # noqa: N803
+    def _pix(self, t: torch.Tensor, B: int, N: int, P: int) -> torch.Tensor:
         """(B*N,C,S,S) or (B,N,C,P) -> (B*P*h, N, d) per (pixel, head) batches."""
         h, d = self.heads, self.c // self.heads
         t = t.reshape(B * N, self.c, P).transpose(1, 2)  # (B*N, P, C)
@@ -213,7 +213,7 @@ class PCSF(nn.Module):
 
     def _key_bias(self, maskp: torch.Tensor) -> torch.Tensor:
         """Additive key mask (0 valid / -1e4 invalid) per (pixel, head) batch over frames j."""
-        B, N, P = maskp.shape  # noqa: N806
+        B, N, P = maskp.shape
         h = self.heads
         kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, P, 1, N, 1)
         return kbias.expand(B, P, h, N, 1).reshape(B * P * h, N, 1)
@@ -225,19 +225,19 @@ class PCSF(nn.Module):
         w_j = mean_{i valid} M_ij (one ``bmm`` of M^T with the validity column), then
         sum_j w_j V_j.
         """  # noqa: D205
-        B, N, C = q.shape[:3]  # noqa: N806
+        B, N, C = q.shape[:3]
         cells = q.shape[3:]
-        P = math.prod(cells)  # noqa: N806
+        P = math.prod(cells)
         out = self._attend_pix(self._pix(q, B, N, P), self._pix(k, B, N, P),
                                self._pix(v, B, N, P), mask.reshape(B, N, P), B, P, kbias)
         return out.transpose(1, 2).reshape(B, C, *cells)
 
-    def _attend_pix(self, qp, kp, vp, maskp, B: int, P: int,  # noqa: N803
+    def _attend_pix(self, qp, kp, vp, maskp, B: int, P: int,
                     kbias: torch.Tensor | None = None) -> torch.Tensor:
         """The last layer on (pixel, head) batches: Q/K/V (B*P*h, N, d), mask (B,N,P) ->
         (B,P,C); ``kbias`` is ``_key_bias(maskp)`` when the caller has it already."""  # noqa: D205, D209
         h, d = self.heads, self.c // self.heads
-        N = maskp.shape[1]  # noqa: N806
+        N = maskp.shape[1]
         cnt = maskp.sum(1)  # (B,P)
         if kbias is None:
             kbias = self._key_bias(maskp)
@@ -257,8 +257,8 @@ class PCSF(nn.Module):
         contiguous once per layer, and O = M V as ``bmm`` of the transposed view (a BLAS
         transpose flag, no copy). The last layer is ``_attend_last``.
         """
-        B, N, C, S, S2 = x.shape  # noqa: N806
-        P = S * S2  # noqa: N806
+        B, N, C, S, S2 = x.shape
+        P = S * S2
         h, d = self.heads, C // self.heads
         maskp = mask.reshape(B, N, P)
         kbias = self._key_bias(maskp)
@@ -290,8 +290,8 @@ class PCSF(nn.Module):
 
     def _fuse_reference(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Explicit attention matrices (the formulation of Eq. 2-3); kept for tests."""
-        B, N, C, S, S2 = x.shape  # noqa: N806
-        P = S * S2  # noqa: N806
+        B, N, C, S, S2 = x.shape
+        P = S * S2
         h, d = self.heads, C // self.heads
         maskp = mask.reshape(B, N, P)
         cnt = maskp.sum(1)  # (B,P)
@@ -336,7 +336,7 @@ class _Conv2dFusion(nn.Module):
                                  nn.Conv2d(4 * c, cout, 3, 1, 1))
 
     def forward(self, x, mask):
-        B, N, C, S, S2 = x.shape  # noqa: N806
+        B, N, C, S, S2 = x.shape
         if N > self.max_frames:
             raise ValueError(f"{N} frames > max_frames={self.max_frames}")
         pad = self.max_frames - N
@@ -379,7 +379,7 @@ class _LSTMFusion(nn.Module):
         self.score = nn.Linear(c, 1) if attn else None
 
     def forward(self, x, mask):
-        B, N, C, S, S2 = x.shape  # noqa: N806
+        B, N, C, S, S2 = x.shape
         seq = x.permute(1, 0, 3, 4, 2).reshape(N, B * S * S2, C)
         msk = mask.permute(1, 0, 3, 4, 2).reshape(N, B * S * S2, 1)
         hx = seq.new_zeros(B * S * S2, C)

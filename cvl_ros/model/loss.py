@@ -21,7 +21,7 @@ __all__ = ["triplet_loss", "displacement_ce_loss"]
 
 def triplet_loss(sim: torch.Tensor, alpha: float = 10.0) -> dict:
     """Soft-margin triplet loss of a square similarity matrix; returns total/g2s/s2g."""
-    B = sim.shape[0]  # noqa: N806
+    B = sim.shape[0]
     if sim.shape != (B, B) or B < 2:
         raise ValueError(f"need a (B,B) similarity matrix with B >= 2, got {tuple(sim.shape)}")
     d = 2.0 - 2.0 * sim
@@ -38,7 +38,7 @@ def displacement_ce_loss(score_map: torch.Tensor, displacement_m: torch.Tensor,
 
     Targets outside the window are clamped to its border. Extension, off by default.
     """
-    B, k, _ = score_map.shape  # noqa: N806
+    B, k, _ = score_map.shape
     r = (k - 1) // 2
     dc = torch.round(displacement_m[:, 0] / cell_m).long().clamp(-r, r)
     dr = torch.round(-displacement_m[:, 1] / cell_m).long().clamp(-r, r)

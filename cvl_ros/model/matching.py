@@ -120,8 +120,8 @@ def ncc_maps(ground: torch.Tensor, mask: torch.Tensor, sat: torch.Tensor, radius
     """
     g = normalize_ground(ground, mask)
     r = int(radius)
-    B, D, S, S2 = g.shape  # noqa: N806
-    R = sat.shape[-1]  # noqa: N806
+    B, D, S, S2 = g.shape
+    R = sat.shape[-1]
     extra = R - S
     if extra < 0 or extra % 2 or sat.shape[-2] != R:
         raise ValueError(f"satellite grid must be square, R >= S and R - S even; got "
@@ -141,7 +141,7 @@ def ncc_maps(ground: torch.Tensor, mask: torch.Tensor, sat: torch.Tensor, radius
         return out.flip(-2, -1)
     fp = F.pad(sat, (r, r, r, r))
     f2 = (fp * fp).sum(1, keepdim=True)
-    T = fp.shape[0]  # noqa: N806
+    T = fp.shape[0]
     if T != B:
         raise ValueError(f"paired matching needs as many tiles as grounds ({T} != {B})")
     k = fp.shape[-1]
@@ -172,7 +172,7 @@ def uncertainty_at_shifts(u: torch.Tensor, radius: int) -> torch.Tensor:
     is between four cells and U is averaged over them (bilinear). Outside the tile U = 1.
     """
     r = int(radius)
-    S = u.shape[-1]  # noqa: N806
+    S = u.shape[-1]
     # U padded with ones by r + 1 cells; index of tile cell (0, 0) is then r + 1
     up = F.pad(u, (r + 1,) * 4, value=1.0)
     if S % 2 == 0:

@@ -30,13 +30,13 @@ __all__ = ["grid_ground_points", "project_to_overhead", "ResizeProjection", "UNe
 def grid_ground_points(grid_cells: int, coverage_m: float, camera_height_m, device=None,
                        dtype=torch.float32) -> torch.Tensor:
     """Homogeneous ground points of the grid cells, (B or 1, S, S, 4) in the grid frame."""
-    S = int(grid_cells)  # noqa: N806
+    S = int(grid_cells)
     cell = float(coverage_m) / S
     idx = torch.arange(S, device=device, dtype=dtype)
     east = (idx - (S - 1) / 2.0) * cell  # by column
     north = ((S - 1) / 2.0 - idx) * cell  # by row
     h = torch.as_tensor(camera_height_m, device=device, dtype=dtype).reshape(-1, 1, 1)
-    B = h.shape[0]  # noqa: N806
+    B = h.shape[0]
     e = east.view(1, 1, S).expand(B, S, S)
     n = north.view(1, S, 1).expand(B, S, S)
     z = (-h).expand(B, S, S)
@@ -45,8 +45,8 @@ def grid_ground_points(grid_cells: int, coverage_m: float, camera_height_m, devi
 
 def project_to_overhead(
     frame_feats: torch.Tensor,
-    K: torch.Tensor,  # noqa: N803
-    T_grid_cams: torch.Tensor,  # noqa: N803
+    K: torch.Tensor,
+    T_grid_cams: torch.Tensor,
     camera_height_m,
     grid_cells: int,
     coverage_m: float,
@@ -69,23 +69,23 @@ def project_to_overhead(
     Returns:
         overhead (B, N, C, S, S) (zero where invalid) and mask (B, N, 1, S, S) in {0, 1}.
     """
-    B, N, C, h, w = frame_feats.shape  # noqa: N806
-    S = int(grid_cells)  # noqa: N806
+    B, N, C, h, w = frame_feats.shape
+    S = int(grid_cells)
     dev, dt = frame_feats.device, frame_feats.dtype
     if image_hw is None:
         image_hw = (h, w)
-    H, W = float(image_hw[0]), float(image_hw[1])  # noqa: N806
+    H, W = float(image_hw[0]), float(image_hw[1])
     hgt = torch.as_tensor(camera_height_m, device=dev, dtype=dt)
     if hgt.dim() == 0:
         hgt = hgt.expand(B)
     pts = grid_ground_points(S, coverage_m, hgt, dev, dt)  # (B,S,S,4)
-    T = T_grid_cams.to(device=dev, dtype=dt)  # noqa: N806
-    R = T[..., :3, :3]  # noqa: N806
+    T = T_grid_cams.to(device=dev, dtype=dt)
+    R = T[..., :3, :3]
     t = T[..., :3, 3]
     # camera <- grid: p_cam = R^T (p - t)
     rel = pts[:, None, ..., :3] - t[:, :, None, None, :]  # (B,N,S,S,3)
     p_cam = torch.einsum("bnji,bnrcj->bnrci", R, rel)
-    Kd = K.to(device=dev, dtype=dt)  # noqa: N806
+    Kd = K.to(device=dev, dtype=dt)
     z = p_cam[..., 2]
     valid = z > eps_depth
     zs = torch.where(valid, z, torch.ones_like(z))
@@ -116,7 +116,7 @@ class ResizeProjection(nn.Module):
 
     def forward(self, frame_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,N,C,h,w) -> (B,N,C,S,S), (B,N,1,S,S)."""
-        B, N, C, h, w = frame_feats.shape  # noqa: N806
+        B, N, C, h, w = frame_feats.shape
         out = F.interpolate(frame_feats.reshape(B * N, C, h, w), size=(self.S, self.S),
                             mode="bilinear", align_corners=False)
         out = out.reshape(B, N, C, self.S, self.S)
@@ -148,7 +148,7 @@ class UNetProjection(nn.Module):
 
     def forward(self, frame_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,N,C,h,w) -> (B,N,C,S,S), (B,N,1,S,S)."""
-        B, N, C, h, w = frame_feats.shape  # noqa: N806
+        B, N, C, h, w = frame_feats.shape
         x = F.interpolate(frame_feats.reshape(B * N, C, h, w), size=(2 * self.S, 2 * self.S),
                           mode="bilinear", align_corners=False)
         e1 = self.enc1(x)

@@ -162,7 +162,7 @@ def quat_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     return Rotation.from_quat(q / n).as_matrix()
 
 
-def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:  # noqa: N803
+def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
     """3x3 rotation -> quaternion (x, y, z, w) with w >= 0."""
     q = Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat()
     if q[3] < 0:
@@ -172,13 +172,13 @@ def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:  # noqa:
 
 def yaw_from_quat(q) -> float:
     """Yaw (rad, ENU, about z) of a geometry_msgs/Quaternion."""
-    R = quat_to_matrix(q.x, q.y, q.z, q.w)  # noqa: N806
+    R = quat_to_matrix(q.x, q.y, q.z, q.w)
     return float(math.atan2(R[1, 0], R[0, 0]))
 
 
 def _matrix(p, q) -> np.ndarray:
     """Point-like ``p`` (x, y, z) and quaternion-like ``q`` (x, y, z, w) -> 4x4."""
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, :3] = quat_to_matrix(q.x, q.y, q.z, q.w)
     T[:3, 3] = (p.x, p.y, p.z)
     return T
@@ -198,7 +198,7 @@ def odometry_to_matrix(msg) -> np.ndarray:
     """nav_msgs/Odometry -> T_odom_body (4x4); NaNs propagate (the localizer rejects them)."""
     p = msg.pose.pose
     o = p.orientation
-    T = np.full((4, 4), np.nan)  # noqa: N806
+    T = np.full((4, 4), np.nan)
     T[3] = (0, 0, 0, 1)
     q = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
     if np.all(np.isfinite(q)) and np.linalg.norm(q) > 1e-9:
@@ -207,7 +207,7 @@ def odometry_to_matrix(msg) -> np.ndarray:
     return T
 
 
-def matrix_to_pose(T: np.ndarray):  # noqa: N803
+def matrix_to_pose(T: np.ndarray):
     """4x4 -> geometry_msgs/Pose."""
     from geometry_msgs.msg import Pose
 
@@ -218,7 +218,7 @@ def matrix_to_pose(T: np.ndarray):  # noqa: N803
     return p
 
 
-def matrix_to_transform_stamped(T: np.ndarray, parent: str, child: str, stamp):  # noqa: N803
+def matrix_to_transform_stamped(T: np.ndarray, parent: str, child: str, stamp):
     """4x4 T_parent_child -> geometry_msgs/TransformStamped."""
     from geometry_msgs.msg import TransformStamped
 

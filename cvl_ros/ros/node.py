@@ -182,7 +182,7 @@ def _package_roots() -> list[Path]:
         from ament_index_python.packages import get_package_share_directory
 
         roots.append(Path(get_package_share_directory("cvl_ros")))
-    except Exception:  # noqa: BLE001 - not installed through ament
+    except Exception:
         pass
     roots.append(Path(sys.prefix) / "share" / "cvl_ros")
     return roots
@@ -287,7 +287,7 @@ class LocalizerNode(LifecycleNode):
         def guarded(*args):
             try:
                 return callback(*args)
-            except Exception as exc:  # noqa: BLE001 - keep the node up, report it
+            except Exception as exc:
                 self.input_error(f"{callback.__name__} failed: {type(exc).__name__}: {exc}")
                 self.get_logger().debug(traceback.format_exc())
                 return None
@@ -327,7 +327,7 @@ class LocalizerNode(LifecycleNode):
             from cvl_ros.model.cvlnet import load_checkpoint
 
             model, _ = load_checkpoint(ckpt)
-        except Exception as exc:  # noqa: BLE001 - reported in diagnostics
+        except Exception as exc:
             self.missing.append(f"model: {exc}")
         db_param = str(self.p("database_path"))
         db_path = resolve_path(db_param)
@@ -338,7 +338,7 @@ class LocalizerNode(LifecycleNode):
 
             db = TileDatabase.open(db_path, expected_model_hash=model.model_hash()
                                    if model is not None else None)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             msg = str(exc)
             if "cvl-build-db" not in msg and "make demo" not in msg:
                 msg += f"; {BUILD_DB_HINT}"
@@ -349,7 +349,7 @@ class LocalizerNode(LifecycleNode):
                                            device=str(self.p("device")))
                 if self.localizer.device_warning:
                     self.get_logger().warning(self.localizer.device_warning)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.missing.append(f"localizer: {exc}")
                 self.localizer = None
         for m in self.missing:
@@ -522,12 +522,12 @@ class LocalizerNode(LifecycleNode):
         self.rates["camera_info"].tick()
         try:
             cam = convert.camera_info_to_pinhole(msg)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.input_error(f"camera_info rejected: {exc}")
             return
         self.info_pairer.add(convert.stamp_to_ns(msg.header.stamp), cam)
 
-    def _add_odom(self, stamp_ns: int, T: np.ndarray) -> None:  # noqa: N803
+    def _add_odom(self, stamp_ns: int, T: np.ndarray) -> None:
         try:
             self.odom_buf.add(stamp_ns, T)
         except TimeWentBackwards as exc:
@@ -551,7 +551,7 @@ class LocalizerNode(LifecycleNode):
 
     def _on_odom(self, msg: Odometry) -> None:
         self.rates["odom"].tick()
-        T = convert.odometry_to_matrix(msg)  # noqa: N806
+        T = convert.odometry_to_matrix(msg)
         if not np.all(np.isfinite(T)):
             self.input_error("odometry contains NaN/Inf (or a zero quaternion); frames that "
                              "need it are rejected")
@@ -563,7 +563,7 @@ class LocalizerNode(LifecycleNode):
             if t.header.frame_id.lstrip("/") == odom and t.child_frame_id.lstrip("/") == base:
                 self.rates["odom"].tick()
                 try:
-                    T = convert.transform_to_matrix(t.transform)  # noqa: N806
+                    T = convert.transform_to_matrix(t.transform)
                 except ValueError as exc:
                     self.input_error(f"/tf {odom}->{base} rejected: {exc}")
                     continue
@@ -656,7 +656,7 @@ class LocalizerNode(LifecycleNode):
                 msg, recv_t = self._queue.popleft()
             try:
                 self._process(msg, recv_t)
-            except Exception as exc:  # noqa: BLE001 - never kill the worker
+            except Exception as exc:
                 self.input_error(f"frame failed: {type(exc).__name__}: {exc}")
                 self.get_logger().debug(traceback.format_exc())
             finally:
@@ -669,12 +669,12 @@ class LocalizerNode(LifecycleNode):
         base = str(self.p("base_frame"))
         use_tf = bool(self.p("use_tf_static_extrinsics"))
         if use_tf and camera_frame:
-            T = np.eye(4)  # noqa: N806
+            T = np.eye(4)
             frame, seen = camera_frame, set()
             while frame in self._static_tf and frame not in seen:
                 seen.add(frame)
-                parent, Tpc = self._static_tf[frame]  # noqa: N806
-                T = Tpc @ T  # noqa: N806
+                parent, Tpc = self._static_tf[frame]
+                T = Tpc @ T
                 if parent == base:
                     self._note_extrinsics_source(f"/tf_static {base}->{camera_frame}")
                     return T
@@ -719,7 +719,7 @@ class LocalizerNode(LifecycleNode):
                              f"(have {len(self.info_pairer)} camera_info; tolerance "
                              f"{self.p('camera_info_tolerance_s')} s)")
             return
-        T_ob = self._odom_at(stamp_ns)  # noqa: N806
+        T_ob = self._odom_at(stamp_ns)
         if T_ob is None:
             return
         heading = self._heading_at(stamp_ns, T_ob)
@@ -766,7 +766,7 @@ class LocalizerNode(LifecycleNode):
             self.input_error(f"image dropped: no odometry at its stamp ({exc})")
             return None
 
-    def _heading_at(self, stamp_ns: int, T_ob: np.ndarray) -> float | None:  # noqa: N803
+    def _heading_at(self, stamp_ns: int, T_ob: np.ndarray) -> float | None:
         """Absolute ENU heading from the IMU, or None.
 
         With None the localizer uses the odometry yaw plus ``odom_yaw_offset_rad`` (or the yaw of
@@ -808,7 +808,7 @@ class LocalizerNode(LifecycleNode):
         pub = self._pubs.get("tf")
         if pub is None or self._tf_last is None:
             return
-        T, _ = self._tf_last  # noqa: N806
+        T, _ = self._tf_last
         tol_ns = int(float(self.p("transform_tolerance")) * 1e9)
         t = convert.matrix_to_transform_stamped(
             T, str(self.p("map_frame")), str(self.p("odom_frame")),
@@ -892,7 +892,7 @@ def main(args=None) -> int:
         try:
             executor.remove_node(node)
             node.destroy_node()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if rclpy.ok():
             rclpy.shutdown()

@@ -58,14 +58,14 @@ class PoseBuffer:
         with self._lock:
             return self._stamps[-1] if self._stamps else None
 
-    def add(self, stamp_ns: int, T: np.ndarray) -> None:  # noqa: N803
+    def add(self, stamp_ns: int, T: np.ndarray) -> None:
         """Insert a pose; raises ``TimeWentBackwards`` (after clearing, keeping this pose).
 
         NaN poses are stored too (the localizer rejects the frames that use them with a clear
         error), so a broken odometry source is visible rather than silently skipped.
         """
         stamp_ns = int(stamp_ns)
-        T = np.asarray(T, dtype=np.float64)  # noqa: N806
+        T = np.asarray(T, dtype=np.float64)
         with self._lock:
             if self._stamps and stamp_ns < self._stamps[-1] - self.backwards_tolerance_ns:
                 jump = (self._stamps[-1] - stamp_ns) * 1e-9
@@ -106,7 +106,7 @@ class PoseBuffer:
             if s[i] == stamp_ns:
                 return self._poses[i].copy()
             t0, t1 = s[i - 1], s[i]
-            P0, P1 = self._poses[i - 1], self._poses[i]  # noqa: N806
+            P0, P1 = self._poses[i - 1], self._poses[i]
         a = (stamp_ns - t0) / (t1 - t0)
         out = np.eye(4)
         out[:3, 3] = (1 - a) * P0[:3, 3] + a * P1[:3, 3]

@@ -61,7 +61,7 @@ def kitti_camera(width: int, height: int) -> np.ndarray:
     """KITTI ``P_rect_02`` rescaled to an image of ``width`` x ``height`` (pixel-centre rule)."""
     sx = width / KITTI_SIZE_WH[0]
     sy = height / KITTI_SIZE_WH[1]
-    S = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])  # noqa: N806
+    S = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
     return S @ KITTI_P_RECT_02
 
 
@@ -80,7 +80,7 @@ def _datum_for(seed: int) -> GeoDatum:
 def _oxts_packets(drive: Drive, datum: GeoDatum, gps_sigma_m: float, heading_sigma_deg: float,
                   rng: np.random.Generator, alt_m: float):
     """(noisy packets, true packets): true motion fields, GPS-like position/heading error."""
-    T = drive.T_world_body.copy()  # noqa: N806
+    T = drive.T_world_body.copy()
     T[:, 2, 3] += 0.0
     n = len(drive)
     dt = float(drive.t_s[1] - drive.t_s[0]) if n > 1 else 0.1
@@ -90,7 +90,7 @@ def _oxts_packets(drive: Drive, datum: GeoDatum, gps_sigma_m: float, heading_sig
     yaw = drive.yaw
     wz = np.gradient(np.unwrap(yaw), dt) if n > 1 else np.zeros(n)
     true = enu_poses_to_oxts(T, datum)
-    noisy_T = T.copy()  # noqa: N806
+    noisy_T = T.copy()
     if gps_sigma_m > 0:  # gps_sigma_m is the 2D RMS error: per axis sigma / sqrt(2)
         noisy_T[:, 0, 3] += ou_process(rng, n, dt, 30.0, gps_sigma_m / math.sqrt(2))
         noisy_T[:, 1, 3] += ou_process(rng, n, dt, 30.0, gps_sigma_m / math.sqrt(2))
@@ -98,7 +98,7 @@ def _oxts_packets(drive: Drive, datum: GeoDatum, gps_sigma_m: float, heading_sig
         dyaw = ou_process(rng, n, dt, 20.0, math.radians(heading_sigma_deg))
         for i in range(n):
             c, s = math.cos(dyaw[i]), math.sin(dyaw[i])
-            Rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])  # noqa: N806
+            Rz = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
             noisy_T[i, :3, :3] = Rz @ noisy_T[i, :3, :3]
     noisy = enu_poses_to_oxts(noisy_T, datum)
     out_noisy, out_true = [], []
@@ -160,7 +160,7 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
     st = get_style(style)
     datum = _datum_for(seed)
     date = _date_for(seed)
-    W, H = int(image_size[0]), int(image_size[1])  # noqa: N806
+    W, H = int(image_size[0]), int(image_size[1])
     say(f"town: seed={seed} style={st.name} size={size_m} m")
     town = generate_town(seed, st, size_m)
     say(f"  {len(town.segments)} road segments, {len(town.buildings)} buildings, "
@@ -174,9 +174,9 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
     # calibration of the recording day
     date_dir = out / "raw_data" / date
     date_dir.mkdir(parents=True, exist_ok=True)
-    P2 = kitti_camera(W, H)  # noqa: N806
+    P2 = kitti_camera(W, H)
     write_kitti_calibration(date_dir, P2, (W, H), KITTI_T_IMU_CAM2)
-    T_imu_cam = kitti_T_imu_cam2(date_dir)  # noqa: N806 - read back: same as the readers
+    T_imu_cam = kitti_T_imu_cam2(date_dir)
     fx, fy, cx, cy = P2[0, 0], P2[1, 1], P2[0, 2], P2[1, 2]
     n_test = 0
     if split == "test":
@@ -211,7 +211,7 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
         stamps_oxts = stamps_img - rng.integers(0, 6_000_000, len(drive)).astype(np.int64)
         expo = np.exp(ou_process(rng, len(drive), 0.1, 3.0, 0.07))
         wbv = np.stack([np.exp(ou_process(rng, len(drive), 0.1, 5.0, 0.02)) for _ in range(3)], 1)
-        T_world_cam = drive.T_world_body @ T_imu_cam  # noqa: N806
+        T_world_cam = drive.T_world_body @ T_imu_cam
         for i in range(len(drive)):
             t0 = time.perf_counter()
             img = renderer.render(T_world_cam[i], fx, fy, cx, cy, W, H, exposure=float(expo[i]),
@@ -333,7 +333,7 @@ def bench(out_json=None, n_frames: int = 60, size_m: float = 300.0, style: str =
     if pin_core and hasattr(os, "sched_setaffinity"):
         core = sorted(os.sched_getaffinity(0))[0]
         os.sched_setaffinity(0, {core})
-    W, H = image_size  # noqa: N806
+    W, H = image_size
     town = generate_town(seed, style, size_m)
     t0 = time.perf_counter()
     renderer = GroundRenderer(town, seed=1)
@@ -341,8 +341,8 @@ def bench(out_json=None, n_frames: int = 60, size_m: float = 300.0, style: str =
     drive = plan_drive(town, seed=7, n_frames=n_frames)
     renderer.clear_cars_near_path(drive.xy)
     traffic = plan_traffic(town, drive, seed=8, max_cars=renderer.max_dynamic)
-    P2 = kitti_camera(W, H)  # noqa: N806
-    T = drive.T_world_body @ KITTI_T_IMU_CAM2  # noqa: N806
+    P2 = kitti_camera(W, H)
+    T = drive.T_world_body @ KITTI_T_IMU_CAM2
     renderer.render(T[0], P2[0, 0], P2[1, 1], P2[0, 2], P2[1, 2], W, H)  # warm-up
     t0 = time.perf_counter()
     c0 = time.process_time()

@@ -25,7 +25,7 @@ class Drive:
     """One drive: times (s), body poses ``T_world_body`` (N,4,4) in the town's ENU frame."""
 
     t_s: np.ndarray
-    T_world_body: np.ndarray  # noqa: N815
+    T_world_body: np.ndarray
     speed_mps: np.ndarray
     segments: list[int]
 
@@ -167,7 +167,7 @@ def plan_drive(town: Town, seed: int, n_frames: int, rate_hz: float = 10.0,
                       else roll_pitch_deg)
     roll = ou_process(rng, n, dt, 1.5, rp / 2)
     pitch = ou_process(rng, n, dt, 1.0, rp / 2)
-    T = np.stack([pose_enu(x[i], y[i], imu_height_m, yaw[i], pitch[i], roll[i])  # noqa: N806
+    T = np.stack([pose_enu(x[i], y[i], imu_height_m, yaw[i], pitch[i], roll[i])
                   for i in range(n)])
     return Drive(t_s=np.arange(n) * dt, T_world_body=T, speed_mps=v, segments=route)
 

@@ -210,7 +210,7 @@ class GroundRenderer:
         return len(hit)
 
     # ------------------------------------------------------------------ main entry point
-    def render(self, T_world_cam: np.ndarray, fx: float, fy: float, cx: float, cy: float,  # noqa: N803
+    def render(self, T_world_cam: np.ndarray, fx: float, fy: float, cx: float, cy: float,
                width: int, height: int, exposure: float = 1.0,
                wb: tuple[float, float, float] = (1.0, 1.0, 1.0), noise_seed: int = 0,
                interp: int = cv2.INTER_LINEAR, labels: bool = False,
@@ -224,15 +224,15 @@ class GroundRenderer:
         the town's ground class (``town.GRASS`` ...) on the ground, ``200 + object kind`` on
         structures (210 for canopies) and 255 for the sky (nearest-neighbour warp, no noise).
         """
-        T = np.asarray(T_world_cam, np.float64)  # noqa: N806
-        R = T[:3, :3]  # noqa: N806
+        T = np.asarray(T_world_cam, np.float64)
+        R = T[:3, :3]
         c = T[:3, 3]
         zf = R[:, 2]
         yaw = math.atan2(zf[1], zf[0])
-        Rl = level_rotation(yaw)  # noqa: N806
-        R_l_c = Rl.T @ R  # noqa: N806
-        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])  # noqa: N806
-        H = K @ R_l_c @ np.linalg.inv(K)  # real pixel -> level pixel  # noqa: N806
+        Rl = level_rotation(yaw)
+        R_l_c = Rl.T @ R
+        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+        H = K @ R_l_c @ np.linalg.inv(K)  # real pixel -> level pixel
         corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1],
                             [width - 1, height - 1, 1]], float).T
         q = H @ corners
@@ -252,8 +252,8 @@ class GroundRenderer:
         if labels:
             interp = cv2.INTER_NEAREST
         # warp: dst(p) = level(H p) - shift by (u0, v0)
-        S = np.array([[1, 0, -u0], [0, 1, -v0], [0, 0, 1.0]])  # noqa: N806
-        M = S @ H  # noqa: N806
+        S = np.array([[1, 0, -u0], [0, 1, -v0], [0, 0, 1.0]])
+        M = S @ H
         out = cv2.warpPerspective(img, M, (width, height), flags=interp | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_REPLICATE)
         return out
@@ -292,8 +292,8 @@ class GroundRenderer:
     def _render_level(self, c, yaw, fx, fy, cx, cy, u0, u1, v0, v1, noise_seed, gain,
                       labels=False):
         town = self.town
-        W = u1 - u0  # noqa: N806
-        Hh = v1 - v0  # noqa: N806
+        W = u1 - u0
+        Hh = v1 - v0
         cz = float(c[2])
         fwd = np.array([math.cos(yaw), math.sin(yaw)])
         right = np.array([math.sin(yaw), -math.cos(yaw)])
@@ -482,7 +482,7 @@ class GroundRenderer:
         hx = c[0] + tfin * dx[None, :]
         hy = c[1] + tfin * dy[None, :]
         canopy = kind == 10
-        L, W = tt.shape  # noqa: N806
+        L, W = tt.shape
         base = np.zeros((L, W, 3), np.float32)
         # objects: face normal, sun shading, coordinate along the face
         o = np.where(canopy, 0, oid)

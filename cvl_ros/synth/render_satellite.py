@@ -46,7 +46,7 @@ def render_satellite(town: Town, seed: int = 0, m_per_px: float = SAT_M_PER_PX,
                           st.sat_gamma, st.sat_wb, st.sat_saturation, st.sat_haze,
                           avoid_az=avoid_sun_az)
     half = town.size_m / 2.0
-    N = int(round(town.size_m / m_per_px))  # noqa: N806
+    N = int(round(town.size_m / m_per_px))
     res = m_per_px
     col = ground_colour_raster(town, rng, "sat", palette_shift=0.12)
     col = cv2.resize(col, (N, N), interpolation=cv2.INTER_AREA)
@@ -55,7 +55,7 @@ def render_satellite(town: Town, seed: int = 0, m_per_px: float = SAT_M_PER_PX,
     # cars present in the satellite image
     cars = town.cars
     for i in np.nonzero(cars["in_sat"])[0]:
-        L, W = cars["length"][i], cars["width"][i]  # noqa: N806
+        L, W = cars["length"][i], cars["width"][i]
         poly = _rect(cars["x"][i], cars["y"][i], cars["yaw"][i], L / 2, W / 2)
         c = cars["rgb"][i] * rng.uniform(0.9, 1.1)
         _fill(col, half, res, poly, c)
