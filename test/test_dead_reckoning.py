@@ -20,7 +20,8 @@ from cvl_ros.kitti import (
     write_oxts_dir,
 )
 from cvl_ros.ros import bags
-from cvl_ros.ros.bags import make_typestore, write_kitti_bag
+from cvl_ros.ros.bags import make_typestore
+from cvl_ros.ros.kitti_bag import write_kitti_bag
 
 
 def _odom_xy(bag):

@@ -13,7 +13,8 @@ from rosbags.rosbag2 import Reader
 from cvl_ros.cli.kitti2bag import main as kitti2bag_main
 from cvl_ros.kitti import KittiDrive, read_calib_cam_to_cam, read_timestamps
 from cvl_ros.ros import bags
-from cvl_ros.ros.bags import make_typestore, write_kitti_bag
+from cvl_ros.ros.bags import make_typestore
+from cvl_ros.ros.kitti_bag import write_kitti_bag
 
 
 def _read_all(path):

@@ -14,7 +14,7 @@ from cvl_ros.cli import localize_bag as lb
 from cvl_ros.geo import GeoDatum
 from cvl_ros.kitti import KittiDrive, kitti_T_imu_cam2, oxts_to_enu_poses
 from cvl_ros.localizer import Localizer, LocalizerConfig
-from cvl_ros.ros.bags import write_kitti_bag
+from cvl_ros.ros.kitti_bag import write_kitti_bag
 
 
 class _OracleLocalizer:

@@ -9,7 +9,8 @@ import pytest
 from _bag_drives import tiny_drive
 
 from cvl_ros.ros import bags
-from cvl_ros.ros.bags import BagReplayer, parse_remaps, write_kitti_bag
+from cvl_ros.ros.kitti_bag import write_kitti_bag
+from cvl_ros.ros.replay import BagReplayer, parse_remaps
 
 pytestmark = pytest.mark.ros
 
@@ -157,7 +158,8 @@ def test_topic_recorder_roundtrip(tmp_path, ros_context):
     from cvl_ros.cli.localize_bag import EstimateRow
     from cvl_ros.cli.record import node_output_topics
     from cvl_ros.msg import Candidate, GeoPoseEstimate
-    from cvl_ros.ros.bags import TopicRecorder, make_typestore
+    from cvl_ros.ros.bags import make_typestore
+    from cvl_ros.ros.recording import TopicRecorder
 
     ctx = ros_context
     topics = node_output_topics("cvl_localizer")

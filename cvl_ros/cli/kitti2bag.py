@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``cvl-kitti2bag``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from cvl_ros.ros.bags import write_kitti_bag
+    from cvl_ros.ros.kitti_bag import write_kitti_bag
 
     t0 = time.monotonic()
     try:

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = sys.argv if argv is None else ["record", *argv]
     args = build_parser().parse_args(remove_ros_args(raw)[1:])
-    from cvl_ros.ros.bags import TopicRecorder
+    from cvl_ros.ros.recording import TopicRecorder
 
     if args.topic:
         topics = {}

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = sys.argv if argv is None else ["cvl-replay", *argv]
     args = build_parser().parse_args(remove_ros_args(raw)[1:])
     logging.basicConfig(level=logging.INFO, format="[cvl-replay] %(message)s")
-    from cvl_ros.ros.bags import BagReplayer, parse_remaps
+    from cvl_ros.ros.replay import BagReplayer, parse_remaps
 
     try:
         remaps = parse_remaps(args.remap)
