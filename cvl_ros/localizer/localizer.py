@@ -10,7 +10,6 @@ database's datum); yaw is absolute (0 = east, CCW), taken from the frame's headi
 
 from __future__ import annotations
 
-import enum
 import math
 import threading
 import time
@@ -19,7 +18,16 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from cvl_ros.localizer.filter import GridFilter, TileScores
+from cvl_ros.localizer.filter import GridFilter, PosteriorStats, TileScores
+from cvl_ros.localizer.modes import (
+    Evidence,
+    GridAction,
+    ModeState,
+    Status,
+    decide,
+    reported_covariance,
+    sigma_m,
+)
 from cvl_ros.localizer.window import Keyframe, SlidingWindow, rot_z, yaw_of
 
 __all__ = [
@@ -37,16 +45,6 @@ __all__ = [
 
 class InvalidFrameError(ValueError):
     """A frame the localizer refuses (NaN odometry, wrong image shape/dtype, size mismatch...)."""
-
-
-class Status(enum.IntEnum):
-    """Localisation state; values equal the constants of ``cvl_ros/GeoPoseEstimate``."""
-
-    NO_FIX = 0
-    INITIALIZING = 1
-    TRACKING = 2
-    LOW_CONFIDENCE = 3
-    RELOCALIZING = 4
 
 
 @dataclass
@@ -398,13 +396,8 @@ class Localizer:
             self._yaw_offset = float(self.config.odom_yaw_offset_rad)
             self._yaw_offset_known = False
             self._pending_yaw: float | None = None
-            self._global_mode = True
-            self._global_travel_m = 0.0
-            self._grid_global = False
-            self._ever_tracked = False
-            self._reloc_requested = False
-            self._updates_since_init = 0
-            self._bad_updates = 0
+            self._mode = ModeState()  # global search (see cvl_ros.localizer.modes)
+            self._grid_global = False  # the filter's grid covers the whole database
             self._pending_reset_reason = reason if reason != "init" else ""
             self.last_reset_reason = reason
 
@@ -437,11 +430,7 @@ class Localizer:
 
     def _relocalize_now(self) -> None:
         self.filter.clear()
-        self._global_mode = True
-        self._global_travel_m = 0.0
-        self._reloc_requested = True
-        self._updates_since_init = 0
-        self._bad_updates = 0
+        self._mode = self._mode.relocalized()
 
     def set_initial_pose(self, east_m: float, north_m: float, yaw_rad: float | None = None,
                          sigma_m: float = 5.0) -> bool:
@@ -470,10 +459,7 @@ class Localizer:
         self.filter.init_gaussian((east_m, north_m), sigma, extent,
                                   max(c.filter_cell_m, extent / c.global_grid_max_cells))
         self._grid_global = False
-        self._global_mode = False
-        self._reloc_requested = False
-        self._updates_since_init = 0
-        self._bad_updates = 0
+        self._mode = self._mode.at_initial_pose()
         if yaw_rad is not None:
             if self._last_odom is not None:
                 self._yaw_offset = yaw_rad - yaw_of(self._last_odom)
@@ -492,19 +478,24 @@ class Localizer:
         """
         if not (math.isfinite(lat_deg) and math.isfinite(lon_deg)):
             return False
-        if self.filter.initialized and not self._global_mode:
+        if self.filter.initialized and not self._mode.global_search:
             return False
         sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0,
                     self.config.gps_prior_min_sigma_m)
 
         def apply() -> None:
-            if self.filter.initialized and not self._global_mode:
+            if self.filter.initialized and not self._mode.global_search:
                 return  # a belief appeared meanwhile
             e, n = self.latlon_to_map(lat_deg, lon_deg)
             self._set_initial_pose_now(e, n, None, sigma)
 
         self._run_or_defer(apply)
         return True
+
+    @property
+    def _global_mode(self) -> bool:
+        """Whether the next update searches the whole database (read-only; tests read it)."""
+        return self._mode.global_search
 
     @property
     def window_fill(self) -> int:
@@ -558,7 +549,7 @@ class Localizer:
     def _search_indices(self, pred_en, radius_m: float, ground) -> tuple[np.ndarray, bool]:
         c = self.config
         n_tiles = len(self._tile_ids)
-        if self._global_mode:
+        if self._mode.global_search:
             if n_tiles <= c.global_max_tiles:
                 return np.arange(n_tiles), True
             idx, _ = self.db.global_topk(_to_device(ground, "cpu"), min(c.global_topk, n_tiles))
@@ -590,6 +581,7 @@ class Localizer:
         return (lo + hi) / 2.0, extent, cell
 
     def _update(self, frame: Frame, stamp: int, T_ob, T_bc, t0) -> Estimate:
+        """One keyframe: predict, fuse the window, search, measure, decide the mode, report."""
         torch = self._torch
         c = self.config
         with torch.inference_mode():
@@ -598,15 +590,15 @@ class Localizer:
             self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
             # ---- predict
             R_off = rot_z(self._yaw_offset)
+            travel_m = 0.0
             if self.filter.initialized and self._last_update_odom is not None:
                 d = (R_off @ np.append(T_ob[:3, 3] - self._last_update_odom[:3, 3], 0.0))[:2]
-                sigma = c.process_noise_m + c.odom_noise_fraction * float(np.hypot(*d))
+                travel_m = float(np.hypot(*d))
+                sigma = c.process_noise_m + c.odom_noise_fraction * travel_m
                 self.filter.predict(d, sigma)
                 if self._grid_global:  # keep the whole-database grid on the database
                     center, extent, cell = self._global_grid()
                     self.filter.regrid(center, extent, cell)
-                if self._global_mode:
-                    self._global_travel_m += float(np.hypot(*d))
             self._last_update_odom = T_ob.copy()
             # ---- fused ground descriptor of the window
             kfs = self.window.frames()
@@ -618,11 +610,12 @@ class Localizer:
             ground = self.model.fuse_frame_states([k.state for k in kfs], Ks, T_grid,
                                                   self._cam_h)
             # ---- search
-            if self.filter.initialized and not self._global_mode:
-                st = self.filter.stats(c.confidence_radius_m)
-                pred = st.peak_en
-                sig = math.sqrt(max(np.linalg.eigvalsh(st.cov_about_peak).max(), 0.0))
-                radius = max(c.tracking_search_radius_m, c.search_radius_sigma_factor * sig)
+            prior = None  # statistics of the predicted belief
+            if self.filter.initialized and not self._mode.global_search:
+                prior = self.filter.stats(c.confidence_radius_m)
+                pred = prior.peak_en
+                radius = max(c.tracking_search_radius_m,
+                             c.search_radius_sigma_factor * sigma_m(prior.cov_about_peak))
             else:
                 pred, radius = np.zeros(2), 0.0
             idx, global_search = self._search_indices(pred, radius, ground)
@@ -643,10 +636,43 @@ class Localizer:
         lever_en = lever[:2]
         tiles = [TileScores(self._centers[i] - lever_en, maps[k], self._disp_cell_m)
                  for k, i in enumerate(idx)]
+        prob_before = self.filter.prob
         self.filter.update(tiles, c.score_temperature, None, c.outlier_weight)
-        self._updates_since_init += 1
-        return self._make_estimate(frame, stamp, T_ob, R_off, idx, scores, disps, maps,
-                                   global_search, t0)
+        # ---- decide the mode and the status (cvl_ros.localizer.modes), then apply it
+        # (an update that covered no cell leaves the grid as predicted: reuse its statistics)
+        st = (prior if prior is not None and self.filter.prob is prob_before
+              else self.filter.stats(c.confidence_radius_m))
+        decision = decide(self._mode, self._evidence(st, idx, scores, disps, travel_m), c)
+        self._mode = decision.state
+        if decision.grid is GridAction.CONVERGE:  # continue on a fine grid around the peak
+            self.filter.regrid(st.peak_en, c.tracking_grid_extent_m, c.filter_cell_m)
+            self._grid_global = False
+            st = self.filter.stats(c.confidence_radius_m)
+        elif decision.grid is GridAction.FOLLOW:  # re-centre the tracking grid on the peak
+            half = self.filter.extent_m / 2.0
+            if np.abs(st.peak_en - self.filter.center_en).max() > 0.25 * half:
+                self.filter.regrid(st.peak_en, self.filter.extent_m, self.filter.cell_m)
+        cov = reported_covariance(decision, st.cov_local, st.cov_about_peak,
+                                  c.min_position_sigma_m)
+        est = self._make_estimate(stamp, T_ob, R_off, idx, scores, disps, maps, global_search,
+                                  st, decision.status, cov, t0)
+        self._pending_reset_reason = ""
+        return est
+
+    def _evidence(self, st: PosteriorStats, idx, scores, disps, travel_m: float) -> Evidence:
+        """The numbers the mode decision uses, read after the measurement update."""
+        c = self.config
+        s_peak = self.filter.score_at(*st.peak_en)
+        gap = (self.filter.last_max_score - s_peak) / c.score_temperature
+        mismatch_m2 = float("nan")
+        if len(scores):
+            best = int(np.argmax(scores))
+            best_en = self._centers[idx[best]] + disps[best]
+            mismatch_m2 = float(np.sum((best_en - st.peak_en) ** 2))
+        return Evidence(mass_near_peak=st.mass_near_peak, second_mode_mass=st.second_mode_mass,
+                        cov_local=st.cov_local, cov_about_peak=st.cov_about_peak,
+                        score_gap=gap, mismatch_m2=mismatch_m2, travel_m=travel_m,
+                        tiles_searched=int(len(idx)), window_full=self.window.full)
 
     def _refresh_frame_states(self, kfs, Ks, T_grid, T_np) -> None:
         """Compute the model's cached per-frame state of new keyframes, and of keyframes whose
@@ -674,62 +700,10 @@ class Localizer:
             kfs[i].state_rotation = T_np[i, :3, :3].copy()
         self.state_refreshes += len(stale)
 
-    def _make_estimate(self, frame, stamp, T_ob, R_off, idx, scores, disps, maps,
-                       global_search, t0) -> Estimate:
+    def _make_estimate(self, stamp, T_ob, R_off, idx, scores, disps, maps, global_search,
+                       st: PosteriorStats, status: Status, cov: np.ndarray, t0) -> Estimate:
+        """Pack an Estimate of the decided status/covariance and the posterior statistics."""
         c = self.config
-        st = self.filter.stats(c.confidence_radius_m)
-        sig_local = math.sqrt(max(np.linalg.eigvalsh(st.cov_local).max(), 0.0))
-        sig_peak = math.sqrt(max(np.linalg.eigvalsh(st.cov_about_peak).max(), 0.0))
-        s_peak = self.filter.score_at(*st.peak_en)
-        gap = (self.filter.last_max_score - s_peak) / c.score_temperature
-        consistent = not (np.isfinite(gap) and gap > c.innovation_gate)
-        good = (consistent and st.mass_near_peak >= c.tracking_min_confidence
-                and sig_local <= c.tracking_max_sigma_m
-                and st.second_mode_mass <= c.max_second_mode_ratio * st.mass_near_peak)
-        if self._global_mode and good and self._global_travel_m >= c.global_min_travel_m:
-            # converged: continue on a fine local grid around the peak
-            self.filter.regrid(st.peak_en, c.tracking_grid_extent_m, c.filter_cell_m)
-            self._grid_global = False
-            self._global_mode = False
-            self._reloc_requested = False
-            self._updates_since_init = 1
-            st = self.filter.stats(c.confidence_radius_m)
-        elif not self._global_mode:
-            half = self.filter.extent_m / 2.0
-            if np.abs(st.peak_en - self.filter.center_en).max() > 0.25 * half:
-                self.filter.regrid(st.peak_en, self.filter.extent_m, self.filter.cell_m)
-        if self._global_mode:
-            status = Status.RELOCALIZING if (self._ever_tracked or self._reloc_requested) \
-                else Status.INITIALIZING
-            cov = st.cov_about_peak
-        elif good:
-            if self._updates_since_init >= c.min_updates_to_track and self.window.full:
-                status = Status.TRACKING
-                self._ever_tracked = True
-            else:
-                status = Status.INITIALIZING
-            cov = st.cov_local
-            self._bad_updates = 0
-        else:
-            self._bad_updates += 1
-            if st.mass_near_peak >= c.low_confidence_min and sig_peak <= c.max_fix_sigma_m:
-                status = Status.LOW_CONFIDENCE
-            else:
-                status = Status.NO_FIX
-            cov = np.maximum(st.cov_about_peak, st.cov_local)
-            if not consistent and len(scores):
-                best_en = self._centers[idx[int(np.argmax(scores))]] + disps[int(np.argmax(scores))]
-                cov = cov + np.eye(2) * float(np.sum((best_en - st.peak_en) ** 2))
-            sig_cov = math.sqrt(max(np.linalg.eigvalsh(cov).max(), 0.0))
-            if status == Status.LOW_CONFIDENCE and sig_cov > c.max_fix_sigma_m:
-                status = Status.NO_FIX
-            if len(idx) == 0 or self._bad_updates >= c.lost_after_updates:
-                self._global_mode = True  # lost: the next keyframe relocalises globally
-                self._global_travel_m = 0.0
-                self._bad_updates = 0
-        cov = 0.5 * (cov + cov.T)
-        w, v = np.linalg.eigh(cov)
-        cov = (v * np.maximum(w, c.min_position_sigma_m**2)) @ v.T
         east, north = float(st.peak_en[0]), float(st.peak_en[1])
         lat, lon = self.map_to_latlon(east, north)
         yaw_body = self._yaw_offset + yaw_of(T_ob)
@@ -760,5 +734,4 @@ class Localizer:
             global_search=bool(global_search), reset_reason=self._pending_reset_reason,
             posterior=self.filter.prob.astype(np.float32) if self.filter.prob is not None
             else None)
-        self._pending_reset_reason = ""
         return est
