@@ -12,8 +12,9 @@ from cvl_ros.camera import invert_pose
 from cvl_ros.localizer import Localizer, LocalizerConfig
 
 
-def build_tiny_resources(out_dir):
-    """A random-init tiny CVLNet checkpoint and a tile database built by it (a few seconds)."""
+def build_tiny_resources(out_dir, datum=None):
+    """A random-init tiny CVLNet checkpoint and a tile database built by it (a few seconds);
+    ``datum`` (a GeoDatum) places the database (default: FakeDB's)."""
     from cvl_ros.database import TileDatabase
     from cvl_ros.model.cvlnet import CVLNet, CVLNetConfig, save_checkpoint
 
@@ -23,7 +24,8 @@ def build_tiny_resources(out_dir):
     model = CVLNet(cfg, load_pretrained=False).eval()
     ckpt = out_dir / "tiny.safetensors"
     save_checkpoint(ckpt, model)
-    fdb = FakeDB(spacing_m=20.0, east=(-40, 80), north=(-20, 20))
+    fdb = FakeDB(spacing_m=20.0, east=(-40, 80), north=(-20, 20),
+                 **({"datum": datum} if datum is not None else {}))
     rng = np.random.default_rng(0)
     tiles = [(tid, float(ll[0]), float(ll[1]), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
              for tid, ll in zip(fdb.tile_ids, fdb.centers_latlon)]

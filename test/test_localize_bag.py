@@ -10,6 +10,8 @@ import pytest
 from _bag_drives import tiny_drive
 from _localizer_fakes import FakeDB, OracleModel
 
+from cvl_ros import offline, plots, report
+from cvl_ros import params as P
 from cvl_ros.cli import localize_bag as lb
 from cvl_ros.geo import GeoDatum
 from cvl_ros.kitti import KittiDrive, kitti_T_imu_cam2, oxts_to_enu_poses
@@ -54,7 +56,7 @@ def bag_and_db(tmp_path):
 def test_run_localizer_on_bag_with_oracle(bag_and_db, tmp_path):
     drive, bag, db = bag_and_db
     loc = _OracleLocalizer(drive, db)
-    res = lb.run_localizer_on_bag(loc, bag, progress=False)
+    res = offline.run_localizer_on_bag(loc, bag, progress=False)
     assert res.images == 25
     assert res.frames_used == 25, res.skipped
     # frames carry what the bag says: stamps, extrinsics from /tf_static, IMU heading
@@ -65,13 +67,13 @@ def test_run_localizer_on_bag_with_oracle(bag_and_db, tmp_path):
     assert f.image_rgb.shape == (40, 124, 3) and f.image_rgb[0, 0, 0] == 3
     # keyframes every ~1 m of the 0.8 m/frame drive
     assert 10 <= len(res.rows) <= 25
-    gt = lb.ground_truth_from_bag(bag)
-    lb.attach_ground_truth(res.rows, gt)
+    gt = report.ground_truth_from_bag(bag)
+    report.attach_ground_truth(res.rows, gt)
     fixes = [r for r in res.rows if r.has_fix]
     assert len(fixes) >= 0.8 * len(res.rows)
     errs = [r.error_m for r in fixes]
     assert np.median(errs) < 3.0, errs
-    summary = lb.write_report(res.rows, tmp_path / "out", images=res.images, gt=gt,
+    summary = report.write_report(res.rows, tmp_path / "out", images=res.images, gt=gt,
                               wall_s=res.wall_s)
     for name in ("estimates.csv", "summary.json", "trajectory.png", "error.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
@@ -80,7 +82,7 @@ def test_run_localizer_on_bag_with_oracle(bag_and_db, tmp_path):
         assert key in data
     assert data["images"] == 25 and data["fixes"] == len(fixes)
     assert data["median_error_m"] == pytest.approx(summary["median_error_m"])
-    back = lb.read_csv(tmp_path / "out" / "estimates.csv")
+    back = report.read_csv(tmp_path / "out" / "estimates.csv")
     assert [r.stamp_ns for r in back] == [r.stamp_ns for r in res.rows]
     assert all(math.isfinite(r.error_m) for r in back if r.has_fix)
 
@@ -89,15 +91,15 @@ def test_report_without_ground_truth_and_mosaic(tmp_path):
     from cvl_ros.tiles import GeoMosaic
 
     datum = GeoDatum(49.0, 8.4, 0.0)
-    rows = [lb.EstimateRow(stamp_ns=10**9 * i, status="TRACKING", lat_deg=49.0 + 1e-5 * i,
+    rows = [report.EstimateRow(stamp_ns=10**9 * i, status="TRACKING", lat_deg=49.0 + 1e-5 * i,
                            lon_deg=8.4, cov_ee_m2=4.0, cov_en_m2=0.5, cov_nn_m2=1.0,
                            latency_ms=20.0, score_map=np.random.rand(7, 7)) for i in range(5)]
-    rows.append(lb.EstimateRow(stamp_ns=6 * 10**9, status="NO_FIX"))
+    rows.append(report.EstimateRow(stamp_ns=6 * 10**9, status="NO_FIX"))
     mos = GeoMosaic(np.full((100, 100, 3), 90, np.uint8), datum, 1.0, -50.0, 50.0)
     mos.write(tmp_path / "town" / "mosaic.png")
-    found = lb.find_mosaic(tmp_path / "town" / "db" / "x")
+    found = plots.find_mosaic(tmp_path / "town" / "db" / "x")
     assert found == tmp_path / "town" / "mosaic.png"
-    s = lb.write_report(rows, tmp_path / "out", images=6, gt=None, mosaic=found)
+    s = report.write_report(rows, tmp_path / "out", images=6, gt=None, mosaic=found)
     assert s["fixes"] == 5 and s["keyframes"] == 6 and "median_error_m" not in s
     assert s["mean_latency_ms"] == pytest.approx(20.0)
     assert (tmp_path / "out" / "heatmap.png").is_file()
@@ -111,26 +113,26 @@ def test_cli_errors(tmp_path, capsys):
                     odom_yaw_drift_deg_per_100m=0.0)
     assert lb.main([str(tmp_path / "bag"), "--out", str(tmp_path / "o"), "--checkpoint",
                     str(tmp_path / "none.safetensors"), "--db", str(tmp_path)]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "none.safetensors" in capsys.readouterr().err
 
 
 def test_node_params_from_the_shipped_params_file():
-    params = lb.node_params()
+    params = offline.load_params()
     assert "localizer.window_length" in params and "heading_source" in params
-    cfg = lb.localizer_config_from_params(params)
+    cfg = P.localizer_config(params)
     assert cfg.window_length == params["localizer.window_length"]
     assert cfg.keyframe_distance_m == pytest.approx(params["localizer.keyframe_distance_m"])
-    with pytest.raises(FileNotFoundError):
-        lb.node_params("/nonexistent/params.yaml")
+    with pytest.raises(P.ParameterError, match="not found"):
+        offline.load_params("/nonexistent/params.yaml")
 
 
 def test_gps_baseline_error(tmp_path):
     drive = tiny_drive(tmp_path, n=6, gps_offset_m=3.0)
     write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0,
                     odom_yaw_drift_deg_per_100m=0.0)
-    gt = lb.ground_truth_from_bag(tmp_path / "bag")
+    gt = report.ground_truth_from_bag(tmp_path / "bag")
     assert gt.source == "/kitti/ground_truth/pose"
-    errs = lb.gps_error_m(tmp_path / "bag", gt)
+    errs = report.gps_error_m(tmp_path / "bag", gt)
     assert len(errs) == 6
     np.testing.assert_allclose(errs, 3.0, atol=0.05)
 
@@ -140,9 +142,12 @@ def test_expected_keyframes_follow_the_distance_rule(tmp_path):
     write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0,
                     odom_yaw_drift_deg_per_100m=0.0)
     stamps = [int(s) for s in KittiDrive(drive).timestamps_ns]
-    kf = lb.expected_keyframes(tmp_path / "bag", keyframe_distance_m=2.0)
+    def rule(d):
+        return dict(P.defaults(), **{"localizer.keyframe_distance_m": d})
+
+    kf = offline.expected_keyframes(tmp_path / "bag", rule(2.0))
     assert kf == [stamps[i] for i in (0, 3, 6, 9)]  # 2.4 m >= 2 m; 1.6 m is not
-    assert len(lb.expected_keyframes(tmp_path / "bag", keyframe_distance_m=0.5)) == 10
+    assert len(offline.expected_keyframes(tmp_path / "bag", rule(0.5))) == 10
 
 
 def test_cli_with_a_real_checkpoint_and_database(tmp_path, capsys):
@@ -183,7 +188,7 @@ def test_cli_with_a_real_checkpoint_and_database(tmp_path, capsys):
 
 def test_covariance_ellipse_is_the_two_sigma_contour():
     cov = np.array([[9.0, 2.5], [2.5, 4.0]])
-    xy = lb._ellipse_xy(cov)
+    xy = plots._ellipse_xy(cov)
     maha = np.einsum("ni,ij,nj->n", xy, np.linalg.inv(cov), xy)
     np.testing.assert_allclose(maha, 4.0, rtol=1e-9)  # (2 sigma)^2 for every point
 
@@ -198,15 +203,15 @@ def test_trajectory_plot_shows_mosaic_truth_estimates_and_ellipses(tmp_path):
     mos = GeoMosaic(np.full((200, 200, 3), magenta, np.uint8), datum, 1.0, -100.0, 100.0)
     mos.write(tmp_path / "mosaic.png")
     lat = 49.0 + 1e-5 * np.arange(10)
-    gt = lb.GroundTruth(np.arange(10) * 10**9, lat, np.full(10, 8.4), "test")
+    gt = report.GroundTruth(np.arange(10) * 10**9, lat, np.full(10, 8.4), "test")
 
     def rows(cov):
-        return [lb.EstimateRow(stamp_ns=10**9 * i, status="TRACKING", lat_deg=lat[i],
+        return [report.EstimateRow(stamp_ns=10**9 * i, status="TRACKING", lat_deg=lat[i],
                                lon_deg=8.4 + 2e-5, cov_ee_m2=cov, cov_en_m2=0.0, cov_nn_m2=cov,
                                latency_ms=20.0) for i in range(10)]
 
     def draw(name, **kw):
-        lb.plot_trajectory(kw.pop("r"), tmp_path / name, mosaic_path=tmp_path / "mosaic.png",
+        plots.plot_trajectory(kw.pop("r"), tmp_path / name, mosaic_path=tmp_path / "mosaic.png",
                            title="t", **kw)
         return cv2.cvtColor(cv2.imread(str(tmp_path / name)), cv2.COLOR_BGR2RGB).astype(int)
 

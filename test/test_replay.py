@@ -155,9 +155,9 @@ def test_replay_loop_restarts_time(tmp_path, ros_context):
 def test_topic_recorder_roundtrip(tmp_path, ros_context):
     import rclpy
 
-    from cvl_ros.cli.localize_bag import EstimateRow
     from cvl_ros.cli.record import node_output_topics
     from cvl_ros.msg import Candidate, GeoPoseEstimate
+    from cvl_ros.report import EstimateRow
     from cvl_ros.ros.bags import make_typestore
     from cvl_ros.ros.recording import TopicRecorder
 

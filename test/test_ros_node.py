@@ -390,13 +390,15 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
         T_BODY_CAM, "base_link", "camera_optical", convert.ns_to_stamp(0))]))
     spin_until(ex, lambda: pub_cimg.get_subscription_count() > 0
                and pub_imu.get_subscription_count() > 0
-               and "camera_optical" in node._static_tf, 10.0, "tf_static and subscriptions")
-    assert np.allclose(node._camera_extrinsics("camera_optical"), T_BODY_CAM)
-    assert node.extrinsics_source == "/tf_static base_link->camera_optical"
-    node._camera_extrinsics("other_camera")  # no chain to base_link: the parameter, said so
-    assert "parameter" in node.extrinsics_source and "no /tf_static chain" in \
-        node.extrinsics_source
-    node._camera_extrinsics("camera_optical")
+               and "camera_optical" in node.assembler.static_tf, 10.0,
+               "tf_static and subscriptions")
+    fe = node.assembler
+    assert np.allclose(fe.extrinsics("camera_optical"), T_BODY_CAM)
+    assert fe.extrinsics_source == "/tf_static base_link->camera_optical"
+    fe.extrinsics("other_camera")  # no chain to base_link: the parameter, said so
+    assert "parameter" in fe.extrinsics_source and "no /tf_static chain" in \
+        fe.extrinsics_source
+    node.assembler.extrinsics("camera_optical")
     for i in range(len(drive.stamps)):
         st = convert.ns_to_stamp(drive.stamps[i])
         pub_tf.publish(TFMessage(transforms=[convert.matrix_to_transform_stamped(
@@ -420,22 +422,6 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
     truth = drive.T_world[-1]
     assert math.hypot(g.pose.pose.position.x - truth[0, 3],
                       g.pose.pose.position.y - truth[1, 3]) < 1.5
-
-
-def test_node_parameter_errors_name_the_parameter():
-    from cvl_ros.ros.node import PARAMS, node_parameter_errors
-
-    good = {k: v[0] for k, v in PARAMS.items()}
-    assert node_parameter_errors(good.get) == []
-    cases = {"heading_source": "IMU", "odom_source": "wheel", "heatmap_source": "x",
-             "queue_size": 0, "odom_wait_s": float("nan"), "imu_tolerance_s": -1.0,
-             "camera_extrinsics_xyz_rpy": [0.0, 0.0, 1.65]}
-    for name, value in cases.items():
-        errs = node_parameter_errors(dict(good, **{name: value}).get)
-        assert len(errs) == 1 and name in errs[0], (name, errs)
-    errs = node_parameter_errors(dict(good, use_database_datum=False,
-                                      map_datum_latitude_deg=95.0).get)
-    assert errs and "WGS84" in errs[0]
 
 
 def test_invalid_parameters_keep_the_node_up_and_reported(ros_executor, spin_until, resources):
@@ -464,8 +450,8 @@ def test_imu_without_orientation_is_not_a_heading(ros_executor, spin_until, reso
     m.orientation.w = 1.0
     m.orientation_covariance[0] = -1.0  # REP-145: no orientation estimate
     pub.publish(m)
-    spin_until(ex, lambda: node.counters["imu_without_orientation"] == 1, 5.0, "imu counted")
-    assert len(node.heading_buf._items) == 0 and node.last_error == ""
+    spin_until(ex, lambda: node.assembler.imu_without_orientation == 1, 5.0, "imu counted")
+    assert len(node.assembler.heading._items) == 0 and node.last_error == ""
 
 
 def test_latest_wins_queue_drops_old_images_while_busy(ros_executor, spin_until, resources):
@@ -491,3 +477,30 @@ def test_latest_wins_queue_drops_old_images_while_busy(ros_executor, spin_until,
     assert node.counters["dropped_images"] >= 1
     assert len(processed) < 6 and processed[-1] == drive.stamps[5]
     assert processed == sorted(processed)  # never an older image after a newer one
+
+
+def test_runtime_parameter_changes_are_validated_like_configure(ros_context, resources):
+    """`ros2 param set` goes through cvl_ros.params: refused with the reason, state unchanged;
+    a YAML integer for a float parameter is accepted (no InvalidParameterTypeException)."""
+    from rclpy.parameter import Parameter
+
+    ckpt, db = resources
+    node = _make_node(ros_context, checkpoint_path=str(ckpt), database_path=str(db),
+                      **{"localizer.keyframe_distance_m": 2, "odom_wait_s": 1})
+    try:
+        node.trigger_configure()
+        assert node.localizer is not None, node.missing
+        assert node.localizer.config.keyframe_distance_m == 2.0
+        for name, value, words in [("heading_source", "IMU", "one of auto, imu, odom"),
+                                   ("transform_tolerance", -5.0, ">= 0"),
+                                   ("queue_size", 0, ">= 1"),
+                                   ("use_gps_prior", "false", "true or false")]:
+            res = node.set_parameters([Parameter(name, value=value)])[0]
+            assert not res.successful and words in res.reason, (name, res.reason)
+            assert node.get_parameter(name).value != value
+        res = node.set_parameters([Parameter("imu_tolerance_s", value=0.5)])[0]
+        assert res.successful, res.reason
+        assert node.p("imu_tolerance_s") == 0.5
+        assert node.assembler.config.imu_tolerance_s == 0.5
+    finally:
+        node.destroy_node()

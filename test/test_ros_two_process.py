@@ -32,17 +32,13 @@ def _node_cmd():
 
 
 def test_params_file_documents_every_parameter_with_the_node_defaults():
-    from cvl_ros.localizer import LocalizerConfig
-    from cvl_ros.ros.node import _LOCALIZER_SKIP, PARAMS, _localizer_param_defaults
+    from cvl_ros import params as P
 
     text = PARAMS_FILE.read_text()
     params = yaml.safe_load(text)["/**"]["ros__parameters"]
     loc = params.pop("localizer")
-    assert params == {k: v for k, (v, _) in PARAMS.items()}
-    flat = {"localizer." + k: v for k, v in loc.items()}
-    assert flat == _localizer_param_defaults()
-    assert len(loc) == len([f for f in LocalizerConfig.__dataclass_fields__
-                            if f not in _LOCALIZER_SKIP])
+    flat = dict(params, **{"localizer." + k: v for k, v in loc.items()})
+    assert flat == P.defaults()
     lines = text.splitlines()
     checked = 0
     for i, line in enumerate(lines):  # every parameter line follows a comment with unit + default
@@ -68,7 +64,7 @@ def test_params_file_documents_every_parameter_with_the_node_defaults():
             if "choices" in units:
                 assert " | " in comment and str(value) in comment, f"{key}: choices not listed"
             checked += 1
-    assert checked == len(PARAMS) + len(loc)
+    assert checked == len(P.PARAMS)
 
 
 def test_shipped_params_file_alone_configures_and_activates(ros_context):

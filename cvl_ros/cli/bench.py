@@ -47,8 +47,13 @@ def main(argv=None) -> int:
     import torch
 
     from cvl_ros.benchmark import run
-    from cvl_ros.model.cvlnet import CheckpointError, CVLNet, CVLNetConfig, load_checkpoint
-    from cvl_ros.training import resolve_checkpoint
+    from cvl_ros.model.cvlnet import (
+        CheckpointError,
+        CVLNet,
+        CVLNetConfig,
+        load_checkpoint,
+        resolve_checkpoint,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)

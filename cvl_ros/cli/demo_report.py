@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from cvl_ros.cli import localize_bag as lb
+from cvl_ros import params as P
+from cvl_ros import report
+from cvl_ros.offline import expected_keyframes
+from cvl_ros.plots import find_mosaic
 from cvl_ros.ros import bags
 
 
@@ -42,13 +45,13 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     store = bags.make_typestore()
     geo_topic = f"/{node_name}/geo_pose"
     heat_topic = f"/{node_name}/heatmap"
-    rows: list[lb.EstimateRow] = []
+    rows: list[report.EstimateRow] = []
     heatmaps: list[tuple[int, np.ndarray]] = []
     map_odom: list[int] = []
     available = bags.bag_topics(outputs_bag)
     for m in bags.iter_bag(outputs_bag):
         if m.topic == geo_topic:
-            rows.append(lb.EstimateRow.from_geo_pose(store.deserialize_cdr(m.data, m.msgtype)))
+            rows.append(report.EstimateRow.from_geo_pose(store.deserialize_cdr(m.data, m.msgtype)))
         elif m.topic == heat_topic:
             msg = store.deserialize_cdr(m.data, m.msgtype)
             heatmaps.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec,
@@ -64,13 +67,14 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     rows = [r for r in rows if r.stamp_ns != 0]
     image_stamps = [m.stamp_ns for m in bags.iter_bag(input_bag, [bags.TOPIC_IMAGE])]
     image_set = set(image_stamps)
-    keyframes = lb.expected_keyframes(input_bag, keyframe_distance_m=keyframe_distance_m,
-                                      keyframe_interval_s=keyframe_interval_s)
-    gt = lb.ground_truth_from_bag(input_bag)
+    values = dict(P.defaults(), **{"localizer.keyframe_distance_m": float(keyframe_distance_m),
+                                   "localizer.keyframe_interval_s": float(keyframe_interval_s)})
+    keyframes = expected_keyframes(input_bag, values)
+    gt = report.ground_truth_from_bag(input_bag)
     est_stamps = {r.stamp_ns for r in rows}
     fix_stamps = {r.stamp_ns for r in rows if r.has_fix}
     src = bags.bag_custom_data(input_bag).get(bags.META_PREFIX + "source_drive")
-    mosaic = mosaic or lb.find_mosaic(src)
+    mosaic = mosaic or find_mosaic(src)
     # The example heatmap: the one of a fix in the middle of the run (TRACKING preferred).
     heat, heat_row = None, None
     by_stamp = {r.stamp_ns: r for r in rows}
@@ -103,9 +107,9 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     }
     if extra:
         info.update(extra)
-    summary = lb.write_report(rows, out_dir, images=len(image_stamps), gt=gt, mosaic=mosaic,
+    summary = report.write_report(rows, out_dir, images=len(image_stamps), gt=gt, mosaic=mosaic,
                               heatmap=heat, heatmap_row=heat_row,
-                              gps_errors_m=lb.gps_error_m(input_bag, gt), extra=info)
+                              gps_errors_m=report.gps_error_m(input_bag, gt), extra=info)
     return summary
 
 

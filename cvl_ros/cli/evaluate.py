@@ -40,8 +40,7 @@ def main(argv=None) -> int:
     import torch
 
     from cvl_ros.evaluation import evaluate, write_reports
-    from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint
-    from cvl_ros.training import resolve_checkpoint
+    from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint, resolve_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,12 +42,14 @@ from cvl_ros.model.projection import ResizeProjection, UNetProjection, project_t
 __all__ = [
     "CVLNetConfig",
     "CVLNet",
+    "CHECKPOINT_NAMES",
     "CheckpointError",
     "GroundDescriptor",
     "SatelliteDescriptor",
     "MatchResult",
     "save_checkpoint",
     "load_checkpoint",
+    "resolve_checkpoint",
     "CHECKPOINT_FORMAT",
 ]
 
@@ -298,7 +301,7 @@ class CVLNet(nn.Module):
         cell centres -> (B,N,Cs,S,S); the last channel (the mask) is thresholded at 1/2.
 
         A pure translation: bilinear with zeros outside the canvas, i.e. ``F.grid_sample``
-        (``align_corners=False``) at the grid's cell centres (``_canvases_to_grid_reference``),
+        (``align_corners=False``) at the grid's cell centres (``test/_references.py``),
         computed from one integer crop per frame and three ``lerp``s, which is faster on CPU.
         """  # noqa: D205
         cfg = self.config
@@ -326,24 +329,6 @@ class CVLNet(nn.Module):
         out = torch.lerp(top, bottom, fy).reshape(B, N, Cs, S, S)
         out[:, :, -1] = (out[:, :, -1] > 0.5).to(out.dtype)
         return out
-
-    def _canvases_to_grid_reference(self, states: torch.Tensor, east_m: torch.Tensor,
-                                    north_m: torch.Tensor) -> torch.Tensor:
-        """``_canvases_to_grid`` as one ``F.grid_sample`` (kept for tests)."""
-        cfg = self.config
-        B, N, Cs, Sc, _ = states.shape
-        S, cell = cfg.grid_cells, cfg.cell_m
-        idx = torch.arange(S, device=states.device, dtype=states.dtype)
-        east = (idx - (S - 1) / 2.0) * cell
-        north = ((S - 1) / 2.0 - idx) * cell
-        col = (east.view(1, 1, 1, S) - east_m[..., None, None]) / cell + (Sc - 1) / 2.0
-        row = (Sc - 1) / 2.0 - (north.view(1, 1, S, 1) - north_m[..., None, None]) / cell
-        gx = ((2.0 * col + 1.0) / Sc - 1.0).expand(B, N, S, S)
-        gy = ((2.0 * row + 1.0) / Sc - 1.0).expand(B, N, S, S)
-        grid = torch.stack([gx, gy], -1).reshape(B * N, S, S, 2)
-        out = F.grid_sample(states.reshape(B * N, Cs, Sc, Sc), grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=False).reshape(B, N, Cs, S, S)
-        return torch.cat([out[:, :, :-1], (out[:, :, -1:] > 0.5).to(out.dtype)], 2)
 
     def encode_satellite(self, tiles: torch.Tensor, region: bool = False) -> SatelliteDescriptor:
         """(T,3,P,P) RGB in [0,1] -> ``SatelliteDescriptor`` ((T,D,S,S), U (T,1,S,S)).
@@ -478,6 +463,41 @@ def save_checkpoint(path, model: CVLNet, extra: dict | None = None) -> str:
     save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, path)
     return mh
+
+
+#: File names a checkpoint folder is searched for, in order (``cvl-train`` writes best/last).
+CHECKPOINT_NAMES = ("model.safetensors", "checkpoint.safetensors", "best.safetensors",
+                    "last.safetensors")
+
+
+def resolve_checkpoint(path=None) -> Path:
+    """The checkpoint file meant by ``path``: the one resolver of the node, tools and training.
+
+    ``path`` is a ``.safetensors`` file or a folder (its first of :data:`CHECKPOINT_NAMES`, else
+    its only ``*.safetensors`` that is not optimiser state); relative paths are tried against
+    the working directory, then the package (:func:`cvl_ros.resources.resolve_path`); empty or
+    None means the shipped demo model. Raises ``CheckpointError`` saying what is missing.
+    """
+    from cvl_ros.params import DEFAULT_CHECKPOINT
+    from cvl_ros.resources import MODEL_HINT, resolve_path
+
+    given = str(path) if path not in (None, "") else DEFAULT_CHECKPOINT
+    p = resolve_path(given)
+    if p is None:
+        raise CheckpointError(f"model checkpoint '{given}' not found; {MODEL_HINT}")
+    if not p.is_dir():
+        return p
+    for name in CHECKPOINT_NAMES:
+        if (p / name).is_file():
+            return p / name
+    files = sorted(f for f in p.glob("*.safetensors") if not f.name.endswith(".optim.safetensors"))
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise CheckpointError(f"checkpoint folder {p} holds no *.safetensors file; {MODEL_HINT}")
+    raise CheckpointError(f"checkpoint folder {p} holds {len(files)} checkpoints "
+                          f"({', '.join(f.name for f in files)}) and none of "
+                          f"{', '.join(CHECKPOINT_NAMES)}: name the file")
 
 
 def load_checkpoint(path, map_location="cpu") -> tuple[CVLNet, dict]:

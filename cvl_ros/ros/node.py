@@ -10,15 +10,12 @@ README.md ("The ROS 2 node") for topics, frames, parameters and diagnostics.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import sys
 import threading
 import time
 import traceback
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -36,124 +33,14 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, NavSatFix
 from std_srvs.srv import Trigger
 
-from cvl_ros.localizer import Frame, InvalidFrameError, Localizer, LocalizerConfig, Status
+from cvl_ros import params as P
+from cvl_ros.localizer import InvalidFrameError, Localizer, Status
+from cvl_ros.localizer.frontend import FrameAssembler, GpsPrior, Rejection
+from cvl_ros.resources import BUILD_DB_HINT, resolve_path
 from cvl_ros.ros import convert
-from cvl_ros.ros.sync import PoseBuffer, ScalarBuffer, StampPairer, TimeWentBackwards
 
 NODE_NAME = "cvl_localizer"
-DEFAULT_CHECKPOINT = "models/cvlnet_demo"
-DEFAULT_DATABASE = "demo_out/db"
-BUILD_DB_HINT = ("build it with `make demo` (writes demo_out/db from the synthetic town) or "
-                 "`cvl-build-db --checkpoint <ckpt> --tiles <KITTI-CVL root or mosaic.png> --out "
-                 "<dir>` for your own tiles, then set the parameter database_path")
-MODEL_HINT = ("the demo model ships in models/cvlnet_demo/ (restore it with git, or train one "
-              "with `cvl-train`) and set the parameter checkpoint_path")
-
 _STATUS_NAMES = {int(s): s.name for s in Status}
-
-# Node parameters: name -> (default, description with unit). The Localizer's tuning is exposed as
-# ``localizer.<field>`` for every LocalizerConfig field (see _LOCALIZER_SKIP).
-PARAMS: dict[str, tuple[object, str]] = {
-    "checkpoint_path": ("", "model checkpoint (.safetensors file or a folder holding one); "
-                            "'' = the shipped demo model models/cvlnet_demo/"),
-    "database_path": (DEFAULT_DATABASE, "tile database folder (relative: to the working "
-                                        "directory, then the package)"),
-    "device": ("auto", "auto | cpu | cuda[:n] (CUDA when present; CPU fallback with a warning)"),
-    "torch_threads": (0, "CPU threads of torch (torch.set_num_threads); 0 = torch's default"),
-    "autostart": (True, "configure and activate by itself at start (cvl-localize); the launch "
-                        "file sets it false and drives the transitions"),
-    "map_frame": ("map", "frame of the outputs (ENU about the map datum)"),
-    "odom_frame": ("odom", "odometry frame (child of map->odom, parent of base_frame)"),
-    "base_frame": ("base_link", "vehicle body frame"),
-    "camera_frame": ("", "optical frame of the camera; '' = the image header's frame_id"),
-    "use_compressed": (False, "subscribe to image/compressed (CompressedImage) instead of image"),
-    "odom_source": ("odom", "odom = nav_msgs/Odometry on `odom`; tf = the odom_frame->base_frame "
-                            "transform on /tf"),
-    "heading_source": ("auto", "absolute ENU heading of base_frame: imu = yaw of `imu` (INS / "
-                               "compass); odom = odometry yaw + odom_yaw_offset_rad (odometry "
-                               "aligned with ENU); auto = imu when an IMU heading is near the "
-                               "image stamp, else odom"),
-    "odom_yaw_offset_rad": (0.0, "ENU yaw of the odometry frame's x axis [rad] (used by "
-                                 "heading_source odom/auto without IMU; an initialpose yaw "
-                                 "replaces it)"),
-    "imu_tolerance_s": (0.2, "largest gap between an image and the IMU heading used [s]"),
-    "use_gps_prior": (True, "use `gps/fix` as a coarse prior while there is no belief"),
-    "gps_prior_sigma_m": (0.0, "sigma of the GPS prior [m]; 0 = from the NavSatFix covariance"),
-    "camera_info_tolerance_s": (0.05, "largest image/camera_info stamp difference [s]; "
-                                      "negative = use the newest camera_info whatever its stamp"),
-    "odom_max_extrapolation_s": (0.1, "largest gap between an image and the nearest odometry "
-                                      "when the image lies outside the buffered span [s]"),
-    "odom_wait_s": (0.3, "how long the worker waits for odometry newer than an image, and for "
-                         "its camera_info [s]"),
-    "odom_buffer_s": (10.0, "odometry history kept [s]"),
-    "queue_size": (1, "images waiting for the worker (latest wins; older ones are dropped)"),
-    "use_tf_static_extrinsics": (True, "read base_frame->camera optical frame from /tf_static "
-                                       "when present"),
-    "camera_extrinsics_xyz_rpy": ([0.0, 0.0, 1.65, 0.0, 0.0, 0.0],
-                                  "fallback camera mount in base_frame: x, y, z [m], roll, pitch, "
-                                  "yaw [rad]; all angles 0 = looking along +x (optical z "
-                                  "forward, x right, y down)"),
-    "camera_height_m": (0.0, "camera height above the ground [m]; 0 = the model's default"),
-    "use_database_datum": (True, "map datum = the tile database's datum; false = the three "
-                                 "map_datum_* parameters"),
-    "map_datum_latitude_deg": (0.0, "WGS84 latitude of the map origin [deg]"),
-    "map_datum_longitude_deg": (0.0, "WGS84 longitude of the map origin [deg]"),
-    "map_datum_altitude_m": (0.0, "ellipsoidal altitude of the map origin [m]"),
-    "publish_tf": (True, "publish map->odom on /tf (REP-105)"),
-    "tf_publish_low_confidence": (False, "also update map->odom from LOW_CONFIDENCE fixes"),
-    "transform_tolerance": (0.1, "map->odom is stamped this far in the future [s]"),
-    "tf_publish_rate_hz": (10.0, "re-send rate of the last map->odom [Hz]; 0 = only on updates"),
-    "publish_heatmap": (True, "publish ~/heatmap"),
-    "heatmap_source": ("score_map", "score_map (best tile's score map) | posterior (filter grid)"),
-    "heatmap_colour": (True, "rgb8 false colour (true) or mono8 (false)"),
-    "diagnostics_rate_hz": (1.0, "rate of /diagnostics [Hz]"),
-}
-_LOCALIZER_SKIP = {"map_datum_lat_deg", "map_datum_lon_deg", "map_datum_alt_m", "camera_height_m",
-                   "odom_yaw_offset_rad"}
-
-# parameters with a fixed set of values, and numeric ones with their lower bound
-_CHOICES = {"odom_source": ("odom", "tf"), "heading_source": ("auto", "imu", "odom"),
-            "heatmap_source": ("score_map", "posterior")}
-_AT_LEAST = {"imu_tolerance_s": 0.0, "gps_prior_sigma_m": 0.0, "odom_max_extrapolation_s": 0.0,
-             "odom_wait_s": 0.0, "odom_buffer_s": 0.1, "queue_size": 1, "camera_height_m": 0.0,
-             "transform_tolerance": 0.0, "tf_publish_rate_hz": 0.0, "diagnostics_rate_hz": 0.0,
-             "torch_threads": 0}
-
-
-def node_parameter_errors(get) -> list:
-    """Problems of the node's own parameters (``get(name)`` -> value); empty when valid.
-
-    Choices are matched exactly (a typo is an error, not the other branch), numbers must be
-    finite and not below their bound, the extrinsics six finite numbers, the datum in range.
-    """
-    errors = []
-    for name, allowed in _CHOICES.items():
-        if str(get(name)) not in allowed:
-            errors.append(f"parameter {name} must be one of {', '.join(allowed)}, got "
-                          f"{get(name)!r}")
-    for name, low in _AT_LEAST.items():
-        v = float(get(name))
-        if not math.isfinite(v) or v < low:
-            errors.append(f"parameter {name} must be finite and >= {low}, got {v}")
-    ext = list(get("camera_extrinsics_xyz_rpy"))
-    if len(ext) != 6 or not all(math.isfinite(float(v)) for v in ext):
-        errors.append("parameter camera_extrinsics_xyz_rpy must be 6 finite numbers "
-                      f"(x, y, z [m], roll, pitch, yaw [rad]), got {ext}")
-    if not bool(get("use_database_datum")):
-        lat, lon = float(get("map_datum_latitude_deg")), float(get("map_datum_longitude_deg"))
-        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
-            errors.append(f"map datum ({lat}, {lon}) deg is outside WGS84 range")
-    return errors
-
-
-def _localizer_param_defaults() -> dict[str, object]:
-    out = {}
-    for f in dataclasses.fields(LocalizerConfig):
-        if f.name in _LOCALIZER_SKIP:
-            continue
-        out["localizer." + f.name] = f.default
-    return out
-
 
 class _Rate:
     """Arrival rate over a sliding window (monotonic clock)."""
@@ -176,54 +63,18 @@ class _Rate:
         return (len(self._t) - 1) / max(self._t[-1] - self._t[0], 1e-6)
 
 
-def _package_roots() -> list[Path]:
-    roots = [Path(__file__).resolve().parents[2]]  # source checkout (editable install)
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        roots.append(Path(get_package_share_directory("cvl_ros")))
-    except Exception:
-        pass
-    roots.append(Path(sys.prefix) / "share" / "cvl_ros")
-    return roots
-
-
-def resolve_path(p: str) -> Path | None:
-    """A path as given if it exists, else relative to the package roots; None if nowhere."""
-    if not p:
-        return None
-    cand = Path(os.path.expanduser(p))
-    if cand.exists() or cand.is_absolute():
-        return cand if cand.exists() else None
-    for root in _package_roots():
-        if (root / cand).exists():
-            return root / cand
-    return None
-
-
-def find_checkpoint(p: str) -> Path | None:
-    """Resolve a checkpoint file (a folder: its model.safetensors or single *.safetensors)."""
-    path = resolve_path(p or DEFAULT_CHECKPOINT)
-    if path is None:
-        return None
-    if path.is_dir():
-        for name in ("model.safetensors", "checkpoint.safetensors", "best.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        files = sorted(path.glob("*.safetensors"))
-        return files[0] if files else None
-    return path
-
-
 class LocalizerNode(LifecycleNode):
     """The ``cvl_localizer`` lifecycle node (see the module docstring)."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        for name, (default, desc) in PARAMS.items():
-            self._declare(name, default, desc)
-        for name, default in _localizer_param_defaults().items():
-            self._declare(name, default, "Localizer tuning, see LocalizerConfig")
+        # dynamic typing: ROS would end the process on a YAML integer given for a float
+        # (InvalidParameterTypeException); cvl_ros.params types and checks every value instead,
+        # at configure and on every runtime change (_on_set_parameters)
+        self._values: dict[str, object] = {}
+        for prm in P.PARAMS.values():
+            self._declare(prm.name, prm.default, prm.description)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = None
         self._tf_timer = None
@@ -244,19 +95,38 @@ class LocalizerNode(LifecycleNode):
     def _declare(self, name, default, desc):
         from rcl_interfaces.msg import ParameterDescriptor
 
-        if default is None:
-            default = 0.0
-        self.declare_parameter(name, default, ParameterDescriptor(description=desc))
+        self.declare_parameter(name, default, ParameterDescriptor(description=desc,
+                                                                  dynamic_typing=True))
 
     def p(self, name: str):
-        """A parameter's value."""
+        """A parameter's value: typed and validated once configured, else as given."""
+        if name in self._values:
+            return self._values[name]
         return self.get_parameter(name).value
+
+    def _raw_values(self) -> dict[str, object]:
+        return {name: self.get_parameter(name).value for name in P.PARAMS}
+
+    def _on_set_parameters(self, changed):
+        """Refuse a runtime change that the configure-time rules refuse, with the reason."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        values = self._raw_values()
+        values.update({prm.name: prm.value for prm in changed})
+        try:
+            validated = P.validate(values)
+        except P.ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if self._values:  # configured: takes effect now where it is read per message
+            self._values = validated
+            self.assembler.config = P.frontend_config(validated)
+        return SetParametersResult(successful=True)
 
     def _reset_state(self) -> None:
         self.rates = {k: _Rate() for k in ("image", "camera_info", "odom", "imu", "gps", "output")}
         self.counters = {"dropped_images": 0, "processed_images": 0, "estimates": 0,
                          "input_errors": 0, "resets": 0, "odom_time_jumps": 0,
-                         "frames_handled": 0, "imu_without_orientation": 0}
+                         "frames_handled": 0}
         self.last_error = ""
         self.extrinsics_source = ""
         self.last_error_time = 0.0
@@ -265,11 +135,8 @@ class LocalizerNode(LifecycleNode):
         self.last_status = Status.NO_FIX
         self.last_reset_reason = ""
         self._tf_last: tuple[np.ndarray, int] | None = None
-        self.odom_buf = PoseBuffer(10.0)
-        self.heading_buf = ScalarBuffer()
-        self.info_pairer = StampPairer()
-        self._static_tf: dict[str, tuple[str, np.ndarray]] = {}
-        self._last_image_stamp_ns: int | None = None
+        self.assembler = FrameAssembler(P.frontend_config(self._values) if self._values
+                                        else P.frontend_config(P.defaults()))
 
     def _start_diag_timer(self) -> None:
         rate = float(self.p("diagnostics_rate_hz"))
@@ -304,30 +171,32 @@ class LocalizerNode(LifecycleNode):
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Load the model and the tile database; missing ones are reported, not fatal."""
+        self._values = {}
         self._reset_state()
         self.localizer = None
-        self.missing = node_parameter_errors(self.p)
+        self.missing = []
+        try:
+            self._values = P.validate(self._raw_values())
+        except P.ParameterError as exc:
+            self.missing = exc.errors
         if self.missing:  # not localizing, reported in diagnostics; the node stays up
             for m in self.missing:
                 self.get_logger().error(f"not localizing: {m}")
             self._lifecycle_state = "inactive"
             return TransitionCallbackReturn.SUCCESS
-        self.odom_buf = PoseBuffer(float(self.p("odom_buffer_s")))
+        self._reset_state()  # the front end with the validated parameters
         if int(self.p("torch_threads")) > 0:
             import torch
 
             torch.set_num_threads(int(self.p("torch_threads")))
         model = db = None
-        ckpt = find_checkpoint(self.p("checkpoint_path"))
+        ckpt = db_path = None
         try:
-            if ckpt is None:
-                raise FileNotFoundError(
-                    f"model checkpoint '{self.p('checkpoint_path') or DEFAULT_CHECKPOINT}' not "
-                    f"found; {MODEL_HINT}")
-            from cvl_ros.model.cvlnet import load_checkpoint
+            from cvl_ros.model.cvlnet import load_checkpoint, resolve_checkpoint
 
+            ckpt = resolve_checkpoint(self.p("checkpoint_path"))
             model, _ = load_checkpoint(ckpt)
-        except Exception as exc:
+        except Exception as exc:  # reported in diagnostics
             self.missing.append(f"model: {exc}")
         db_param = str(self.p("database_path"))
         db_path = resolve_path(db_param)
@@ -345,7 +214,7 @@ class LocalizerNode(LifecycleNode):
             self.missing.append(f"database: {msg}")
         if model is not None and db is not None:
             try:
-                self.localizer = Localizer(model, db, self._localizer_config(),
+                self.localizer = Localizer(model, db, P.localizer_config(self._values),
                                            device=str(self.p("device")))
                 if self.localizer.device_warning:
                     self.get_logger().warning(self.localizer.device_warning)
@@ -368,22 +237,6 @@ class LocalizerNode(LifecycleNode):
                 f"{self.localizer.device}, map datum {self.localizer.datum}")
         self._lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
-
-    def _localizer_config(self) -> LocalizerConfig:
-        kw = {}
-        for f in dataclasses.fields(LocalizerConfig):
-            if f.name in _LOCALIZER_SKIP:
-                continue
-            v = self.p("localizer." + f.name)
-            kw[f.name] = type(f.default)(v) if f.default is not None else v
-        h = float(self.p("camera_height_m"))
-        kw["camera_height_m"] = h if h > 0 else None
-        kw["odom_yaw_offset_rad"] = float(self.p("odom_yaw_offset_rad"))
-        if not bool(self.p("use_database_datum")):
-            kw["map_datum_lat_deg"] = float(self.p("map_datum_latitude_deg"))
-            kw["map_datum_lon_deg"] = float(self.p("map_datum_longitude_deg"))
-            kw["map_datum_alt_m"] = float(self.p("map_datum_altitude_m"))
-        return LocalizerConfig(**kw)
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         """Create publishers/subscriptions/service/timers and start the worker."""
@@ -520,91 +373,61 @@ class LocalizerNode(LifecycleNode):
 
     def _on_info(self, msg: CameraInfo) -> None:
         self.rates["camera_info"].tick()
-        try:
-            cam = convert.camera_info_to_pinhole(msg)
-        except Exception as exc:
-            self.input_error(f"camera_info rejected: {exc}")
-            return
-        self.info_pairer.add(convert.stamp_to_ns(msg.header.stamp), cam)
+        self._rejected(self.assembler.add_camera_info(msg))
 
-    def _add_odom(self, stamp_ns: int, T: np.ndarray) -> None:
-        try:
-            self.odom_buf.add(stamp_ns, T)
-        except TimeWentBackwards as exc:
+    def _rejected(self, r: Rejection | None) -> None:
+        """Report a front-end rejection (odometry time jumps reset the TF correction)."""
+        if r is None:
+            return
+        if r.time_jump:
             # the buffer restarted with this pose; the worker resets the localizer when the
             # first image of the new run arrives (one place, so no reset races a frame)
             self.counters["odom_time_jumps"] += 1
-            self.get_logger().warning(f"odometry: {exc}")
+            self.get_logger().warning(r.message)
             self._tf_last = None
+        else:
+            self.input_error(r.message)
 
-    def _time_reset(self, reason: str, stamp_ns: int | None = None) -> None:
-        """Time went backwards: forget the future of the previous run and reset the localizer."""
+    def _time_reset(self, reason: str) -> None:
+        """Time went backwards: the front end forgot the previous run's future; reset."""
         self.counters["resets"] += 1
         self.last_reset_reason = reason
         self.get_logger().warning(f"resetting: {reason}")
-        if stamp_ns is not None:
-            self.odom_buf.drop_after(stamp_ns)
-            self.heading_buf.drop_after(stamp_ns)
         self._tf_last = None
         if self.localizer is not None:
             self.localizer.reset(reason)
 
     def _on_odom(self, msg: Odometry) -> None:
         self.rates["odom"].tick()
-        T = convert.odometry_to_matrix(msg)
-        if not np.all(np.isfinite(T)):
-            self.input_error("odometry contains NaN/Inf (or a zero quaternion); frames that "
-                             "need it are rejected")
-        self._add_odom(convert.stamp_to_ns(msg.header.stamp), T)
+        self._rejected(self.assembler.add_odometry(msg))
 
     def _on_tf(self, msg) -> None:
-        odom, base = str(self.p("odom_frame")), str(self.p("base_frame"))
-        for t in msg.transforms:
-            if t.header.frame_id.lstrip("/") == odom and t.child_frame_id.lstrip("/") == base:
-                self.rates["odom"].tick()
-                try:
-                    T = convert.transform_to_matrix(t.transform)
-                except ValueError as exc:
-                    self.input_error(f"/tf {odom}->{base} rejected: {exc}")
-                    continue
-                self._add_odom(convert.stamp_to_ns(t.header.stamp), T)
+        n = len(self.assembler.odom)
+        for r in self.assembler.add_tf(msg):
+            self._rejected(r)
+        if len(self.assembler.odom) != n:
+            self.rates["odom"].tick()
 
     def _on_tf_static(self, msg) -> None:
-        for t in msg.transforms:
-            try:
-                self._static_tf[t.child_frame_id.lstrip("/")] = (
-                    t.header.frame_id.lstrip("/"), convert.transform_to_matrix(t.transform))
-            except ValueError as exc:
-                self.input_error(f"/tf_static {t.child_frame_id} rejected: {exc}")
+        for r in self.assembler.add_tf_static(msg):
+            self._rejected(r)
 
     def _on_imu(self, msg: Imu) -> None:
         self.rates["imu"].tick()
-        if msg.orientation_covariance[0] == -1.0:
-            # REP-145: this IMU gives no orientation; it is no absolute heading source
-            self.counters["imu_without_orientation"] += 1
-            if str(self.p("heading_source")) == "imu":
-                self.input_error("imu has no orientation (orientation_covariance[0] = -1) but "
-                                 "heading_source is imu")
-            return
-        try:
-            yaw = convert.yaw_from_quat(msg.orientation)
-        except ValueError as exc:
-            self.input_error(f"imu orientation rejected: {exc}")
-            return
-        self.heading_buf.add(convert.stamp_to_ns(msg.header.stamp), yaw)
+        self._rejected(self.assembler.add_imu(msg))
 
     def _on_gps(self, msg: NavSatFix) -> None:
         self.rates["gps"].tick()
         loc = self.localizer
-        if loc is None or msg.status.status < 0:
+        if loc is None:
             return
-        sigma = float(self.p("gps_prior_sigma_m"))
-        if sigma <= 0:
-            c = np.asarray(msg.position_covariance, dtype=np.float64)
-            sigma = math.sqrt(max(c[0], c[4], 0.0)) if msg.position_covariance_type else 10.0
-        if loc.set_gps_prior(float(msg.latitude), float(msg.longitude), sigma):
-            self.get_logger().info(f"GPS prior used: {msg.latitude:.7f}, {msg.longitude:.7f} "
-                                   f"(sigma {sigma:.1f} m)")
+        prior = self.assembler.gps_prior(msg)
+        if not isinstance(prior, GpsPrior):
+            self._rejected(prior)
+            return
+        if loc.set_gps_prior(prior.lat_deg, prior.lon_deg, prior.sigma_m):
+            self.get_logger().info(f"GPS prior used: {prior.lat_deg:.7f}, {prior.lon_deg:.7f} "
+                                   f"(sigma {prior.sigma_m:.1f} m)")
 
     def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
         loc = self.localizer
@@ -662,32 +485,8 @@ class LocalizerNode(LifecycleNode):
             finally:
                 self.counters["frames_handled"] += 1
 
-    def _camera_extrinsics(self, camera_frame: str) -> np.ndarray:
-        """base_frame <- camera optical frame: from /tf_static when a chain reaches base_frame,
-        else the ``camera_extrinsics_xyz_rpy`` parameter (``extrinsics_source`` in
-        /diagnostics says which; switching source is logged)."""  # noqa: D205, D209
-        base = str(self.p("base_frame"))
-        use_tf = bool(self.p("use_tf_static_extrinsics"))
-        if use_tf and camera_frame:
-            T = np.eye(4)
-            frame, seen = camera_frame, set()
-            while frame in self._static_tf and frame not in seen:
-                seen.add(frame)
-                parent, Tpc = self._static_tf[frame]
-                T = Tpc @ T
-                if parent == base:
-                    self._note_extrinsics_source(f"/tf_static {base}->{camera_frame}")
-                    return T
-                frame = parent
-        from cvl_ros.camera import make_body_from_camera
-
-        self._note_extrinsics_source(
-            "parameter camera_extrinsics_xyz_rpy" + (
-                f" (no /tf_static chain {base}->{camera_frame or '?'} yet)" if use_tf else ""))
-        x, y, z, r, pch, yw = (float(v) for v in self.p("camera_extrinsics_xyz_rpy"))
-        return make_body_from_camera(x, y, z, r, pch, yw)
-
-    def _note_extrinsics_source(self, source: str) -> None:
+    def _note_extrinsics_source(self) -> None:
+        source = self.assembler.extrinsics_source
         if source != self.extrinsics_source:
             if "no /tf_static" in source:  # rclpy: one severity per logging call site
                 self.get_logger().warning(f"camera extrinsics from {source}")
@@ -695,39 +494,31 @@ class LocalizerNode(LifecycleNode):
                 self.get_logger().info(f"camera extrinsics from {source}")
             self.extrinsics_source = source
 
+    def _wait_for_inputs(self, stamp_ns: int) -> None:
+        """Wait up to odom_wait_s for odometry at/after the image and for its camera_info."""
+        deadline = time.monotonic() + float(self.p("odom_wait_s"))
+        fe = self.assembler
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if fe.odometry_reaches(stamp_ns) and fe.camera_info_at(stamp_ns) is not None:
+                return
+            time.sleep(0.005)
+
     def _process(self, msg, recv_t: float) -> None:
         stamp_ns = convert.stamp_to_ns(msg.header.stamp)
         stamp = msg.header.stamp
-        map_frame = str(self.p("map_frame"))
-        if self._last_image_stamp_ns is not None and stamp_ns < self._last_image_stamp_ns:
-            self._time_reset(f"image stamps went backwards by "
-                             f"{(self._last_image_stamp_ns - stamp_ns) * 1e-9:.3f} s", stamp_ns)
-        self._last_image_stamp_ns = stamp_ns
+        went_back = self.assembler.note_image_stamp(stamp_ns)
+        if went_back:
+            self._time_reset(went_back)
         loc = self.localizer
         if loc is None:
-            self._pubs["geo_pose"].publish(convert.no_fix_geopose(map_frame, stamp))
+            self._pubs["geo_pose"].publish(convert.no_fix_geopose(str(self.p("map_frame")), stamp))
             return
-        try:
-            rgb = (convert.compressed_to_rgb(msg) if isinstance(msg, CompressedImage)
-                   else convert.image_to_rgb(msg))
-        except convert.ImageConversionError as exc:
-            self.input_error(f"image rejected: {exc}")
+        self._wait_for_inputs(stamp_ns)
+        frame = self.assembler.assemble(msg)
+        if isinstance(frame, Rejection):
+            self.input_error(frame.message)
             return
-        cam = self._camera_at(stamp_ns)
-        if cam is None:
-            self.input_error("image dropped: no camera_info with a matching stamp "
-                             f"(have {len(self.info_pairer)} camera_info; tolerance "
-                             f"{self.p('camera_info_tolerance_s')} s)")
-            return
-        T_ob = self._odom_at(stamp_ns)
-        if T_ob is None:
-            return
-        heading = self._heading_at(stamp_ns, T_ob)
-        if str(self.p("heading_source")) == "imu" and heading is None:
-            self.input_error("image dropped: no IMU heading near its stamp")
-            return
-        camera_frame = str(self.p("camera_frame")) or msg.header.frame_id.lstrip("/")
-        frame = Frame(stamp_ns, rgb, cam, T_ob, heading, self._camera_extrinsics(camera_frame))
+        self._note_extrinsics_source()
         try:
             est = loc.add_frame(frame)
         except InvalidFrameError as exc:
@@ -741,40 +532,6 @@ class LocalizerNode(LifecycleNode):
             self.last_reset_reason = est.reset_reason
         latency = time.monotonic() - recv_t
         self._publish_estimate(est, stamp, latency)
-
-    def _camera_at(self, stamp_ns: int):
-        """The camera_info paired with the image (waits briefly: it may arrive just after)."""
-        tol = float(self.p("camera_info_tolerance_s"))
-        deadline = time.monotonic() + float(self.p("odom_wait_s"))
-        while True:
-            cam = self.info_pairer.match(stamp_ns, tol)
-            if cam is not None or self._stop.is_set() or time.monotonic() >= deadline:
-                return cam
-            time.sleep(0.005)
-
-    def _odom_at(self, stamp_ns: int) -> np.ndarray | None:
-        """Odometry interpolated at the image stamp (waits briefly for newer odometry)."""
-        deadline = time.monotonic() + float(self.p("odom_wait_s"))
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            latest = self.odom_buf.latest_stamp_ns
-            if latest is not None and latest >= stamp_ns:
-                break
-            time.sleep(0.005)
-        try:
-            return self.odom_buf.lookup(stamp_ns, float(self.p("odom_max_extrapolation_s")))
-        except LookupError as exc:
-            self.input_error(f"image dropped: no odometry at its stamp ({exc})")
-            return None
-
-    def _heading_at(self, stamp_ns: int, T_ob: np.ndarray) -> float | None:
-        """Absolute ENU heading from the IMU, or None.
-
-        With None the localizer uses the odometry yaw plus ``odom_yaw_offset_rad`` (or the yaw of
-        the last initial pose).
-        """
-        if str(self.p("heading_source")) in ("imu", "auto"):
-            return self.heading_buf.lookup(stamp_ns, float(self.p("imu_tolerance_s")))
-        return None
 
     # ------------------------------------------------------------------ outputs
     def _publish_estimate(self, est, stamp, latency_s: float) -> None:
@@ -846,6 +603,7 @@ class LocalizerNode(LifecycleNode):
             values[f"{k}_rate_hz"] = f"{r.hz():.2f}"
         for k, v in self.counters.items():
             values[k] = str(v)
+        values["imu_without_orientation"] = str(self.assembler.imu_without_orientation)
         recent_error = self.last_error and time.monotonic() - self.last_error_time < 5.0
         if self.missing and self.localizer is None:
             level, text = DiagnosticStatus.ERROR, "not localizing: " + "; ".join(self.missing)
