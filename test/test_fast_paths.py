@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _references import canvases_to_grid_reference, fuse_reference, ncc_maps_reference
 from torch.nn import functional as F
 
 from cvl_ros.model.fusion import PCSF, _pointwise
-from cvl_ros.model.matching import _ncc_maps_reference, ncc_maps
+from cvl_ros.model.matching import ncc_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,7 +22,7 @@ def test_pairwise_ncc_equals_reference(S, r, B):
     mask = (torch.rand(B, 1, S, S, generator=g) > 0.3).float()
     sat = torch.randn(7, 4, S, S, generator=g)
     fast = ncc_maps(ground, mask, sat, r, pairwise=True)
-    ref = _ncc_maps_reference(ground, mask, sat, r)
+    ref = ncc_maps_reference(ground, mask, sat, r)
     assert fast.shape == ref.shape == (B, 7, 2 * r + 1, 2 * r + 1)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
 
@@ -50,7 +51,7 @@ def test_pcsf_fast_equals_reference(separable, N):
             for a, b in zip(layer(x[0]), _qkv_reference(layer, x[0])):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         fast = m._fuse(x, mask)
-        ref = m._fuse_reference(x, mask)
+        ref = fuse_reference(m, x, mask)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -60,7 +61,7 @@ def test_pcsf_fast_path_gradients_match_reference():
     x = torch.randn(1, 3, 8, 6, 6, requires_grad=True)
     mask = (torch.rand(1, 3, 1, 6, 6) > 0.3).float()
     g1 = torch.autograd.grad(m._fuse(x, mask).square().sum(), x)[0]
-    g2 = torch.autograd.grad(m._fuse_reference(x, mask).square().sum(), x)[0]
+    g2 = torch.autograd.grad(fuse_reference(m, x, mask).square().sum(), x)[0]
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
 
 
@@ -102,7 +103,7 @@ def test_demo_model_update_equals_reference_path():
         # reference: explicit-attention fusion + direct NCC conv
         if cfg.pcsf_frame_canvas:  # canvases translated by grid_sample, attention matrices
             states = model.frame_states(feats, K, T)
-            qkvm = model._canvases_to_grid_reference(states, T[..., 0, 3], T[..., 1, 3])
+            qkvm = canvases_to_grid_reference(model, states, T[..., 0, 3], T[..., 1, 3])
             ref_fused = _explicit_attention(qkvm, cfg.pcsf_heads)
             fmask = (qkvm[:, :, -1:].sum(1) > 0).float()
         else:
@@ -110,14 +111,14 @@ def test_demo_model_update_equals_reference_path():
             ov, mk = project_to_overhead(feats, K, T, cfg.camera_height_m, cfg.grid_cells,
                                          cfg.coverage_m, cfg.ground_hw)
             fused, fmask = model.fusion(ov, mk)
-            ref_fused = model.fusion._fuse_reference(ov, mk)
+            ref_fused = fuse_reference(model.fusion, ov, mk)
             torch.testing.assert_close(fused, ref_fused * fmask, rtol=1e-5, atol=1e-5)
         assert fmask.sum() > 0
         torch.testing.assert_close(g.mask, fmask)
         gd = model.ground_head(ref_fused * fmask) * fmask
         torch.testing.assert_close(g.features, gd, rtol=1e-5, atol=1e-5)
         r = model.search_radius
-        d0 = _ncc_maps_reference(gd, fmask, sat.features, r)
+        d0 = ncc_maps_reference(gd, fmask, sat.features, r)
         dmap = d0 / uncertainty_at_shifts(sat.uncertainty, r).unsqueeze(0).clamp_min(1e-6)
         torch.testing.assert_close(res.score_map, dmap, rtol=1e-4, atol=1e-5)
         ref = match_descriptors(g, sat, cfg.cell_m, r)

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _references import canvases_to_grid_reference
 
 from cvl_ros.benchmark import window_geometry
 from cvl_ros.model.cvlnet import CVLNet, CVLNetConfig
@@ -46,7 +47,7 @@ def test_translation_equals_grid_sample_inside_beyond_and_far_outside_the_canvas
     north = torch.tensor([[0.0, -0.7 * cell, 2.0 * cell, -6.2 * cell, 3.0],
                           [0.25, 1.0, -S * cell, 0.5 * S * cell, 1e4]])
     fast = m._canvases_to_grid(states, east, north)
-    slow = m._canvases_to_grid_reference(states, east, north)
+    slow = canvases_to_grid_reference(m, states, east, north)
     assert fast.shape == (2, 5, 25, S, S)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     assert fast[0, 4].abs().max() == 0 and fast[1, 4].abs().max() == 0  # far outside: zeros

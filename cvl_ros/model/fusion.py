@@ -249,13 +249,14 @@ class PCSF(nn.Module):
         return torch.bmm(w.transpose(1, 2), vp).reshape(B, P, self.c)
 
     def _fuse(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Fast path, equal to ``_fuse_reference`` within float rounding.
+        """Fast path, equal to the explicit attention of Eq. 2-3 within float rounding.
 
         The per-pixel attention runs as 3-D ``baddbmm``/``bmm`` over (pixel, head) batches in a
         key-major layout: logits^T (BPh, Nj, Ni) = K Q^T with the key mask added inside the
         matmul, softmax over dim 1 (faster on CPU than over a 16-wide last dim), V made
         contiguous once per layer, and O = M V as ``bmm`` of the transposed view (a BLAS
-        transpose flag, no copy). The last layer is ``_attend_last``.
+        transpose flag, no copy). The last layer is ``_attend_last``. The tests compare it
+        with ``fuse_reference`` (``test/_references.py``), the attention matrices written out.
         """
         B, N, C, S, S2 = x.shape
         P = S * S2
@@ -287,44 +288,6 @@ class PCSF(nn.Module):
             cur = (out.reshape(B * N, C, S, S2) + enc.reshape(N, C, 1, 1).repeat(
                 B, 1, 1, 1)) * mflat
         raise AssertionError("unreachable")
-
-    def _fuse_reference(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Explicit attention matrices (the formulation of Eq. 2-3); kept for tests."""
-        B, N, C, S, S2 = x.shape
-        P = S * S2
-        h, d = self.heads, C // self.heads
-        maskp = mask.reshape(B, N, P)
-        cnt = maskp.sum(1)  # (B,P)
-        # additive key mask (0 valid / -1e4 invalid), per pixel over frames j
-        kbias = ((maskp - 1.0) * -_NEG).permute(0, 2, 1).reshape(B, 1, P, 1, N)
-        enc = frame_encoding(N, C, x.device, x.dtype).view(1, N, C, 1, 1)
-        if not self.use_encoding:
-            enc = torch.zeros_like(enc)
-        mflat = mask.reshape(B * N, 1, S, S2)
-        scale = 1.0 / math.sqrt(d)
-        cur = ((x + enc) * mask).reshape(B * N, C, S, S2)
-        nl = len(self.qkv)
-        for li, layer in enumerate(self.qkv):
-            q, k, v = layer(cur)
-
-            def pix(t):  # (B*N,C,S,S) channels_last -> (B,h,P,N,d)
-                return t.permute(0, 2, 3, 1).reshape(B, N, P, h, d).permute(0, 3, 2, 1, 4)
-
-            q, k, v = pix(q) * scale, pix(k), pix(v)
-            logits = torch.matmul(q, k.transpose(-1, -2)) + kbias  # (B,h,P,Ni,Nj)
-            # cells no frame sees get a uniform softmax here; they are zeroed below (the
-            # next layer's input is masked, the last layer's mean runs over valid i only)
-            att = torch.softmax(logits, dim=-1)
-            if li < nl - 1:
-                out = torch.matmul(att, v)  # (B,h,P,Ni,d)
-                out = out.permute(0, 3, 2, 1, 4).reshape(B * N, S, S2, C).permute(0, 3, 1, 2)
-                cur = (out + enc.reshape(N, C, 1, 1).repeat(B, 1, 1, 1)) * mflat
-            else:
-                mi = maskp.permute(0, 2, 1).reshape(B, 1, P, N, 1)  # valid queries i
-                w = (att * mi).sum(3) / cnt.clamp_min(1.0).reshape(B, 1, P, 1)
-                out = torch.matmul(w.unsqueeze(-2), v).squeeze(-2)  # (B,h,P,d)
-        return out.permute(0, 1, 3, 2).reshape(B, C, S, S2)
-
 
 class _Conv2dFusion(nn.Module):
     def __init__(self, c: int, max_frames: int, attn: bool) -> None:

@@ -127,7 +127,7 @@ def ncc_maps(ground: torch.Tensor, mask: torch.Tensor, sat: torch.Tensor, radius
         raise ValueError(f"satellite grid must be square, R >= S and R - S even; got "
                          f"{tuple(sat.shape[-2:])} for S = {S}")
     if pairwise:
-        # Same sums as conv2d(pad(sat), g) (see ``_ncc_maps_reference``) with the roles
+        # Same sums as conv2d(pad(sat), g) (``test/_references.py``) with the roles
         # swapped: the zero-padded ground is the input and the T tiles are the filters, so
         # oneDNN runs one conv with T output channels instead of T convs with B filters (about
         # 3-4x faster on CPU for T = 50); output index i is shift k - i, hence the flip.
@@ -148,21 +148,6 @@ def ncc_maps(ground: torch.Tensor, mask: torch.Tensor, sat: torch.Tensor, radius
     num = F.conv2d(fp.reshape(1, T * D, k, k), g, groups=B)[0]
     den = F.conv2d(f2.reshape(1, T, k, k), mask.to(g.dtype), groups=B)[0]
     return num / den.clamp_min(0).sqrt().clamp_min(_EPS)
-
-
-def _ncc_maps_reference(ground: torch.Tensor, mask: torch.Tensor, sat: torch.Tensor,
-                        radius: int) -> torch.Tensor:
-    """Pairwise D0 by the direct formulation (padded satellite conv'd with the grounds).
-
-    The reference ``ncc_maps`` must equal (within float rounding); kept for tests.
-    """
-    g = normalize_ground(ground, mask)
-    r = int(radius)
-    fp = F.pad(sat, (r, r, r, r))
-    f2 = (fp * fp).sum(1, keepdim=True)
-    num = F.conv2d(fp, g)  # (T,B,k,k)
-    den = F.conv2d(f2, mask.to(g.dtype))  # (T,B,k,k)
-    return (num / den.clamp_min(0).sqrt().clamp_min(_EPS)).transpose(0, 1)
 
 
 def uncertainty_at_shifts(u: torch.Tensor, radius: int) -> torch.Tensor:
