@@ -1,4 +1,4 @@
-# cvl_ros: one-command setup, tests, lint and demo (pip-only world; see README.md, "Setup").
+# cvl_ros: one-command setup, tests, lint and demo (pip-only world; see docs/setup.md).
 #   make setup   create .venv and install everything (idempotent: seconds when nothing changed)
 #   make test    setup + lint + the whole test suite
 #   make lint    setup + ruff

@@ -1,6 +1,6 @@
 """KITTI-CVL dataset (real or synthetic tree), Test-1/Test-2 tile tables, distance-aware sampler.
 
-Layout (see README.md, "Data")::
+Layout (see docs/data.md)::
 
     <root>/raw_data/<date>/<date>_drive_<NNNN>_sync/{image_02,oxts}/...
     <root>/raw_data/<date>/calib_{cam_to_cam,imu_to_velo,velo_to_cam}.txt

@@ -5,7 +5,7 @@ A thin rclpy adapter over :class:`cvl_ros.localizer.Localizer`: it converts mess
 parameters and TF, and nothing else. Callbacks only convert/buffer and hand the newest image to
 a worker thread through a bounded latest-wins queue; the worker pairs it with camera_info and the
 odometry interpolated at its stamp, runs the localizer and publishes. See
-README.md ("The ROS 2 node") for topics, frames, parameters and diagnostics.
+docs/node.md for topics, frames, parameters and diagnostics.
 """  # noqa: D205
 
 from __future__ import annotations
