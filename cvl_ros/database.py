@@ -35,20 +35,28 @@ When the shortlist covers every tile the result equals brute-force matching exac
 ``i % world_size == rank`` into ``<out_dir>/shards/shard-<rank>-of-<world>``;
 ``TileDatabase.merge(shard_dirs, out_dir)`` concatenates the shards (in original tile order)
 into one database. ``cvl-build-db`` does both under ``torchrun``.
+
+**Writing safely.** Every write goes through :func:`cvl_ros.outputs.prepare_output` (tool
+``cvl-build-db``): a database folder is written beside its destination and renamed into place,
+holds the marker ``.cvl-output.json``, and replaces an existing folder only with
+``overwrite=True`` and only when that folder is a database the builder wrote (marker, or
+exactly the four files of a markerless database of an earlier version, see
+:func:`recognise_database`) holding nothing else. See ``docs/output-safety.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from cvl_ros.outputs import prepare_output, remove_output
+
+TOOL = "cvl-build-db"
 FORMAT_NAME = "cvl_ros.tile_database"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -57,6 +65,30 @@ ARRAYS = ("features", "uncertainty", "global")
 
 class DatabaseError(RuntimeError):
     """A tile database is missing, corrupt, or was built by a different model."""
+
+
+def recognise_database(folder) -> set:
+    """Entries of a markerless database written by an earlier version, else an empty set.
+
+    Recognised exactly: the folder holds nothing but ``manifest.json`` (a readable
+    ``cvl_ros.tile_database`` manifest) and the three ``.npy`` arrays.
+    """
+    folder = Path(folder)
+    names = {MANIFEST} | {f"{a}.npy" for a in ARRAYS}
+    try:
+        children = list(folder.iterdir())
+    except OSError:
+        return set()
+    if {c.name for c in children} != names or not all(c.is_file() and not c.is_symlink()
+                                                      for c in children):
+        return set()
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        return set()
+    return names
 
 
 @dataclass
@@ -414,7 +446,7 @@ class TileDatabase:
     def build(cls, model, tiles: Iterable, out_dir, datum, batch_size: int = 16,
               device: str = "cpu", source_m_per_px: float | None = None,
               shard: tuple[int, int] | None = None, progress: bool = False,
-              extra: dict | None = None) -> TileDatabase | Path:
+              extra: dict | None = None, overwrite: bool = False) -> TileDatabase | Path:
         """Run the satellite branch over tiles and write a database.
 
         Args:
@@ -422,7 +454,7 @@ class TileDatabase:
             tiles: iterable of ``(tile_id, lat_deg, lon_deg, rgb_uint8_image)``. Each image is
                 centre-cropped to the model's ``coverage_m`` when ``source_m_per_px`` is given,
                 then resized to ``sat_px``.
-            out_dir: database directory (created; replaced if it holds a database).
+            out_dir: database directory (created; see ``overwrite``).
             datum: ``GeoDatum`` of the local ENU frame stored with the centres.
             batch_size: tiles per forward pass.
             device: torch device for the satellite branch.
@@ -431,10 +463,33 @@ class TileDatabase:
                 write them as one shard (merge with :meth:`merge`).
             progress: show a tqdm bar.
             extra: JSON-safe metadata stored in the manifest.
+            overwrite: replace an existing database at ``out_dir`` that the builder wrote (a
+                folder of anything else is never replaced: :class:`cvl_ros.outputs.OutputError`).
 
         Returns:
             The opened database (or the shard directory when ``shard`` is given).
         """
+        cfg = _model_config_dict(model)
+        crop_px = None
+        if source_m_per_px:
+            crop_px = int(round(float(cfg.get("coverage_m", 100.0)) / float(source_m_per_px)))
+        rank, world = shard if shard is not None else (0, 1)
+        out_dir = Path(out_dir)
+        if shard is not None:
+            out_dir = out_dir / "shards" / f"shard-{rank:03d}-of-{world:03d}"
+        with prepare_output(out_dir, tool=TOOL, overwrite=overwrite,
+                            recognise=recognise_database) as tmp_dir:
+            manifest, arrays = cls._encode(model, tiles, datum, batch_size, device, crop_px,
+                                           rank, world, progress, extra, source_m_per_px)
+            cls._write(tmp_dir, manifest, *arrays)
+        if shard is not None:
+            return out_dir
+        return cls.open(out_dir)
+
+    @staticmethod
+    def _encode(model, tiles, datum, batch_size, device, crop_px, rank, world, progress, extra,
+                source_m_per_px):
+        """(manifest, (features, uncertainty, global)) of this rank's tiles."""
         import torch
 
         cfg = _model_config_dict(model)
@@ -442,18 +497,6 @@ class TileDatabase:
         coverage_m = float(cfg.get("coverage_m", 100.0))
         search_cells = int(cfg.get("search_cells", 3)) if cfg.get("use_ssm", True) else 0
         use_unc = bool(cfg.get("use_uncertainty", True))
-        crop_px = None
-        if source_m_per_px:
-            crop_px = int(round(coverage_m / float(source_m_per_px)))
-        rank, world = shard if shard is not None else (0, 1)
-        out_dir = Path(out_dir)
-        if shard is not None:
-            out_dir = out_dir / "shards" / f"shard-{rank:03d}-of-{world:03d}"
-        tmp_dir = out_dir.with_name(out_dir.name + ".partial")
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
-        tmp_dir.mkdir(parents=True)
-
         ids, lats, lons, feats, uncs, globs, order = [], [], [], [], [], [], []
         model_was_training = getattr(model, "training", False)
         if hasattr(model, "eval"):
@@ -532,17 +575,7 @@ class TileDatabase:
             "shard": {"rank": rank, "world_size": world},
             "extra": _json_safe(extra or {}),
         }
-        cls._write(tmp_dir, manifest, f_all, u_all, g_all)
-        if out_dir.exists():
-            if (out_dir / MANIFEST).exists() or not any(out_dir.iterdir()):
-                shutil.rmtree(out_dir)
-            else:
-                raise DatabaseError(f"{out_dir}: exists and is not a tile database; refusing to "
-                                    "overwrite")
-        os.replace(tmp_dir, out_dir)
-        if shard is not None:
-            return out_dir
-        return cls.open(out_dir)
+        return manifest, (f_all, u_all, g_all)
 
     @staticmethod
     def _write(dirpath: Path, manifest: dict, features, uncertainty, global_desc):
@@ -558,11 +591,33 @@ class TileDatabase:
         (dirpath / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     @classmethod
-    def merge(cls, shard_dirs, out_dir, remove_shards: bool = False) -> TileDatabase:
+    def merge(cls, shard_dirs, out_dir, remove_shards: bool = False,
+              overwrite: bool = False) -> TileDatabase:
         """Concatenate shards built by :meth:`build` with ``shard=`` into one database.
 
         Tiles keep the order of the original iterable. All shards must share model hash, datum
-        and geometry, otherwise :class:`DatabaseError` is raised.
+        and geometry, otherwise :class:`DatabaseError` is raised. ``out_dir`` may not hold or
+        lie inside a shard; ``overwrite`` as in :meth:`build`. ``remove_shards`` deletes each
+        shard folder afterwards if the builder wrote it and it holds nothing else (and then an
+        emptied ``shards/`` folder above them).
+        """
+        shard_dirs = [Path(p) for p in shard_dirs]
+        with prepare_output(out_dir, tool=TOOL, inputs=shard_dirs, overwrite=overwrite,
+                            recognise=recognise_database) as tmp:
+            cls.write_merged(shard_dirs, tmp)
+        if remove_shards:
+            for d in shard_dirs:
+                remove_output(d, tool=TOOL, recognise=recognise_database)
+            for parent in {d.parent for d in shard_dirs}:
+                if parent.name == "shards" and parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+        return cls.open(out_dir)
+
+    @classmethod
+    def write_merged(cls, shard_dirs, dirpath) -> None:
+        """Write the merged database of ``shard_dirs`` into the prepared folder ``dirpath``.
+
+        ``dirpath`` is e.g. the temporary folder of :func:`cvl_ros.outputs.prepare_output`.
         """
         shards = [cls.open(p) for p in shard_dirs]
         if not shards:
@@ -590,33 +645,16 @@ class TileDatabase:
             "centers_enu": enu.tolist(),
             "shard": {"rank": 0, "world_size": 1, "merged_from": len(shards)},
         })
-        out_dir = Path(out_dir)
-        tmp = out_dir.with_name(out_dir.name + ".merging")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        cls._write(tmp, manifest, f_all, u_all, g_all)
+        cls._write(Path(dirpath), manifest, f_all, u_all, g_all)
         for s in shards:
             s._arrays.clear()
-        keep = None
-        if out_dir.exists():
-            shard_root = out_dir / "shards"
-            if shard_root.exists() and not remove_shards:
-                keep = tmp.with_name(out_dir.name + ".shards")
-                if keep.exists():
-                    shutil.rmtree(keep)
-                os.replace(shard_root, keep)
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        if keep is not None:
-            os.replace(keep, out_dir / "shards")
-        return cls.open(out_dir)
 
     @classmethod
     def from_arrays(cls, out_dir, model_hash: str, features: np.ndarray,
                     uncertainty: np.ndarray, centers_latlon: np.ndarray, datum,
                     tile_ids=None, model_config: dict | None = None, search_cells: int = 3,
-                    coverage_m: float = 100.0, use_uncertainty: bool = True) -> TileDatabase:
+                    coverage_m: float = 100.0, use_uncertainty: bool = True,
+                    overwrite: bool = False) -> TileDatabase:
         """Write a database from precomputed descriptor arrays (benchmarks and tests)."""
         import torch
 
@@ -648,12 +686,10 @@ class TileDatabase:
                                      np.asarray(north).reshape(-1)], 1).tolist(),
             "shard": {"rank": 0, "world_size": 1}, "extra": {},
         }
-        out_dir = Path(out_dir)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
-        cls._write(out_dir, manifest, features.astype(np.float16),
-                   uncertainty.astype(np.float16), g_all)
+        with prepare_output(out_dir, tool=TOOL, overwrite=overwrite,
+                            recognise=recognise_database) as tmp:
+            cls._write(tmp, manifest, features.astype(np.float16),
+                       uncertainty.astype(np.float16), g_all)
         return cls.open(out_dir)
 
 

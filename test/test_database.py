@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from cvl_ros.database import DatabaseError, TileDatabase
 from cvl_ros.geo import GeoDatum
+from cvl_ros.outputs import OutputError
 
 DATUM = GeoDatum(49.015, 8.43, 110.0)
 
@@ -152,10 +153,12 @@ def test_sharded_build_merges_in_order(tmp_path):
     full = TileDatabase.build(model, _tiles(17), tmp_path / "full", DATUM)
     shards = [TileDatabase.build(model, _tiles(17), tmp_path / "sh", DATUM, shard=(r, 3))
               for r in range(3)]
-    merged = TileDatabase.merge(shards, tmp_path / "sh", remove_shards=True)
+    with pytest.raises(OutputError, match="contains the input"):  # output above its inputs
+        TileDatabase.merge(shards, tmp_path / "sh", remove_shards=True)
+    merged = TileDatabase.merge(shards, tmp_path / "merged", remove_shards=True)
     assert merged.tile_ids == full.tile_ids
     assert np.allclose(merged.centers_enu, full.centers_enu)
     a = full.descriptors(np.arange(17)).features
     b = merged.descriptors(np.arange(17)).features
     assert torch.equal(a, b)
-    assert not (tmp_path / "sh" / "shards").exists()
+    assert not (tmp_path / "sh" / "shards").exists()  # the builder's shards, nothing else
