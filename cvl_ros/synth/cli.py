@@ -6,7 +6,12 @@ Example::
     cvl-synth --seed 101 --out data/synth_test --style old_town --split test --drives 2
     cvl-synth --bench --out /tmp/bench            # frames/s at 256x1024 on one core -> JSON
 
-See README.md ("Synthetic towns") for the output layout and the styles.
+See docs/synth.md for the output layout and the styles.
+
+``--out`` is written safely (``docs/output-safety.md``): a new or empty folder, or with
+``--overwrite`` a dataset cvl-synth wrote that holds nothing else. The dataset is generated in
+a temporary folder beside ``--out`` and renamed into place at the end, so a second run never
+mixes with the first and a failed run leaves the old dataset as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cvl_ros.cli._args import number
 from cvl_ros.geo import GeoDatum
 from cvl_ros.kitti import (
     KITTI_IMU_HEIGHT_M,
@@ -34,6 +40,7 @@ from cvl_ros.kitti import (
     write_oxts_packet,
     write_timestamps,
 )
+from cvl_ros.outputs import OutputError, prepare_output
 from cvl_ros.synth.drive import Drive, ou_process, plan_drive, plan_traffic
 from cvl_ros.synth.render_ground import GroundRenderer
 from cvl_ros.synth.render_satellite import SAT_M_PER_PX, render_satellite
@@ -44,6 +51,7 @@ __all__ = ["main", "generate", "kitti_camera", "KITTI_P_RECT_02", "KITTI_T_IMU_C
            "bench", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "cvl_ros.synth/1"
+TOOL = "cvl-synth"
 
 #: ``P_rect_02`` of the KITTI 2011_09_26 calibration (1242x375 rectified images).
 KITTI_P_RECT_02 = np.array([[721.5377, 0.0, 609.5593, 44.85728],
@@ -130,9 +138,12 @@ def _stamps(rng: np.random.Generator, date: str, n: int, hour: float, jitter_ns:
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = text.lower().split("x")
-        return int(w), int(h)
+        w, h = int(w), int(h)
     except ValueError:
         raise argparse.ArgumentTypeError(f"image size must be WxH, got {text!r}") from None
+    if not (16 <= w <= 4096 and 16 <= h <= 4096):
+        raise argparse.ArgumentTypeError(f"width and height must be 16-4096 pixels, got {text}")
+    return w, h
 
 
 def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, drives: int = 2,
@@ -140,14 +151,33 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
              split: str = "both", n_test_drives: int | None = None, tile_px: int = 512,
              tile_spacing_m: float = 10.0, tile_stride: int = 1, gps_noise_m: float | None = None,
              heading_noise_deg: float | None = None, preview: bool = False,
-             build_tiles: bool = True, log=None) -> dict:
+             build_tiles: bool = True, log=None, overwrite: bool = False) -> dict:
     """Generate a synthetic town dataset under ``out``; returns a summary dict.
 
     ``split``: ``train`` (every drive is a training drive), ``test`` (every drive is a test
     drive, Test-1 and Test-2), ``both`` (the last ``n_test_drives`` drives, default
     ``max(1, drives // 4)``, are test drives). ``gps_noise_m``/``heading_noise_deg`` override
     the style's GPS/heading error in ``oxts/`` (``oxts_true/`` always holds the exact poses).
+
+    ``out`` must be new or empty, or (``overwrite``) a dataset cvl-synth wrote that holds
+    nothing else (:func:`cvl_ros.outputs.prepare_output`; ``OutputError`` otherwise). The
+    dataset is written beside ``out`` and renamed into place when complete.
     """
+    if split not in ("train", "test", "both"):
+        raise ValueError(f"split must be train|test|both, got {split!r}")
+    st = get_style(style) if isinstance(style, str) else style
+    with prepare_output(out, tool=TOOL, overwrite=overwrite) as tmp:
+        summary = _generate(tmp, seed, st, size_m, drives, frames_per_drive, image_size, split,
+                            n_test_drives, tile_px, tile_spacing_m, tile_stride, gps_noise_m,
+                            heading_noise_deg, preview, build_tiles, log)
+    summary["out"] = str(out)
+    return summary
+
+
+def _generate(out: Path, seed, st, size_m, drives, frames_per_drive, image_size, split,
+              n_test_drives, tile_px, tile_spacing_m, tile_stride, gps_noise_m,
+              heading_noise_deg, preview, build_tiles, log) -> dict:
+    """:func:`generate` into the (temporary) folder ``out``."""
     from cvl_ros.tiles import GeoMosaic, build_kitti_cvl_tiles
 
     def say(msg):
@@ -155,9 +185,6 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
             log(msg)
 
     t_start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    st = get_style(style)
     datum = _datum_for(seed)
     date = _date_for(seed)
     W, H = int(image_size[0]), int(image_size[1])
@@ -184,8 +211,6 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
     elif split == "both":
         n_test = max(1, drives // 4) if n_test_drives is None else int(n_test_drives)
         n_test = min(n_test, max(drives - 1, 0)) if drives > 1 else 0
-    elif split != "train":
-        raise ValueError(f"split must be train|test|both, got {split!r}")
     drive_infos = []
     train_keys, test_keys = [], []
     frames_written = 0
@@ -358,8 +383,11 @@ def bench(out_json=None, n_frames: int = 60, size_m: float = 300.0, style: str =
                pinned_core=core, threads=1, cpu_count=os.cpu_count(),
                loadavg_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     if out_json:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(res, indent=1) + "\n")
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_json.with_name(f".{out_json.name}.partial-{os.getpid()}")
+        tmp.write_text(json.dumps(res, indent=1) + "\n")
+        os.replace(tmp, out_json)  # atomic: a reader never sees half a file
     return res
 
 
@@ -396,38 +424,68 @@ orimode:       orientation mode of primary GPS receiver (see gps_mode_to_string)
 """
 
 
+def _check_bench_json(path: Path, overwrite: bool) -> None:
+    """Refuse to replace ``path`` unless it is an earlier ``--bench`` result and ``overwrite``."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        old = json.loads(path.read_text())
+        ours = isinstance(old, dict) and {"frames_per_s", "renderer_setup_s"} <= old.keys()
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise OutputError(f"{path} exists and is not a cvl-synth --bench result; cvl-synth will "
+                          "not overwrite it: choose another --out")
+    if not overwrite:
+        raise OutputError(f"{path} holds an earlier --bench result; pass --overwrite to replace "
+                          "it, or choose another --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``cvl-synth``."""
     p = argparse.ArgumentParser(
         prog="cvl-synth", description="Generate a procedural town in the KITTI raw + KITTI-CVL "
         "layout (satellite mosaic, 10 Hz forward-camera drives, OXTS, tiles, split files).")
-    p.add_argument("--seed", type=int, default=0, help="town seed (same seed, same bytes)")
-    p.add_argument("--out", required=True, help="output folder (the dataset root)")
-    p.add_argument("--size-m", type=float, default=500.0, help="town side in metres")
-    p.add_argument("--drives", type=int, default=2, help="number of drives")
-    p.add_argument("--frames-per-drive", type=int, default=200, help="10 Hz frames per drive")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0,
+                   help="town seed (same seed, same bytes)")
+    p.add_argument("--out", required=True,
+                   help="output folder (the dataset root; new or empty, see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset cvl-synth wrote at --out (never anything else)")
+    p.add_argument("--size-m", type=number(float, 100.0, 2000.0, unit="m"), default=500.0,
+                   metavar="M", help="town side in metres (100-2000; default 500)")
+    p.add_argument("--drives", type=number(int, 1, 100), default=2, metavar="N",
+                   help="number of drives (1-100)")
+    p.add_argument("--frames-per-drive", type=number(int, 1, 20000), default=200, metavar="N",
+                   help="10 Hz frames per drive (1-20000)")
     p.add_argument("--style", default=None, choices=sorted(STYLES),
                    help="generator settings: suburb, downtown (train); old_town, hard (test). "
                    "Default: hard with --split test, else suburb")
     p.add_argument("--split", default="both", choices=("train", "test", "both"),
                    help="which split files the drives go to (both: last drives are test)")
-    p.add_argument("--test-drives", type=int, default=None,
+    p.add_argument("--test-drives", type=number(int, 0, 100), default=None, metavar="N",
                    help="with --split both: number of test drives (default drives//4, >= 1)")
     p.add_argument("--image-size", type=_parse_size, default=(1024, 256), metavar="WxH",
-                   help="ground image size; KITTI P_rect_02 is rescaled (default 1024x256)")
-    p.add_argument("--tile-px", type=int, default=512, help="satellite tile side in pixels")
-    p.add_argument("--tile-spacing-m", type=float, default=10.0, help="tile grid spacing")
-    p.add_argument("--tile-stride", type=int, default=1, help="use every n-th frame as query")
-    p.add_argument("--gps-noise-m", type=float, default=None,
-                   help="2D RMS of the GPS error written to oxts/ (default: drawn from the "
-                   "style's range, 1-3 m)")
-    p.add_argument("--heading-noise-deg", type=float, default=None,
-                   help="sigma of the heading error in oxts/ (default: the style's)")
+                   help="ground image size, 16-4096 px each; KITTI P_rect_02 is rescaled "
+                   "(default 1024x256)")
+    p.add_argument("--tile-px", type=number(int, 16, 4096), default=512, metavar="PX",
+                   help="satellite tile side in pixels (16-4096)")
+    p.add_argument("--tile-spacing-m", type=number(float, 1.0, 1000.0, unit="m"), default=10.0,
+                   metavar="M", help="tile grid spacing (1-1000 m)")
+    p.add_argument("--tile-stride", type=number(int, 1, 10000), default=1, metavar="K",
+                   help="use every K-th frame as query")
+    p.add_argument("--gps-noise-m", type=number(float, 0.0, 100.0, unit="m"), default=None,
+                   metavar="M", help="2D RMS of the GPS error written to oxts/ (0-100 m; "
+                   "default: drawn from the style's range, 1-3 m)")
+    p.add_argument("--heading-noise-deg", type=number(float, 0.0, 90.0, unit="deg"),
+                   default=None, metavar="DEG",
+                   help="sigma of the heading error in oxts/ (0-90; default: the style's)")
     p.add_argument("--no-tiles", action="store_true", help="skip satmap/ and split files")
     p.add_argument("--preview", action="store_true", help="also write preview.png")
     p.add_argument("--bench", action="store_true",
                    help="only time rendering at 256x1024 on one core; JSON to OUT/bench.json")
-    p.add_argument("--bench-frames", type=int, default=60, help="frames timed by --bench")
+    p.add_argument("--bench-frames", type=number(int, 1, 10000), default=60, metavar="N",
+                   help="frames timed by --bench")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -438,6 +496,11 @@ def main(argv=None) -> int:
     log = None if args.quiet else (lambda m: print(m, flush=True))
     if args.bench:
         out = Path(args.out) / "bench.json"
+        try:
+            _check_bench_json(out, args.overwrite)
+        except OutputError as e:
+            print(f"cvl-synth: error: {e}", file=sys.stderr)
+            return 2
         res = bench(out, n_frames=args.bench_frames, style=args.style or "suburb", seed=args.seed,
                     image_size=(1024, 256) if args.image_size == (1024, 256) else args.image_size)
         print(json.dumps(res, indent=1))
@@ -450,8 +513,9 @@ def main(argv=None) -> int:
             split=args.split, n_test_drives=args.test_drives, tile_px=args.tile_px,
             tile_spacing_m=args.tile_spacing_m, tile_stride=args.tile_stride,
             gps_noise_m=args.gps_noise_m, heading_noise_deg=args.heading_noise_deg,
-            preview=args.preview, build_tiles=not args.no_tiles, log=log)
-    except (ValueError, RuntimeError) as e:
+            preview=args.preview, build_tiles=not args.no_tiles, log=log,
+            overwrite=args.overwrite)
+    except (ValueError, RuntimeError) as e:  # OutputError is a ValueError
         print(f"cvl-synth: error: {e}", file=sys.stderr)
         return 2
     if log:
