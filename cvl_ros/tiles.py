@@ -9,13 +9,14 @@ is read as a :class:`WebMercatorMosaic`, which offers the same interface (:func:
 picks the class from the geo-reference found).
 
 The tile builder cuts KITTI-CVL style satellite tiles from such a mosaic (the script the
-KITTI-CVL authors never released) and writes the split files; see README.md ("Data").
+KITTI-CVL authors never released) and writes the split files; see docs/data.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -676,7 +677,7 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
     t1 = [ln for k in test_drives for ln in test_lines[k]]
     t2 = [ln for k in test2_drives for ln in test_lines[k]]
     for name, lines in (("train", train_lines), ("test1", t1), ("test2", t2)):
-        (root / SPLIT_FILES[name]).write_text("".join(ln + "\n" for ln in lines))
+        _write_text_atomic(root / SPLIT_FILES[name], "".join(ln + "\n" for ln in lines))
         stats[name] = len(lines)
     if bar is not None:
         bar.close()
@@ -685,6 +686,52 @@ def build_tiles(mosaic: GeoMosaic, trajectories: dict, root, train_drives, test_
                      train_drives=list(train_drives), test_drives=list(test_drives),
                      test2_drives=test2_drives, **({"source": source} if source else {}))
     return stats
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def recognise_tiles(root) -> set:
+    """Entries under ``root`` that an earlier tile builder wrote (outputs without a marker).
+
+    Recognised through ``satmap/tiles.json`` (format ``cvl_ros.kitti_cvl_tiles/1``): the tile
+    folders of the drives it lists with their ``.png`` tiles, ``tiles.json`` itself, and each
+    split file whose lines all name those drives. Anything else: not recognised (empty set).
+    """
+    root = Path(root)
+    try:
+        meta = json.loads((root / "satmap" / TILES_META).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(meta, dict) or meta.get("format") != "cvl_ros.kitti_cvl_tiles/1":
+        return set()
+    train = [str(k) for k in meta.get("train_drives") or []]
+    tests = [str(k) for k in (meta.get("test_drives") or []) + (meta.get("test2_drives") or [])]
+    owned = {"satmap/", f"satmap/{TILES_META}", "satmap/train_10mgap/", "satmap/test/"}
+    dirs = [f"satmap/train_10mgap/{k}" for k in train] + \
+        [f"satmap/test/{k.split('/')[-1]}" for k in tests]
+    owned |= {f"satmap/train_10mgap/{k.split('/')[0]}/" for k in train}
+    for d in dirs:
+        if (root / d).is_dir():
+            owned.add(d + "/")
+            owned |= {f"{d}/{p.name}" for p in (root / d).glob("*.png") if p.is_file()}
+    keys = set(train) | set(tests)
+    for name in SPLIT_FILES.values():
+        try:
+            lines = (root / name).read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if all("/".join(ln.split()[0].split("/")[:2]) in keys for ln in lines if ln.strip()):
+            owned.add(name)
+    return owned
 
 
 def drive_camera_track(drive_dir, datum: GeoDatum, cam: int = 2) -> tuple:

@@ -85,7 +85,8 @@ def world(tmp_path_factory):
 
 def _files(root: Path) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "tiles.json" and "raw_data" not in p.parts}
+            if p.is_file() and p.name not in ("tiles.json", ".cvl-output.json")
+            and "raw_data" not in p.parts}
 
 
 def test_writes_kitti_cvl_layout_like_the_library(world, tmp_path):
@@ -265,21 +266,21 @@ def test_input_errors(world, tmp_path, capsys):
     assert "6 lines" in _err(capsys, [*ok, "--mosaic", str(bare), "--train-drives", TRAIN])
     with pytest.raises(SystemExit) as exc:
         main([*ok, "--train-drives", TRAIN, "--spacing-m", "0"])
-    assert exc.value.code == 2 and "must be > 0" in capsys.readouterr().err
+    assert exc.value.code == 2 and "must be >= 0.1 m" in capsys.readouterr().err
 
 
 def test_existing_tiles_need_overwrite(world, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--raw", str(world["raw"]), "--mosaic", str(world["png"]), "--out", str(out),
             "--test-drives", TEST, *TILE, "--quiet"]
-    assert main(argv) == 0
+    assert main([*argv, "--spacing-m", "7"]) == 0  # an earlier run on another grid
     capsys.readouterr()
-    stale = out / "satmap" / "test" / TEST / "1.0000000000_2.0000000000.png"
-    stale.write_bytes(b"old")
-    assert "already holds tiles" in _err(capsys, argv)
-    assert stale.exists()
+    stale = sorted((out / "satmap" / "test" / TEST).glob("*.png"))
+    assert "already holds" in _err(capsys, argv)
+    assert all(p.exists() for p in stale)
     capsys.readouterr()
     assert main([*argv, "--overwrite"]) == 0
-    assert not stale.exists()
     summary = json.loads(capsys.readouterr().out)
-    assert len(list(stale.parent.glob("*.png"))) == summary["test_tiles"] > 0
+    # only this run's tiles remain: stale 7 m tiles would become Test-2 distractors
+    assert len(list(stale[0].parent.glob("*.png"))) == summary["test_tiles"] > 0
+    assert len(stale) != summary["test_tiles"]

@@ -15,43 +15,33 @@ the KITTI-CVL layout under ``--out``:
   <lat> <lon>``;
 - ``satmap/tiles.json``: resolution, tile size, spacing, datum and the command's inputs.
 
-See :func:`cvl_ros.tiles.build_tiles`.
+``--out`` may already hold other things (a dataset made by ``cvl-synth``, a KITTI raw root).
+The run writes only the paths above (:func:`cvl_ros.outputs.prepare_members`): if any exists,
+``--overwrite`` is needed, and replaces it only where a cvl tool wrote it (listed in
+``--out/.cvl-output.json``, or recognised through ``satmap/tiles.json`` of an earlier version);
+everything is cut in a hidden staging folder and moved into place at the end, so a refused or
+failed run leaves ``--out`` as it was. See ``docs/output-safety.md`` and
+:func:`cvl_ros.tiles.build_tiles`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cvl_ros.cli._args import number
+
 PROG = "cvl-build-tiles"
 
 
-def _number(kind: type, low: float, inclusive: bool):
-    """An argparse ``type=``: a finite ``kind`` (float or int) above ``low`` (or equal when
-    ``inclusive``), with a clear message otherwise."""  # noqa: D205, D209
-    what = "an integer" if kind is int else "a number"
-
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-        if not np.isfinite(v) or v < low or (v == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, "
-                                             f"got {text}")
-        return v
-
-    return parse
-
-
-_positive_float = _number(float, 0.0, inclusive=False)
-_nonneg_float = _number(float, 0.0, inclusive=True)
-_positive_int = _number(int, 1, inclusive=True)
+#: Default bound on the tiles one run may cut (``--max-tiles``).
+MAX_TILES = 200_000
 
 
 def _drive_list(text: str) -> list:
@@ -98,17 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LIST", help="comma list of test drives (Test-1 and Test-2)")
     p.add_argument("--test2-drives", type=_drive_list, action="extend", default=None,
                    metavar="LIST", help="drives of test2_files.txt (default: --test-drives)")
-    p.add_argument("--spacing-m", type=_positive_float, default=10.0, metavar="M",
-                   help="tile grid spacing in metres (default: 10)")
-    p.add_argument("--tile-px", type=_positive_int, default=1280, metavar="PX",
-                   help="tile side in pixels (default: 1280)")
-    p.add_argument("--m-per-px", type=_positive_float, default=None, metavar="M",
+    p.add_argument("--spacing-m", type=number(float, 0.1, 10000.0, unit="m"), default=10.0,
+                   metavar="M", help="tile grid spacing in metres (0.1-10000; default: 10)")
+    p.add_argument("--tile-px", type=number(int, 8, 8192), default=1280, metavar="PX",
+                   help="tile side in pixels (8-8192; default: 1280)")
+    p.add_argument("--m-per-px", type=number(float, 0.0, 100.0, low_inclusive=False, unit="m"),
+                   default=None, metavar="M",
                    help="tile resolution in metres per pixel (default: the mosaic's own)")
-    p.add_argument("--test-radius-m", type=_nonneg_float, default=None, metavar="M",
-                   help="test tiles: every grid point within this distance of a test drive's "
-                   "camera positions (default: --spacing-m)")
-    p.add_argument("--query-stride", type=_positive_int, default=1, metavar="K",
+    p.add_argument("--test-radius-m", type=number(float, 0.0, 10000.0, unit="m"), default=None,
+                   metavar="M", help="test tiles: every grid point within this distance of a "
+                   "test drive's camera positions (default: --spacing-m)")
+    p.add_argument("--query-stride", type=number(int, 1, 100000), default=1, metavar="K",
                    help="keep every K-th frame as a query (default: 1)")
+    p.add_argument("--max-tiles", type=number(int, 1, 10_000_000), default=MAX_TILES,
+                   metavar="N", help="refuse a run that would cut more tiles "
+                   f"(default: {MAX_TILES})")
     p.add_argument("--cam", type=int, default=2, choices=(0, 1, 2, 3),
                    help="KITTI camera whose position centres the tiles (default: 2)")
     p.add_argument("--png-compression", type=int, default=1, choices=range(10),
@@ -117,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a copy per training frame instead of hard links for frames "
                    "that share a tile")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace tiles already under OUT for these drives (default: refuse)")
+                   help="replace the tiles, split files and tiles.json already under OUT "
+                   "(only those a cvl tool wrote; default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -183,22 +178,33 @@ def _tile_dirs(out: Path, train, tests) -> list:
             + [sat / "test" / k.split("/")[1] for k in tests])
 
 
-def _clear_old_tiles(dirs, overwrite: bool) -> None:
-    used = [d for d in dirs if d.is_dir() and any(d.glob("*.png"))]
-    if used and not overwrite:
-        raise _InputError(f"{used[0]} already holds tiles (stale ones would become Test-2 "
-                          "distractors); pass --overwrite to replace the tiles of these drives")
-    for d in used:
-        for f in d.glob("*.png"):
-            f.unlink()
+def _check_tile_count(traj, train, tests, spacing_m: float, radius_m: float, stride: int,
+                      max_tiles: int) -> None:
+    """Refuse a run whose tile count (an upper estimate, made before any work) is too large."""
+    n = sum(len(traj[k][0][::stride]) for k in train)
+    r = math.ceil(radius_m / spacing_m)
+    for k in dict.fromkeys(tests):
+        pos = traj[k][1]
+        span_e, span_n = np.ptp(pos[:, 0]) + 2 * radius_m, np.ptp(pos[:, 1]) + 2 * radius_m
+        box = (span_e / spacing_m + 2) * (span_n / spacing_m + 2)
+        n += int(min(box, len(pos) * (2 * r + 1) ** 2))
+    if n > max_tiles:
+        raise _InputError(f"--spacing-m {spacing_m:g} (test radius {radius_m:g} m) would cut "
+                          f"about {n} tiles, more than --max-tiles {max_tiles}; use a larger "
+                          "--spacing-m, a smaller --test-radius-m or a larger --query-stride, "
+                          "or raise --max-tiles")
 
 
 def _run(args) -> int:
+    from cvl_ros.outputs import prepare_members
     from cvl_ros.tiles import (
+        SPLIT_FILES,
+        TILES_META,
         GeoMosaic,
         build_tiles,
         drive_camera_track,
         read_mosaic,
+        recognise_tiles,
     )
 
     t0 = time.monotonic()
@@ -223,20 +229,30 @@ def _run(args) -> int:
         pos = T[:, :2, 3]
         _check_inside(mosaic, key, frames[::args.query_stride], pos[::args.query_stride])
         traj[key] = (frames, pos)
+    tests = test + (test2 or [])
+    _check_tile_count(traj, train, tests, args.spacing_m,
+                      args.spacing_m if args.test_radius_m is None else args.test_radius_m,
+                      args.query_stride, args.max_tiles)
     out = Path(args.out)
-    _clear_old_tiles(_tile_dirs(out, train, test + (test2 or [])), args.overwrite)
+    members = [d.relative_to(out).as_posix() for d in _tile_dirs(out, train, tests)]
+    members += [f"satmap/{TILES_META}", *SPLIT_FILES.values()]
+    inputs = [raw_data / k for k in dict.fromkeys(train + tests)]
+    inputs += [Path(args.mosaic)] + ([Path(args.georef)] if args.georef else [])
     source = {
         "tool": PROG, "raw": str(Path(args.raw).resolve()),
         "mosaic": str(Path(args.mosaic).resolve()),
         "georef": "geo.json" if type(mosaic) is GeoMosaic else "world_file (EPSG:3857)",
         "mosaic_m_per_px": float(mosaic.m_per_px), "query_stride": args.query_stride,
         "cam": args.cam}
-    stats = build_tiles(mosaic, traj, out, train, test, spacing_m=args.spacing_m,
-                        tile_px=args.tile_px, m_per_px=args.m_per_px,
-                        test_radius_m=args.test_radius_m, test2_drives=test2,
-                        query_stride=args.query_stride, png_compression=args.png_compression,
-                        link_duplicates=not args.no_links, progress=not args.quiet,
-                        source=source)
+    with prepare_members(out, members, tool=PROG, inputs=inputs, overwrite=args.overwrite,
+                         recognise=recognise_tiles) as staging:
+        stats = build_tiles(mosaic, traj, staging, train, test, spacing_m=args.spacing_m,
+                            tile_px=args.tile_px, m_per_px=args.m_per_px,
+                            test_radius_m=args.test_radius_m, test2_drives=test2,
+                            query_stride=args.query_stride,
+                            png_compression=args.png_compression,
+                            link_duplicates=not args.no_links, progress=not args.quiet,
+                            source=source)
     if stats["partial_tiles"]:
         half = args.tile_px * stats["m_per_px"] / 2.0
         print(f"{PROG}: warning: {stats['partial_tiles']} tiles reach past the mosaic's edge "
