@@ -11,7 +11,8 @@
 #
 # Environment (all optional):
 #   CVL_VENV            venv (default <repo>/.venv; `make demo` runs `make setup` first)
-#   CVL_DEMO_OUT        output folder (default <repo>/demo_out; emptied first)
+#   CVL_DEMO_OUT        output folder (default <repo>/demo_out; emptied first if it is a demo
+#                       output: holds .cvl-demo-output or synth.log, else the demo refuses)
 #   CVL_DEMO_SEED       town/drive seed (default 7)
 #   CVL_DEMO_FRAMES     frames of the drive at 10 Hz (default 200)
 #   CVL_DEMO_RATE       replay speed factor (default 0.25: the 2-core CPU runs the model live)
@@ -60,8 +61,18 @@ fi
   CVL_DEMO_MODEL at a checkpoint)"
 [[ -f "$PARAMS" ]] || die "missing $PARAMS"
 
+# Empty $OUT only if an earlier demo wrote it (docs/output-safety.md): never a user's folder.
+if [[ -e "$OUT" && -n "$(ls -A "$OUT" 2>/dev/null)" ]]; then
+  [[ -f "$OUT/.cvl-demo-output" || -f "$OUT/synth.log" ]] || die "$OUT is not empty and is not \
+a demo output folder (no .cvl-demo-output); the demo will not delete it: set CVL_DEMO_OUT to a \
+new folder, or delete it yourself"
+  case "$(pwd -P)/" in "$(cd "$OUT" && pwd -P)/"*)
+    die "CVL_DEMO_OUT=$OUT holds the repository; choose another folder" ;;
+  esac
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
+echo "folder of scripts/demo.sh: emptied by the next run" >"$OUT/.cvl-demo-output"
 # One ROS graph per run, on this machine only; logs under demo_out.
 export ROS_DOMAIN_ID="${CVL_DEMO_DOMAIN_ID:-$((100 + RANDOM % 100))}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
