@@ -60,6 +60,7 @@ import os
 import random
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -471,29 +472,120 @@ class _StopFlag:
         self.signal = signum
 
 
+@dataclass
+class _Process:
+    """Where this process runs: rank, device, seed and the output folder."""
+
+    rank: int
+    world: int
+    device: torch.device
+    seed: int
+    out_dir: Path
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this is one of several ``torchrun`` ranks."""
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the one that writes files."""
+        return self.rank == 0
+
+
+@dataclass
+class _Run:
+    """The state of one training run, built by ``_setup`` and advanced by ``_train_epoch``."""
+
+    cfg: dict
+    proc: _Process
+    model: torch.nn.Module
+    ddp: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    params: list
+    dataset: torch.utils.data.Dataset
+    positions: np.ndarray
+    state: dict  # epoch, batch_in_epoch, step, elapsed_s, best (saved in the checkpoints)
+    metrics_log: MetricsLog | None
+    stop: _StopFlag = field(default_factory=_StopFlag)
+    t_start: float = 0.0
+    last_row: dict = field(default_factory=dict)
+    budget_hit: bool = False
+    interrupted: bool = False
+
+    @property
+    def last(self) -> Path:
+        """``<out_dir>/last.safetensors``."""
+        return self.proc.out_dir / "last.safetensors"
+
+    @property
+    def epochs(self) -> int:
+        """Epochs to train in all."""
+        return int(self.cfg["optim"].get("epochs", 5))
+
+
 def train(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     """Train according to ``cfg``; returns a summary dict (steps, epochs, last loss, paths)."""
-    from cvl_ros.model.cvlnet import load_checkpoint, save_checkpoint
+    run = _setup(cfg, resume)
+    old_handlers = _catch_stop_signals(run.stop)
+    run.t_start = time.monotonic() - float(run.state.get("elapsed_s", 0.0))
+    try:
+        while run.state["epoch"] < run.epochs and not run.budget_hit:
+            if _train_epoch(run, progress):
+                _finish_epoch(run)  # epoch<N>.safetensors, validation (best.safetensors)
+            else:  # the step or time budget ended it
+                _write_checkpoint(run)
+    except KeyboardInterrupt:
+        run.interrupted = True
+        LOG.warning("interrupted (%s): saving checkpoint", run.stop.signal or "Ctrl-C")
+        _write_checkpoint(run)
+    finally:
+        _close(run, old_handlers)
+    return {"steps": run.state["step"], "epochs": run.state["epoch"],
+            "interrupted": run.interrupted, "checkpoint": str(run.last), "last": run.last_row,
+            "out_dir": str(run.proc.out_dir)}
 
+
+def _setup(cfg: dict, resume: bool) -> _Run:
+    """Process, model and optimiser (fresh or resumed), training data and the metrics log."""
+    proc = _setup_process(cfg)
+    model, ddp, optimizer, params, state = _setup_model(cfg, proc, resume)
+    dataset, positions = build_train_data(cfg, model.config)
+    metrics_log = MetricsLog(proc.out_dir / "metrics.csv",
+                             bool(cfg["log"].get("tensorboard"))) if proc.is_main else None
+    return _Run(cfg, proc, model, ddp, optimizer, params, dataset, positions, state,
+                metrics_log)
+
+
+def _setup_process(cfg: dict) -> _Process:
+    """Rank, device, threads, process group, seeds; rank 0 writes ``out_dir/config.yaml``."""
     rank, world, local_rank = dist_info()
-    distributed = world > 1
     device = resolve_device(cfg.get("device", "auto"), local_rank)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    if distributed and not torch.distributed.is_initialized():
+    if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
     seed = int(cfg.get("seed", 0))
     seed_everything(seed + rank)
-    out_dir = Path(cfg["out_dir"])
-    is_main = rank == 0
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if distributed:
+    proc = _Process(rank, world, device, seed, Path(cfg["out_dir"]))
+    if proc.is_main:
+        proc.out_dir.mkdir(parents=True, exist_ok=True)
+        (proc.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if proc.distributed:
         torch.distributed.barrier()
+    return proc
 
-    last = out_dir / "last.safetensors"
+
+def _setup_model(cfg: dict, proc: _Process, resume: bool):
+    """Model, optimiser and training state: resumed from ``last.safetensors``, or fresh.
+
+    Returns (model, its DDP wrapper or the model itself, Adam optimiser, trained parameters,
+    training state).
+    """
+    from cvl_ros.model.cvlnet import load_checkpoint
+
+    last = proc.out_dir / "last.safetensors"
     state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "elapsed_s": 0.0, "best": None}
     if resume and last.is_file():
         model, extra = load_checkpoint(last)
@@ -503,152 +595,166 @@ def train(cfg: dict, resume: bool = False, progress: bool = True) -> dict:
     else:
         if resume:
             LOG.warning("--resume: no checkpoint at %s, starting fresh", last)
-        torch.manual_seed(seed)  # identical initial weights on every rank
+        torch.manual_seed(proc.seed)  # identical initial weights on every rank
         model = build_model(cfg)
-    model.to(device)
+    model.to(proc.device)
     model.train()
-    mcfg = model.config
     ocfg = cfg["optim"]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=float(ocfg["lr"]),
                                  weight_decay=float(ocfg.get("weight_decay", 0.0)))
-    if resume and last.is_file() and (out_dir / "last.optim.safetensors").is_file():
-        load_optimizer(out_dir / "last.optim.safetensors", optimizer)
+    if resume and last.is_file() and (proc.out_dir / "last.optim.safetensors").is_file():
+        load_optimizer(proc.out_dir / "last.optim.safetensors", optimizer)
     ddp = model
-    if distributed:
+    if proc.distributed:
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+            model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None,
             find_unused_parameters=True)
+    return model, ddp, optimizer, params, state
 
-    dataset, positions = build_train_data(cfg, mcfg)
-    bs = int(ocfg.get("batch_size", 8))
-    min_sep = float(cfg["data"].get("min_separation_m", 22.0))
-    epochs = int(ocfg.get("epochs", 5))
-    max_steps = ocfg.get("max_steps")
-    max_minutes = ocfg.get("max_minutes")
-    log_every = int(cfg["log"].get("every", 10))
-    metrics_log = MetricsLog(out_dir / "metrics.csv", bool(cfg["log"].get("tensorboard")))\
-        if is_main else None
 
-    stop = _StopFlag()
+def _catch_stop_signals(stop: _StopFlag) -> dict:
+    """Route SIGTERM and SIGINT to ``stop`` (main thread only); returns the old handlers."""
     old_handlers = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             old_handlers[sig] = signal.signal(sig, stop)
         except ValueError:  # not in the main thread
             pass
-
-    def checkpoint(tag: str | None = None):
-        if not is_main:
-            return
-        extra = {"train_state": dict(state), "train_config": cfg}
-        save_checkpoint(last, model, extra)
-        save_optimizer(out_dir / "last.optim.safetensors", optimizer)
-        if tag:
-            save_checkpoint(out_dir / f"{tag}.safetensors", model, extra)
-        LOG.info("checkpoint %s (epoch %d, step %d)", last, state["epoch"], state["step"])
-
-    t_start = time.monotonic() - float(state.get("elapsed_s", 0.0))
-    num_workers = int(cfg["data"].get("num_workers", 0))
-    interrupted = False
-    last_row: dict = {}
-    budget_hit = False
-    try:
-        while state["epoch"] < epochs and not budget_hit:
-            epoch = int(state["epoch"])
-            batches = epoch_batches(positions, bs, min_sep, seed, epoch)
-            if distributed:
-                n = len(batches) // world
-                batches = batches[rank::world][:n]
-            start = int(state["batch_in_epoch"])
-            todo = batches[start:]
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=todo, collate_fn=collate, num_workers=num_workers,
-                persistent_workers=False)
-            bar = None
-            if progress and is_main:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{epochs}",
-                           unit="batch", dynamic_ncols=True)
-            run_loss = []
-            for batch in loader:
-                batch = augment_batch(to_device(batch, device), cfg["data"].get("augment"))
-                pred = ddp(batch)
-                losses = model.loss(pred, batch)
-                optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                if ocfg.get("grad_clip"):
-                    torch.nn.utils.clip_grad_norm_(params, float(ocfg["grad_clip"]))
-                optimizer.step()
-                state["step"] += 1
-                state["batch_in_epoch"] += 1
-                state["elapsed_s"] = time.monotonic() - t_start
-                loss_v = float(losses["total"].detach())
-                if not math.isfinite(loss_v):
-                    raise TrainingError(f"non-finite loss at step {state['step']}")
-                run_loss.append(loss_v)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{np.mean(run_loss[-20:]):.4f}")
-                if is_main and (state["step"] % log_every == 0 or state["step"] == 1):
-                    mets = model.metrics(pred, batch)
-                    last_row = {"step": state["step"], "epoch": epoch,
-                                "time_s": round(state["elapsed_s"], 2),
-                                "lr": optimizer.param_groups[0]["lr"],
-                                "loss": float(np.mean(run_loss[-log_every:]))}
-                    last_row.update({k: float(v.detach()) if torch.is_tensor(v) else float(v)
-                                     for k, v in losses.items() if k != "total"})
-                    last_row.update({k: float(v) for k, v in mets.items()})
-                    metrics_log.write(last_row)
-                    if bar is None:
-                        LOG.info("epoch %d step %d (%d/%d) loss %.4f batch-r@1 %.2f %.0fs", epoch,
-                                 state["step"], state["batch_in_epoch"], len(batches),
-                                 last_row["loss"], last_row.get("recall@1_batch", float("nan")),
-                                 state["elapsed_s"])
-                if max_steps is not None and state["step"] >= int(max_steps):
-                    budget_hit = True
-                if max_minutes is not None and state["elapsed_s"] >= 60.0 * float(max_minutes):
-                    budget_hit = True
-                if distributed:
-                    flag = torch.tensor([float(stop.requested), float(budget_hit)])
-                    torch.distributed.all_reduce(flag)
-                    stop.requested = bool(flag[0] > 0)
-                    budget_hit = bool(flag[1] > 0)
-                if stop.requested or budget_hit:
-                    break
-            if bar is not None:
-                bar.close()
-            if stop.requested:
-                raise KeyboardInterrupt
-            if state["batch_in_epoch"] >= len(batches):
-                state["epoch"] = epoch + 1
-                state["batch_in_epoch"] = 0
-                checkpoint(f"epoch{epoch + 1}")
-                _maybe_validate(cfg, model, state, out_dir, is_main, checkpoint)
-            else:
-                checkpoint()
-    except KeyboardInterrupt:
-        interrupted = True
-        LOG.warning("interrupted (%s): saving checkpoint", stop.signal or "Ctrl-C")
-        checkpoint()
-    finally:
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-        if metrics_log is not None:
-            metrics_log.close()
-        if distributed and torch.distributed.is_initialized():
-            try:
-                torch.distributed.barrier()
-            except Exception:
-                pass
-    return {"steps": state["step"], "epochs": state["epoch"], "interrupted": interrupted,
-            "checkpoint": str(last), "last": last_row, "out_dir": str(out_dir)}
+    return old_handlers
 
 
-def _maybe_validate(cfg, model, state, out_dir, is_main, checkpoint) -> None:
+def _train_epoch(run: _Run, progress: bool) -> bool:
+    """Train on the rest of the current epoch; returns whether the epoch is complete.
+
+    Stops early when the step/time budget is spent (``run.budget_hit``), or raises
+    KeyboardInterrupt when SIGTERM/SIGINT was received.
+    """
+    cfg, proc, state = run.cfg, run.proc, run.state
+    epoch = int(state["epoch"])
+    batches = epoch_batches(run.positions, int(cfg["optim"].get("batch_size", 8)),
+                            float(cfg["data"].get("min_separation_m", 22.0)), proc.seed, epoch)
+    if proc.distributed:
+        n = len(batches) // proc.world
+        batches = batches[proc.rank::proc.world][:n]
+    start = int(state["batch_in_epoch"])
+    loader = torch.utils.data.DataLoader(
+        run.dataset, batch_sampler=batches[start:], collate_fn=collate,
+        num_workers=int(cfg["data"].get("num_workers", 0)), persistent_workers=False)
+    bar = None
+    if progress and proc.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{run.epochs}",
+                   unit="batch", dynamic_ncols=True)
+    log_every = int(cfg["log"].get("every", 10))
+    run_loss = []
+    for batch in loader:
+        batch, pred, losses, loss = _train_step(run, batch)
+        run_loss.append(loss)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(run_loss[-20:]):.4f}")
+        if proc.is_main and (state["step"] % log_every == 0 or state["step"] == 1):
+            _log_step(run, epoch, len(batches), pred, batch, losses, run_loss,
+                      to_console=bar is None)
+        _check_budget(run)
+        if run.stop.requested or run.budget_hit:
+            break
+    if bar is not None:
+        bar.close()
+    if run.stop.requested:
+        raise KeyboardInterrupt
+    return state["batch_in_epoch"] >= len(batches)
+
+
+def _train_step(run: _Run, batch: dict):
+    """One optimiser step; returns (batch on the device, augmented; pred; losses; total).
+
+    Raises TrainingError on a non-finite loss.
+    """
+    cfg, state = run.cfg, run.state
+    batch = augment_batch(to_device(batch, run.proc.device), cfg["data"].get("augment"))
+    pred = run.ddp(batch)
+    losses = run.model.loss(pred, batch)
+    run.optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    if cfg["optim"].get("grad_clip"):
+        torch.nn.utils.clip_grad_norm_(run.params, float(cfg["optim"]["grad_clip"]))
+    run.optimizer.step()
+    state["step"] += 1
+    state["batch_in_epoch"] += 1
+    state["elapsed_s"] = time.monotonic() - run.t_start
+    loss = float(losses["total"].detach())
+    if not math.isfinite(loss):
+        raise TrainingError(f"non-finite loss at step {state['step']}")
+    return batch, pred, losses, loss
+
+
+def _log_step(run: _Run, epoch: int, n_batches: int, pred, batch, losses, run_loss: list,
+              to_console: bool) -> None:
+    """One metrics row (mean loss since the last row, loss terms, batch metrics)."""
+    state = run.state
+    log_every = int(run.cfg["log"].get("every", 10))
+    mets = run.model.metrics(pred, batch)
+    row = {"step": state["step"], "epoch": epoch, "time_s": round(state["elapsed_s"], 2),
+           "lr": run.optimizer.param_groups[0]["lr"],
+           "loss": float(np.mean(run_loss[-log_every:]))}
+    row.update({k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                for k, v in losses.items() if k != "total"})
+    row.update({k: float(v) for k, v in mets.items()})
+    run.metrics_log.write(row)
+    run.last_row = row
+    if to_console:
+        LOG.info("epoch %d step %d (%d/%d) loss %.4f batch-r@1 %.2f %.0fs", epoch,
+                 state["step"], state["batch_in_epoch"], n_batches, row["loss"],
+                 row.get("recall@1_batch", float("nan")), state["elapsed_s"])
+
+
+def _check_budget(run: _Run) -> None:
+    """Set ``run.budget_hit`` at max_steps / max_minutes; under DDP all ranks stop together."""
+    ocfg, state = run.cfg["optim"], run.state
+    max_steps, max_minutes = ocfg.get("max_steps"), ocfg.get("max_minutes")
+    if max_steps is not None and state["step"] >= int(max_steps):
+        run.budget_hit = True
+    if max_minutes is not None and state["elapsed_s"] >= 60.0 * float(max_minutes):
+        run.budget_hit = True
+    if run.proc.distributed:
+        flag = torch.tensor([float(run.stop.requested), float(run.budget_hit)])
+        torch.distributed.all_reduce(flag)
+        run.stop.requested = bool(flag[0] > 0)
+        run.budget_hit = bool(flag[1] > 0)
+
+
+def _finish_epoch(run: _Run) -> None:
+    """Count the epoch done, write ``epoch<N>.safetensors`` and validate."""
+    epoch = int(run.state["epoch"])
+    run.state["epoch"] = epoch + 1
+    run.state["batch_in_epoch"] = 0
+    _write_checkpoint(run, f"epoch{epoch + 1}")
+    _validate(run)
+
+
+def _write_checkpoint(run: _Run, tag: str | None = None) -> None:
+    """``last.safetensors`` + optimiser state (and ``<tag>.safetensors``); rank 0 only."""
+    from cvl_ros.model.cvlnet import save_checkpoint
+
+    if not run.proc.is_main:
+        return
+    extra = {"train_state": dict(run.state), "train_config": run.cfg}
+    save_checkpoint(run.last, run.model, extra)
+    save_optimizer(run.proc.out_dir / "last.optim.safetensors", run.optimizer)
+    if tag:
+        save_checkpoint(run.proc.out_dir / f"{tag}.safetensors", run.model, extra)
+    LOG.info("checkpoint %s (epoch %d, step %d)", run.last, run.state["epoch"],
+             run.state["step"])
+
+
+def _validate(run: _Run) -> None:
+    """Quick evaluation on ``val.root`` (rank 0): a row in val.jsonl, ``best.safetensors``."""
+    cfg, model, state, out_dir = run.cfg, run.model, run.state, run.proc.out_dir
     vcfg = cfg.get("val") or {}
-    if not is_main or not vcfg.get("root"):
+    if not run.proc.is_main or not vcfg.get("root"):
         return
     from cvl_ros.evaluation import evaluate
 
@@ -667,4 +773,17 @@ def _maybe_validate(cfg, model, state, out_dir, is_main, checkpoint) -> None:
     key = rec.get("r@1", 0.0) + 0.01 * rec.get("r@5", 0.0)
     if state.get("best") is None or key > state["best"]:
         state["best"] = key
-        checkpoint("best")
+        _write_checkpoint(run, "best")
+
+
+def _close(run: _Run, old_handlers: dict) -> None:
+    """Restore the signal handlers, flush the metrics log, wait for the other ranks."""
+    for sig, h in old_handlers.items():
+        signal.signal(sig, h)
+    if run.metrics_log is not None:
+        run.metrics_log.close()
+    if run.proc.distributed and torch.distributed.is_initialized():
+        try:
+            torch.distributed.barrier()
+        except Exception:
+            pass
