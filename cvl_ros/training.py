@@ -359,24 +359,6 @@ def augment_batch(batch: dict, aug: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint file, or a folder's ``model.safetensors`` / ``best`` / ``last`` / only file.
-
-    Unresolvable folders return the folder itself (``load_checkpoint`` then reports it).
-    """
-    p = Path(path)
-    if p.is_dir():
-        for name in ("model.safetensors", "checkpoint.safetensors", "best.safetensors",
-                     "last.safetensors"):
-            if (p / name).is_file():
-                return p / name
-        files = sorted(f for f in p.glob("*.safetensors") if not f.name.endswith(".optim"
-                                                                                ".safetensors"))
-        if len(files) == 1:
-            return files[0]
-    return p
-
-
 def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     """Optimiser state to safetensors (tensors) + JSON metadata (no pickle)."""
     from safetensors.torch import save_file
