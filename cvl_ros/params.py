@@ -251,6 +251,9 @@ _RAW: tuple[Param, ...] = (
     Param('localizer.frame_state_rotation_tolerance_rad', 0.002,
           "a keyframe's cached per-frame Q/K/V canvas (models with pcsf_frame_canvas) is "
           "recomputed when the window's heading turned it by more than this [rad]"),
+    Param('localizer.reject_uninformative_images', True,
+          'refuse blank, saturated, noise and striped images (a covered or broken camera: '
+          'the frame is rejected with the reason, no estimate) instead of matching them [bool]'),
     Param('localizer.gps_prior_min_sigma_m', 5.0,
           'smallest 1-sigma used for a GPS prior (GPS is coarse; the matcher refines) [m]'),
     Param('localizer.max_time_gap_s', 0.0,

@@ -39,9 +39,11 @@ def real_drive_with_image(tmp: Path) -> Path:
 
 def frame_image(i: int, h: int = 48, w: int = 160) -> np.ndarray:
     """A small image whose first pixel encodes the frame index."""
+    yy, xx = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w, 3), dtype=np.uint8)
     img[..., 0] = np.arange(w, dtype=np.uint8)[None, :]
-    img[..., 1] = 100
+    img[..., 1] = (100 + 60 * np.sin(xx / 7.0) * np.cos(yy / 5.0)).astype(np.uint8)  # texture
+    img[..., 2] = (yy * 3).astype(np.uint8)
     img[0, 0] = (i % 256, 7, 9)
     return img
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from cvl_ros.localizer.filter import GridFilter, PosteriorStats, TileScores
+from cvl_ros.localizer.image_check import image_problem
 from cvl_ros.localizer.modes import (
     Evidence,
     GridAction,
@@ -121,6 +122,9 @@ class LocalizerConfig:
     Q/K/V canvases, ``pcsf_frame_canvas``) recompute a keyframe's state when the window's
     heading has turned it by more than this since it was cached (0.002 rad moves a point 100 m
     away by 0.2 m, 3 % of a 6.25 m cell)."""
+    reject_uninformative_images: bool = True
+    """Refuse blank, saturated, noise and striped images (a covered or broken camera) instead
+    of matching them (``cvl_ros.localizer.image_check``); False matches every image."""
     gps_prior_min_sigma_m: float = 5.0
     """Smallest sigma used for a GPS prior (GPS is coarse; the matcher refines)."""
     max_time_gap_s: float = 0.0
@@ -512,6 +516,10 @@ class Localizer:
         """
         t0 = time.perf_counter()
         self.validate_frame(frame)
+        if self.config.reject_uninformative_images:
+            problem = image_problem(frame.image_rgb)
+            if problem:
+                raise InvalidFrameError(f"uninformative image: {problem}")
         with self._lock:
             c = self.config
             stamp = int(frame.stamp_ns)
