@@ -402,3 +402,107 @@ def _commit_members(root: Path, staging: Path, members, tool, overwrite, recogni
     files = (set(marker["files"]) - removed if marker else set()) | written
     write_marker(root, marker["tool"] if marker else tool, files,
                  tools=(marker.get("tools", []) if marker else []) + [tool])
+
+
+# ------------------------------------------------------------------ run folders
+def check_run_folder(folder, *, tool: str, owns: Callable[[str], bool], inputs=(),
+                     recognise: Callable[[Path], set] | None = None,
+                     what: str = "--out") -> str:
+    """Check that ``tool`` may write its fixed file names into the run folder ``folder``.
+
+    For tools that write and re-write a few known names (``owns(entry)`` is true for them)
+    into a folder they keep using (``cvl-train``'s ``out_dir``, ``cvl-ablate --out``): the
+    folder must be new or empty, or hold ``tool``'s marker, or be recognised as an earlier
+    run (``recognise``). In such a folder the entries ``owns`` names belong to the tool;
+    anything else there (the user's notes) is never touched. Returns ``"new"`` or ``"run"``.
+    Raises :class:`OutputError` for a file, a folder of someone else, a folder of another
+    cvl tool, or an overlap with an input (:func:`check_separate`).
+    """
+    folder = _abs(folder)
+    check_separate([folder], inputs, what)
+    if not folder.exists():
+        return "new"
+    if not folder.is_dir():
+        raise OutputError(f"{what} {folder} is a file, not a folder; choose a folder path")
+    if not any(folder.iterdir()):
+        return "new"
+    m = read_marker(folder)
+    if m is not None and m["tool"] != tool:
+        raise OutputError(f"{what} {folder} was written by {m['tool']}, not {tool}; choose "
+                          "another folder")
+    if m is None and not (recognise is not None and recognise(folder)):
+        clash = [e for e in _entries(folder) if owns(e)]
+        said = f"; it holds {_listing(clash, folder)}" if clash else ""
+        raise OutputError(f"{what} {folder} is a folder that {tool} did not write (it is not "
+                          f"empty and has no {MARKER}){said}; {tool} will not write into it: "
+                          "choose a new or empty folder")
+    return "run"
+
+
+def run_entries(folder, owns: Callable[[str], bool]) -> list[str]:
+    """The entries of a run folder that its tool owns (``owns(entry)``), sorted."""
+    folder = Path(folder)
+    return [e for e in _entries(folder) if owns(e)] if folder.is_dir() else []
+
+
+def mark_run_folder(folder, *, tool: str, owns: Callable[[str], bool]) -> None:
+    """Create ``folder`` (and parents) and write its marker listing the entries ``tool`` owns.
+
+    Call it before the run writes (so a killed run leaves a folder that is recognisably the
+    tool's) and after it (to list what it wrote).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    m = read_marker(folder)
+    files = set(m["files"]) if m else set()
+    write_marker(folder, tool, files | set(run_entries(folder, owns)),
+                 tools=m.get("tools", []) if m else [])
+
+
+# ------------------------------------------------------------------ result files
+def check_result_file(path, *, tool: str, is_own: Callable[[Path], bool], inputs=(),
+                      sidecars: Iterable = (), what: str = "--json") -> None:
+    """Check that ``tool`` may write the result file ``path`` (and the ``sidecars`` beside it).
+
+    An existing ``path`` is replaced only if ``is_own(path)`` recognises it as the tool's
+    earlier result; ``sidecars`` are ``(path, recognise or None)`` pairs of files written
+    beside it (a Markdown table, plots): an existing one is replaced only when ``path`` is
+    the tool's own result or ``recognise(sidecar)`` is true. ``path`` may not be an input.
+    Raises :class:`OutputError` naming the file and what to do.
+    """
+    p = _abs(path)
+    for i in inputs:
+        if i is not None and _abs(i) == p:
+            raise OutputError(f"{what} {p} is the input {i}; choose another output path")
+    own = False
+    if p.exists() or p.is_symlink():
+        if p.is_dir():
+            raise OutputError(f"{what} {p} is a folder; give a file path, e.g. "
+                              f"{what} {p / 'result.json'}")
+        own = _safe_is_own(is_own, p)
+        if not own:
+            raise OutputError(f"{what} {p} exists and is not a {tool} result; {tool} will not "
+                              "overwrite it: choose another path, or delete it yourself")
+    for side, recognise in sidecars:
+        s = _abs(side)
+        if not (s.exists() or s.is_symlink()) or own:
+            continue
+        if s.is_dir() or recognise is None or not _safe_is_own(recognise, s):
+            raise OutputError(f"{what} {p}: {tool} also writes {s}, which exists and is not "
+                              f"{tool}'s; it will not overwrite it: choose another {what} path, "
+                              "or move that file away")
+
+
+def _safe_is_own(fn: Callable[[Path], bool], p: Path) -> bool:
+    try:
+        return bool(fn(p))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return False
+
+
+def read_json(path) -> object:
+    """The JSON value in ``path``, or None when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import sys
 
 
 def number(kind: type = float, low: float | None = None, high: float | None = None,
@@ -36,3 +38,77 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
 
     parse.__name__ = f"{kind.__name__}"  # argparse names the type in some messages
     return parse
+
+
+def number_list(kind: type = int, low: float | None = None, high: float | None = None,
+                max_items: int = 64, unit: str = ""):
+    """An argparse ``type=``: a comma list (``1,4,8``) of :func:`number` values, at least one.
+
+    The list is de-duplicated in order; at most ``max_items`` values.
+    """
+    one = number(kind, low, high, unit=unit)
+    what = "integers" if kind is int else "numbers"
+
+    def parse(text: str):
+        items = [s.strip() for s in str(text).split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma list of {what}, got {text!r}")
+        if len(items) > max_items:
+            raise argparse.ArgumentTypeError(f"at most {max_items} values, got {len(items)}")
+        out = []
+        for s in items:
+            try:
+                v = one(s)
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from None
+            if v not in out:
+                out.append(v)
+        return out
+
+    parse.__name__ = f"{kind.__name__}_list"
+    return parse
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def device(text: str) -> str:
+    """An argparse ``type=``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (lower-cased)."""
+    d = str(text).strip().lower()
+    if not _DEVICE.match(d):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return d
+
+
+class CliError(ValueError):
+    """A user error found by a CLI: printed as ``prog: error: <message>``, exit status 2."""
+
+
+def fail(prog: str, message) -> int:
+    """Print ``prog: error: message`` to stderr (one line, no traceback); returns 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def resolve_device(name: str, what: str = "--device") -> str:
+    """Torch device of ``name``: ``auto`` is ``cuda`` when available, else ``cpu``.
+
+    A CUDA device that this machine lacks is a :class:`CliError` (these tools do not fall back
+    to the CPU silently).
+    """
+    d = device(name)
+    if d == "cpu":
+        return d
+    import torch
+
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise CliError(f"{what} {d}: CUDA is not available on this machine (torch "
+                       f"{torch.__version__}); use {what} cpu, or {what} auto to take a GPU "
+                       "only when there is one")
+    n = torch.cuda.device_count()
+    if ":" in d and int(d.split(":")[1]) >= n:
+        raise CliError(f"{what} {d}: this machine has {n} CUDA device(s), cuda:0 to "
+                       f"cuda:{n - 1}; choose one of them")
+    return d
