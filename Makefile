@@ -3,6 +3,7 @@
 #   make test    setup + lint + the whole test suite
 #   make lint    setup + ruff
 #   make demo    setup + scripts/demo.sh
+#   make field   setup + scripts/field.sh (the field benchmark; FIELD_ARGS=... passes flags)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ PYTEST_ARGS ?= -q
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH),)
 
-.PHONY: setup test lint demo
+.PHONY: setup test lint demo field
 
 setup:
 	@CVL_VENV="$(abspath $(VENV))" bash scripts/setup.sh
@@ -26,3 +27,6 @@ test: setup
 
 demo: setup
 	bash scripts/demo.sh
+
+field: setup
+	bash scripts/field.sh $(FIELD_ARGS)

@@ -52,6 +52,8 @@ class RunResult:
     gps_priors_used: int = 0
     estimates: list = field(default_factory=list)
     """The core ``Estimate`` objects (same order as ``rows``)."""
+    first_image_ns: int | None = None
+    """Stamp of the bag's first image read (where the run starts)."""
 
 
 def load_params(params_file: str | Path | None = None,
@@ -97,12 +99,16 @@ def _deserialize(store: Any, m: bags.BagMessage) -> Any:
 
 def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics | None = None,
                          frontend: FrontendConfig | None = None, use_gps_prior: bool = True,
-                         progress: bool = True, max_images: int | None = None) -> RunResult:
+                         progress: bool = True, max_images: int | None = None,
+                         gps_init_only: bool = False) -> RunResult:
     """Feed a bag's images (+ odometry, heading, extrinsics, GPS prior) to ``localizer``.
 
     ``frontend`` is the node's front-end configuration (:func:`cvl_ros.params.frontend_config`
     of the same parameters). Images wait until odometry at or after their stamp is read, then
-    the :class:`FrameAssembler` builds the frame exactly as in the node.
+    the :class:`FrameAssembler` builds the frame exactly as in the node. As the node, every GPS
+    fix is offered as a prior (the localizer takes it while it has no belief, so it also
+    re-initialises a lost localizer); ``gps_init_only`` offers fixes only until the first one
+    is accepted: GPS initialises, and a lost localizer must find itself by global search.
     """
     topics = topics or BagTopics()
     store = bags.make_typestore()
@@ -122,6 +128,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
     estimates: list = []
     skipped: dict[str, int] = {}
     used = seen = priors = 0
+    first_image_ns: int | None = None
 
     def skip(r: Rejection | None) -> None:
         if r is not None:
@@ -163,6 +170,8 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
                 break
             seen += 1
             pending.append(_deserialize(store, m))
+            if first_image_ns is None:
+                first_image_ns = bags_stamp_ns(pending[-1])
         elif m.topic == topics.tf_static:
             for r in fe.add_tf_static(_deserialize(store, m)):
                 skip(r)
@@ -172,7 +181,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
             skip(fe.add_odometry(_deserialize(store, m)))
         elif m.topic == topics.imu:
             skip(fe.add_imu(_deserialize(store, m)))
-        elif m.topic == topics.fix and use_gps_prior:
+        elif m.topic == topics.fix and use_gps_prior and not (gps_init_only and priors):
             # as the node: every fix is offered; the localizer uses it while it has no belief
             prior = fe.gps_prior(_deserialize(store, m))
             if isinstance(prior, GpsPrior):
@@ -193,7 +202,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
         bar.close()
     wall = time.perf_counter() - t_start
     dur = ((last_ns or 0) - (first_ns or 0)) / 1e9
-    return RunResult(rows, seen, used, skipped, wall, dur, priors, estimates)
+    return RunResult(rows, seen, used, skipped, wall, dur, priors, estimates, first_image_ns)
 
 
 def bags_stamp_ns(msg: Any) -> int:

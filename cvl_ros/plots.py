@@ -1,4 +1,5 @@
-"""Plots of a run: trajectory over the satellite mosaic, error over time, one score map."""
+"""Plots of a run: trajectory over the satellite mosaic, error over time, one score map, and
+the field benchmark's error and yaw error over distance travelled."""  # noqa: D205, D209
 
 from __future__ import annotations
 
@@ -142,6 +143,91 @@ def plot_errors(rows: list[EstimateRow], path: str | Path, title: str = "") -> N
     ax.set_title(title or "position error over time")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_error_vs_distance(rows: list[EstimateRow], path: str | Path, *,
+                           gps: tuple[np.ndarray, np.ndarray] | None = None,
+                           title: str = "") -> None:
+    """Error over distance travelled: the localizer's fixes, dead reckoning, the GPS fix.
+
+    Reads ``distance_m``, ``error_m`` and ``odom_error_m`` of rows filled by
+    :func:`cvl_ros.report.attach_ground_truth` / ``attach_dead_reckoning``; ``gps`` is
+    ``(distance_m, error_m)`` of the bag's fixes. The reported 2-sigma (major axis) of the
+    fixes is shaded.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
+    dist = np.array([r.distance_m for r in rows], dtype=float)
+    odo = np.array([r.odom_error_m for r in rows], dtype=float)
+    if gps is not None:
+        gd, ge = (np.asarray(v, dtype=float) for v in gps)
+        ok = np.isfinite(gd) & np.isfinite(ge)
+        if ok.any():
+            ax.plot(gd[ok], ge[ok], "-", color="tab:purple", lw=0.9, alpha=0.8, label="GPS fix")
+    ok = np.isfinite(dist) & np.isfinite(odo)
+    if ok.any():
+        ax.plot(dist[ok], odo[ok], "-", color="tab:brown", lw=1.6,
+                label="dead reckoning (from the true first pose)")
+    fixes = [r for r in rows if r.has_fix and math.isfinite(r.distance_m)
+             and math.isfinite(r.error_m)]
+    if fixes:
+        fd = np.array([r.distance_m for r in fixes])
+        sig = np.array([2.0 * r.sigma_major_m for r in fixes])
+        order = np.argsort(fd)
+        ax.fill_between(fd[order], 0, np.nan_to_num(sig[order]), color="tab:blue", alpha=0.15,
+                        label="reported 2-sigma (major axis)")
+        for status in ("TRACKING", "LOW_CONFIDENCE"):
+            sel = [r for r in fixes if r.status == status]
+            if sel:
+                ax.plot([r.distance_m for r in sel], [r.error_m for r in sel], "o", ms=2.5,
+                        color=_STATUS_COLORS[status], label=f"localizer ({status})")
+    nofix = [r.distance_m for r in rows if not r.has_fix and math.isfinite(r.distance_m)]
+    if nofix:
+        ax.plot(nofix, np.zeros(len(nofix)), "|", color="tab:gray", ms=6, label="no fix")
+    ax.set_xlabel("distance travelled (m)")
+    ax.set_ylabel("horizontal error (m)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "error over distance travelled")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_yaw_error(rows: list[EstimateRow], path: str | Path, title: str = "") -> None:
+    """Reported minus true yaw over distance travelled, with the reported 1.96-sigma band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if math.isfinite(r.distance_m) and math.isfinite(r.yaw_error_deg)]
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
+    if sel:
+        d = np.array([r.distance_m for r in sel])
+        err = np.array([r.yaw_error_deg for r in sel])
+        band = np.degrees(1.96 * np.sqrt(np.clip([r.yaw_var_rad2 for r in sel], 0, None)))
+        band = np.minimum(band, 180.0)
+        if np.isfinite(band).any():
+            ax.fill_between(d, -band, band, color="tab:blue", alpha=0.15,
+                            label="reported 1.96-sigma")
+        ax.plot(d, err, "-", color="black", lw=0.8, label="yaw error")
+        lim = max(5.0, float(np.nanpercentile(np.abs(err), 99)) * 1.3)
+        ax.set_ylim(-min(lim, 180.0), min(lim, 180.0))
+    ax.axhline(0.0, color="gray", lw=0.5)
+    ax.set_xlabel("distance travelled (m)")
+    ax.set_ylabel("yaw error (deg)")
+    ax.set_title(title or "reported minus true yaw")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

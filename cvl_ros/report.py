@@ -3,6 +3,11 @@
 Shared by ``cvl-localize-bag`` (rows from the core ``Estimate``) and the demo (rows from the
 node's recorded ``GeoPoseEstimate`` messages); :func:`write_report` also draws the plots of
 :mod:`cvl_ros.plots`.
+
+The field metrics (:func:`field_metrics`, docs/bags.md) measure the localizer as its users
+will: error percentiles, the honesty of the reported covariance (95 % ellipse coverage, NEES),
+confident-and-wrong fixes, the distance to the first TRACKING fix, and the baselines of the
+same run (dead reckoning from the true first pose, the single-window match, the GPS fix).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ CSV_COLUMNS = (
     "cov_ee_m2", "cov_en_m2", "cov_nn_m2", "sigma_major_m", "confidence", "score", "tile_id",
     "window_len", "tiles_searched", "latency_ms", "gt_lat_deg", "gt_lon_deg", "error_m",
     "datum_lat_deg", "datum_lon_deg", "datum_alt_m",
+    # field metrics (appended; the columns above keep their order)
+    "yaw_var_rad2", "match_lat_deg", "match_lon_deg", "gt_yaw_rad", "distance_m",
+    "nees", "yaw_error_deg", "match_error_m", "odom_error_m",
 )
 STATUS_NAMES = {0: "NO_FIX", 1: "INITIALIZING", 2: "TRACKING", 3: "LOW_CONFIDENCE",
                 4: "RELOCALIZING"}
@@ -66,6 +74,20 @@ class EstimateRow:
     score_map: Any = None
     tile_lat_deg: float = field(default_factory=_nan)
     tile_lon_deg: float = field(default_factory=_nan)
+    yaw_var_rad2: float = field(default_factory=_nan)
+    match_lat_deg: float = field(default_factory=_nan)
+    """The best single-window match (the first candidate: tile centre + displacement)."""
+    match_lon_deg: float = field(default_factory=_nan)
+    gt_yaw_rad: float = field(default_factory=_nan)
+    distance_m: float = field(default_factory=_nan)
+    """Distance travelled along the true path since the run's first image (m)."""
+    nees: float = field(default_factory=_nan)
+    """Mahalanobis d^2 of the true position under the reported 2x2 covariance (fixes)."""
+    yaw_error_deg: float = field(default_factory=_nan)
+    """Reported minus true yaw, wrapped to (-180, 180] deg."""
+    match_error_m: float = field(default_factory=_nan)
+    odom_error_m: float = field(default_factory=_nan)
+    """Error of dead reckoning from the true first pose at this stamp (m)."""
 
     @property
     def has_fix(self) -> bool:
@@ -93,6 +115,7 @@ class EstimateRow:
         """From a core ``cvl_ros.localizer.Estimate``."""
         cov = np.asarray(est.covariance_xy, dtype=np.float64).reshape(2, 2)
         status = getattr(est.status, "name", STATUS_NAMES.get(int(est.status), str(est.status)))
+        cands = getattr(est, "candidates", []) or []
         return cls(
             stamp_ns=int(est.stamp_ns), status=status, lat_deg=float(est.lat_deg),
             lon_deg=float(est.lon_deg), east_m=float(est.east_m), north_m=float(est.north_m),
@@ -109,6 +132,9 @@ class EstimateRow:
                                if c.tile_id == est.tile_id), float("nan")),
             tile_lon_deg=next((float(c.lon_deg) for c in getattr(est, "candidates", []) or []
                                if c.tile_id == est.tile_id), float("nan")),
+            yaw_var_rad2=float(getattr(est, "yaw_var_rad2", float("nan"))),
+            match_lat_deg=float(cands[0].lat_deg) if cands else float("nan"),
+            match_lon_deg=float(cands[0].lon_deg) if cands else float("nan"),
         )
 
     @classmethod
@@ -131,42 +157,104 @@ class EstimateRow:
                                if c.tile_id == msg.tile_id), float("nan")),
             tile_lon_deg=next((float(c.longitude_deg) for c in msg.candidates
                                if c.tile_id == msg.tile_id), float("nan")),
+            yaw_var_rad2=float(cov[5, 5]),
+            match_lat_deg=float(msg.candidates[0].latitude_deg) if len(msg.candidates)
+            else float("nan"),
+            match_lon_deg=float(msg.candidates[0].longitude_deg) if len(msg.candidates)
+            else float("nan"),
         )
 
 
 # --------------------------------------------------------------------------------------------
 # Ground truth from a bag
 # --------------------------------------------------------------------------------------------
+def _interp_track(src_ns: np.ndarray, values: list[np.ndarray], stamps_ns: Iterable[int],
+                  max_gap_s: float = 0.5, tol_s: float = 0.06) -> list[np.ndarray]:
+    """Linear interpolation of ``values`` (each over ``src_ns``) at ``stamps_ns``.
+
+    NaN outside the track (beyond ``tol_s``: camera stamps a few ms before the first OXTS stamp
+    take the first sample) or across gaps longer than ``max_gap_s``.
+    """
+    t = np.asarray(list(stamps_ns), dtype=np.int64)
+    src = np.asarray(src_ns, dtype=np.int64)
+    ref = src[0]
+    x = (src - ref).astype(np.float64)
+    q = (t - ref).astype(np.float64)
+    out = [np.interp(q, x, np.asarray(v, np.float64), left=np.nan, right=np.nan) for v in values]
+    tol = tol_s * 1e9
+    for i, qi in enumerate(q):
+        if not math.isfinite(out[0][i]):
+            j = 0 if qi < x[0] else len(x) - 1
+            if abs(qi - x[j]) <= tol:
+                for o, v in zip(out, values):
+                    o[i] = v[j]
+    if len(x) > 1:
+        k = np.clip(np.searchsorted(x, q), 1, len(x) - 1)
+        gap = (x[k] - x[k - 1]) / 1e9
+        for o in out:
+            o[gap > max_gap_s] = np.nan
+    return out
+
+
+def wrap_angle(a):
+    """Angle(s) wrapped to (-pi, pi]."""
+    return -np.remainder(-np.asarray(a, dtype=np.float64) + np.pi, 2 * np.pi) + np.pi
+
+
+def _yaw_of_quaternion(x: float, y: float, z: float, w: float) -> float:
+    """ENU yaw (rad) of the body x axis of a unit quaternion (x, y, z, w)."""
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
 @dataclass
 class GroundTruth:
-    """True positions over time (WGS84)."""
+    """True positions over time (WGS84), and the true yaw when the source has it."""
 
     stamps_ns: np.ndarray
     lat_deg: np.ndarray
     lon_deg: np.ndarray
     source: str
+    yaw_rad: np.ndarray | None = None
+    """ENU yaw of the body (rad), from the ground-truth pose's orientation; None for a fix."""
+
+    @property
+    def datum(self):
+        """The local ENU frame the reports use: about the first true position, altitude 0."""
+        from cvl_ros.geo import GeoDatum
+
+        return GeoDatum(float(self.lat_deg[0]), float(self.lon_deg[0]), 0.0)
 
     def at(self, stamps_ns: Iterable[int], max_gap_s: float = 0.5) -> tuple[np.ndarray, ...]:
         """Linear interpolation at ``stamps_ns`` (NaN outside the track or across gaps)."""
-        t = np.asarray(list(stamps_ns), dtype=np.int64)
-        ref = self.stamps_ns[0]
-        x = (self.stamps_ns - ref).astype(np.float64)
-        q = (t - ref).astype(np.float64)
-        lat = np.interp(q, x, self.lat_deg, left=np.nan, right=np.nan)
-        lon = np.interp(q, x, self.lon_deg, left=np.nan, right=np.nan)
-        # allow a small extrapolation (camera stamps a few ms before the first OXTS stamp)
-        tol = 0.06e9
-        for i, qi in enumerate(q):
-            if not math.isfinite(lat[i]):
-                j = 0 if qi < x[0] else len(x) - 1
-                if abs(qi - x[j]) <= tol:
-                    lat[i], lon[i] = self.lat_deg[j], self.lon_deg[j]
-        if len(x) > 1:
-            k = np.clip(np.searchsorted(x, q), 1, len(x) - 1)
-            gap = (x[k] - x[k - 1]) / 1e9
-            lat[gap > max_gap_s] = np.nan
-            lon[gap > max_gap_s] = np.nan
+        lat, lon = _interp_track(self.stamps_ns, [self.lat_deg, self.lon_deg], stamps_ns,
+                                 max_gap_s)
         return lat, lon
+
+    def yaw_at(self, stamps_ns: Iterable[int], max_gap_s: float = 0.5) -> np.ndarray:
+        """True yaw at ``stamps_ns`` (interpolated on the circle), NaN where unknown."""
+        stamps = list(stamps_ns)
+        if self.yaw_rad is None:
+            return np.full(len(stamps), np.nan)
+        (y,) = _interp_track(self.stamps_ns, [np.unwrap(self.yaw_rad)], stamps, max_gap_s)
+        return wrap_angle(y)
+
+    def enu(self) -> tuple[np.ndarray, np.ndarray]:
+        """(east, north) of the samples about :attr:`datum` (m)."""
+        e, n, _ = self.datum.to_enu(self.lat_deg, self.lon_deg, np.zeros(len(self.lat_deg)))
+        return np.atleast_1d(e), np.atleast_1d(n)
+
+    def distance_at(self, stamps_ns: Iterable[int], start_ns: int | None = None) -> np.ndarray:
+        """Distance travelled along the true path (m) at ``stamps_ns``, from ``start_ns``.
+
+        ``start_ns`` default: the first sample. NaN outside the track.
+        """
+        e, n = self.enu()
+        cum = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(e), np.diff(n)))])
+        (d,) = _interp_track(self.stamps_ns, [cum], stamps_ns)
+        if start_ns is not None:
+            (d0,) = _interp_track(self.stamps_ns, [cum], [start_ns])
+            d = d - (d0[0] if math.isfinite(d0[0]) else 0.0)
+        return d
 
 
 def ground_truth_from_bag(bag: str | Path) -> GroundTruth | None:
@@ -178,7 +266,7 @@ def ground_truth_from_bag(bag: str | Path) -> GroundTruth | None:
     store = bags.make_typestore()
     if bags.TOPIC_GT_POSE in topics and datum is not None:
         d = GeoDatum(*datum)
-        st, e, n, u = [], [], [], []
+        st, e, n, u, yaw = [], [], [], [], []
         for m in bags.iter_bag(bag, [bags.TOPIC_GT_POSE]):
             msg = store.deserialize_cdr(m.data, m.msgtype)
             st.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
@@ -186,9 +274,11 @@ def ground_truth_from_bag(bag: str | Path) -> GroundTruth | None:
             e.append(p.x)
             n.append(p.y)
             u.append(p.z)
+            q = msg.pose.orientation
+            yaw.append(_yaw_of_quaternion(q.x, q.y, q.z, q.w))
         lat, lon, _ = d.to_geodetic(np.array(e), np.array(n), np.array(u))
         return GroundTruth(np.array(st, np.int64), np.atleast_1d(lat), np.atleast_1d(lon),
-                           bags.TOPIC_GT_POSE)
+                           bags.TOPIC_GT_POSE, np.array(yaw, np.float64))
     fixes = _read_fixes(bag)
     if fixes is None or not fixes[1]:
         return None
@@ -212,20 +302,84 @@ def _read_fixes(bag: str | Path):
     return fix_topic, st, lat, lon
 
 
-def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None) -> None:
-    """Fill ``gt_lat_deg``, ``gt_lon_deg`` and ``error_m`` (horizontal, fixes only)."""
-    from cvl_ros.geo import GeoDatum
+def _enu(datum, lat, lon) -> tuple[np.ndarray, np.ndarray]:
+    lat = np.asarray(lat, dtype=np.float64)
+    e, n, _ = datum.to_enu(lat, np.asarray(lon, dtype=np.float64), np.zeros(lat.shape))
+    return np.atleast_1d(e).astype(np.float64), np.atleast_1d(n).astype(np.float64)
 
+
+def mahalanobis2(d_en, cov) -> float:
+    """``d^T C^-1 d`` of a 2-D error ``d`` (east, north) under the covariance ``C`` (2x2).
+
+    NaN when either is not finite; ``inf`` when ``C`` is not positive definite (a covariance that
+    claims certainty cannot contain any error).
+    """
+    d = np.asarray(d_en, dtype=np.float64).reshape(2)
+    c = np.asarray(cov, dtype=np.float64).reshape(2, 2)
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(c))):
+        return float("nan")
+    try:
+        L = np.linalg.cholesky(0.5 * (c + c.T))
+    except np.linalg.LinAlgError:
+        return float("inf")
+    y = np.linalg.solve(L, d)
+    return float(y @ y)
+
+
+def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None,
+                        start_ns: int | None = None) -> None:
+    """Fill the truth columns of ``rows`` from ``gt``.
+
+    ``gt_lat_deg``/``gt_lon_deg``/``gt_yaw_rad`` (interpolated at each stamp), ``distance_m``
+    (along the true path since ``start_ns``, default the first row), and for fixes ``error_m``
+    (horizontal) and ``nees`` (:func:`mahalanobis2` of truth minus estimate under the reported
+    east/north covariance); ``yaw_error_deg`` where the row has a yaw; ``match_error_m`` where
+    it has a single-window match. All in the local ENU frame :attr:`GroundTruth.datum`.
+    """
     if gt is None or not rows:
         return
-    lat, lon = gt.at([r.stamp_ns for r in rows])
-    datum = GeoDatum(float(gt.lat_deg[0]), float(gt.lon_deg[0]), 0.0)
-    for r, la, lo in zip(rows, lat, lon):
-        r.gt_lat_deg, r.gt_lon_deg = float(la), float(lo)
-        if r.has_fix and math.isfinite(la):
-            e0, n0, _ = datum.to_enu(la, lo, 0.0)
-            e1, n1, _ = datum.to_enu(r.lat_deg, r.lon_deg, 0.0)
-            r.error_m = float(math.hypot(float(e1) - float(e0), float(n1) - float(n0)))
+    stamps = [r.stamp_ns for r in rows]
+    lat, lon = gt.at(stamps)
+    yaw = gt.yaw_at(stamps)
+    dist = gt.distance_at(stamps, rows[0].stamp_ns if start_ns is None else start_ns)
+    datum = gt.datum
+    te, tn = _enu(datum, lat, lon)
+    ee, en = _enu(datum, [r.lat_deg for r in rows], [r.lon_deg for r in rows])
+    me, mn = _enu(datum, [r.match_lat_deg for r in rows], [r.match_lon_deg for r in rows])
+    for i, r in enumerate(rows):
+        r.gt_lat_deg, r.gt_lon_deg = float(lat[i]), float(lon[i])
+        r.gt_yaw_rad, r.distance_m = float(yaw[i]), float(dist[i])
+        if math.isfinite(r.yaw_rad) and math.isfinite(yaw[i]):
+            r.yaw_error_deg = math.degrees(float(wrap_angle(r.yaw_rad - yaw[i])))
+        if not math.isfinite(lat[i]):
+            continue
+        if r.has_fix:
+            d = np.array([te[i] - ee[i], tn[i] - en[i]])
+            r.error_m = float(math.hypot(*d))
+            r.nees = mahalanobis2(d, [[r.cov_ee_m2, r.cov_en_m2], [r.cov_en_m2, r.cov_nn_m2]])
+        if math.isfinite(me[i]):
+            r.match_error_m = float(math.hypot(te[i] - me[i], tn[i] - mn[i]))
+
+
+def gps_errors(bag: str | Path, gt: GroundTruth | None) -> tuple[list[int], list[float]]:
+    """``(stamps_ns, errors_m)``: horizontal error of the bag's GPS fixes against the truth.
+
+    Empty unless the ground truth is not the fix itself (``/kitti/ground_truth/pose``).
+    """
+    if gt is None or gt.source != bags.TOPIC_GT_POSE:
+        return [], []
+    fixes = _read_fixes(bag)
+    if fixes is None:
+        return [], []
+    _, st, lat, lon = fixes
+    glat, glon = gt.at(st)
+    ok = np.isfinite(glat)
+    if not ok.any():
+        return [], []
+    fe, fn = _enu(gt.datum, np.asarray(lat)[ok], np.asarray(lon)[ok])
+    te, tn = _enu(gt.datum, glat[ok], glon[ok])
+    errs = np.hypot(fe - te, fn - tn)
+    return [int(t) for t in np.asarray(st)[ok]], [float(e) for e in errs]
 
 
 def gps_error_m(bag: str | Path, gt: GroundTruth | None) -> list[float]:
@@ -233,22 +387,169 @@ def gps_error_m(bag: str | Path, gt: GroundTruth | None) -> list[float]:
 
     Only meaningful when the ground truth is not the fix itself (``/kitti/ground_truth/pose``).
     """
-    from cvl_ros.geo import GeoDatum
+    return gps_errors(bag, gt)[1]
 
-    if gt is None or gt.source != bags.TOPIC_GT_POSE:
-        return []
-    fixes = _read_fixes(bag)
-    if fixes is None:
-        return []
-    _, st, lat, lon = fixes
-    glat, glon = gt.at(st)
-    d = GeoDatum(float(gt.lat_deg[0]), float(gt.lon_deg[0]), 0.0)
-    out = []
-    for a, b, c, e in zip(lat, lon, glat, glon):
-        if math.isfinite(c):
-            e0, n0, _ = d.to_enu(a, b, 0.0)
-            e1, n1, _ = d.to_enu(c, e, 0.0)
-            out.append(float(math.hypot(float(e1) - float(e0), float(n1) - float(n0))))
+
+# --------------------------------------------------------------------------------------------
+# Dead reckoning from the true first pose (the odometry baseline)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class OdometryTrack:
+    """Planar odometry ``odom -> base_link`` over time (x, y in m, yaw in rad, odom frame)."""
+
+    stamps_ns: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    yaw_rad: np.ndarray
+    source: str = ""
+
+    def at(self, stamps_ns: Iterable[int], max_gap_s: float = 0.5) -> tuple[np.ndarray, ...]:
+        """(x, y, yaw) interpolated at ``stamps_ns`` (yaw on the circle; NaN outside)."""
+        x, y, yaw = _interp_track(self.stamps_ns, [self.x, self.y, np.unwrap(self.yaw_rad)],
+                                  stamps_ns, max_gap_s)
+        return x, y, wrap_angle(yaw)
+
+
+def odometry_from_bag(bag: str | Path, topic: str = bags.TOPIC_ODOM) -> OdometryTrack | None:
+    """The bag's ``nav_msgs/Odometry`` poses on ``topic`` (None when the topic is absent)."""
+    if not topic or topic not in bags.bag_topics(bag):
+        return None
+    store = bags.make_typestore()
+    st, x, y, yaw = [], [], [], []
+    for m in bags.iter_bag(bag, [topic]):
+        msg = store.deserialize_cdr(m.data, m.msgtype)
+        st.append(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        x.append(p.x)
+        y.append(p.y)
+        yaw.append(_yaw_of_quaternion(q.x, q.y, q.z, q.w))
+    if not st:
+        return None
+    order = np.argsort(np.asarray(st, np.int64), kind="stable")
+    return OdometryTrack(np.asarray(st, np.int64)[order], np.asarray(x, float)[order],
+                         np.asarray(y, float)[order], np.asarray(yaw, float)[order], topic)
+
+
+def dead_reckoning(odom: OdometryTrack, gt: GroundTruth, stamps_ns: Iterable[int],
+                   start_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dead reckoning from the true pose at ``start_ns``: (east, north) at ``stamps_ns``.
+
+    The odometry is aligned to the truth at ``start_ns`` in position and heading (the true
+    yaw of the ground-truth pose), then followed: ``p(t) = p_true(t0) + R(yaw_true(t0) -
+    yaw_odom(t0)) (xy_odom(t) - xy_odom(t0))``, in the frame :attr:`GroundTruth.datum`. All NaN
+    when the truth has no yaw or either track misses ``start_ns``.
+    """
+    stamps = list(stamps_ns)
+    nan = np.full(len(stamps), np.nan)
+    lat0, lon0 = gt.at([start_ns])
+    yaw0 = gt.yaw_at([start_ns])[0]
+    ox0, oy0, oyaw0 = (v[0] for v in odom.at([start_ns]))
+    if not all(math.isfinite(v) for v in (lat0[0], yaw0, ox0, oyaw0)):
+        return nan, nan.copy()
+    e0, n0 = _enu(gt.datum, lat0, lon0)
+    ox, oy, _ = odom.at(stamps)
+    rot = yaw0 - oyaw0
+    c, s = math.cos(rot), math.sin(rot)
+    dx, dy = ox - ox0, oy - oy0
+    return e0[0] + c * dx - s * dy, n0[0] + s * dx + c * dy
+
+
+def attach_dead_reckoning(rows: list[EstimateRow], odom: OdometryTrack | None,
+                          gt: GroundTruth | None, start_ns: int | None = None) -> None:
+    """Fill ``odom_error_m`` of every row: :func:`dead_reckoning` against the truth there."""
+    if odom is None or gt is None or not rows:
+        return
+    stamps = [r.stamp_ns for r in rows]
+    e, n = dead_reckoning(odom, gt, stamps, rows[0].stamp_ns if start_ns is None else start_ns)
+    te, tn = _enu(gt.datum, *gt.at(stamps))
+    for r, err in zip(rows, np.hypot(e - te, n - tn)):
+        r.odom_error_m = float(err)
+
+
+# --------------------------------------------------------------------------------------------
+# Field metrics
+# --------------------------------------------------------------------------------------------
+#: chi-square 95 % quantile, 2 degrees of freedom: the 95 % ellipse is ``d^2 <= 5.991``.
+CHI2_2D_95 = 5.991464547107979
+#: two-sided 95 % quantile of the normal distribution (1 dof: ``d^2 <= 3.841``).
+Z_95 = 1.959963984540054
+#: The field benchmark's keys of ``summary.json`` (null where they cannot be computed).
+FIELD_KEYS = (
+    "p95_error_m", "max_error_m", "ellipse95_coverage", "ellipse95_coverage_tracking",
+    "nees_mean", "tracking_fixes_over_10m", "first_tracking_distance_m",
+    "odometry_only_median_error_m", "yaw_median_error_deg", "yaw_p95_error_deg",
+    "yaw_coverage95", "single_window_median_error_m",
+)
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def _share(flags: list[bool]) -> float | None:
+    return float(np.mean(flags)) if flags else None
+
+
+def field_metrics(rows: list[EstimateRow], gt: GroundTruth | None,
+                  gps_errors_m: list[float] | None = None) -> dict:
+    """The field benchmark's numbers of rows filled by :func:`attach_ground_truth` (and
+    :func:`attach_dead_reckoning`); every :data:`FIELD_KEYS` key, None where not computable.
+
+    - ``p95_error_m``, ``max_error_m``: over the fixes (TRACKING or LOW_CONFIDENCE).
+    - ``ellipse95_coverage`` (``_tracking``): share of fixes (TRACKING fixes) whose true
+      position lies in the reported 95 % ellipse, ``nees <= 5.991``; ``nees_mean``: mean
+      ``d^2`` over the fixes (2 for a consistent estimator; null if a covariance was not
+      positive definite, counted in ``nees_invalid_covariances``).
+    - ``tracking_fixes_over_10m``: TRACKING fixes more than 10 m off.
+    - ``first_tracking_distance_m``: distance along the true path from the first image to the
+      first TRACKING fix.
+    - ``odometry_only_*``: dead reckoning from the true first pose at every estimate's stamp.
+    - ``yaw_*``: over every estimate with a yaw; ``yaw_coverage95``: share whose true yaw lies
+      within 1.96 sigma (``sqrt(yaw_var_rad2)``) of the reported yaw.
+    - ``single_window_*``: the best single-window match (first candidate) of every estimate.
+    """  # noqa: D205
+    out: dict[str, Any] = dict.fromkeys(FIELD_KEYS)
+    if gt is None:
+        return out
+    fixes = [r for r in rows if r.has_fix and math.isfinite(r.error_m)]
+    errs = [r.error_m for r in fixes]
+    out["p95_error_m"] = _pct(errs, 95)
+    out["max_error_m"] = max(errs) if errs else None
+    tracking = [r for r in fixes if r.status == "TRACKING"]
+    with_cov = [r for r in fixes if not math.isnan(r.nees)]
+    out["ellipse95_coverage"] = _share([r.nees <= CHI2_2D_95 for r in with_cov])
+    out["ellipse95_coverage_tracking"] = _share(
+        [r.nees <= CHI2_2D_95 for r in tracking if not math.isnan(r.nees)])
+    invalid = sum(math.isinf(r.nees) for r in with_cov)
+    out["nees_mean"] = (float(np.mean([r.nees for r in with_cov]))
+                        if with_cov and not invalid else None)
+    out["nees_fixes"] = len(with_cov)
+    out["nees_invalid_covariances"] = invalid
+    out["tracking_fixes_over_10m"] = sum(r.error_m > 10.0 for r in tracking)
+    first = next((r for r in rows if r.status == "TRACKING" and r.has_fix), None)
+    out["first_tracking_distance_m"] = (first.distance_m if first is not None
+                                        and math.isfinite(first.distance_m) else None)
+    odo = _finite(r.odom_error_m for r in rows)
+    out["odometry_only_median_error_m"] = _pct(odo, 50)
+    out["odometry_only_p95_error_m"] = _pct(odo, 95)
+    out["odometry_only_max_error_m"] = max(odo) if odo else None
+    yaw_rows = [r for r in rows if math.isfinite(r.yaw_error_deg)]
+    yaw_abs = [abs(r.yaw_error_deg) for r in yaw_rows]
+    out["yaw_median_error_deg"] = _pct(yaw_abs, 50)
+    out["yaw_p95_error_deg"] = _pct(yaw_abs, 95)
+    out["yaw_coverage95"] = _share(
+        [math.radians(abs(r.yaw_error_deg)) <= Z_95 * math.sqrt(r.yaw_var_rad2)
+         for r in yaw_rows if math.isfinite(r.yaw_var_rad2) and r.yaw_var_rad2 >= 0])
+    out["yaw_estimates"] = len(yaw_rows)
+    match = _finite(r.match_error_m for r in rows)
+    out["single_window_median_error_m"] = _pct(match, 50)
+    out["single_window_p95_error_m"] = _pct(match, 95)
+    out["single_window_estimates"] = len(match)
+    dist = _finite(r.distance_m for r in rows)
+    out["distance_travelled_m"] = max(dist) if dist else None
+    if gps_errors_m:
+        out["gps_p95_error_m"] = _pct(gps_errors_m, 95)
+        out["gps_max_error_m"] = max(gps_errors_m)
     return out
 
 
@@ -341,21 +642,51 @@ def write_report(rows: list[EstimateRow], out_dir: str | Path, *, images: int,
                  gt: GroundTruth | None, wall_s: float | None = None,
                  bag_duration_s: float | None = None, mosaic: str | Path | None = None,
                  heatmap: np.ndarray | None = None, heatmap_row: EstimateRow | None = None,
-                 gps_errors_m: list[float] | None = None, extra: dict | None = None) -> dict:
-    """Write ``estimates.csv``, ``summary.json`` and the plots; return the summary."""
-    from cvl_ros.plots import plot_errors, plot_heatmap, plot_trajectory
+                 gps_errors_m: list[float] | None = None, extra: dict | None = None,
+                 odometry: OdometryTrack | None = None,
+                 gps_track: tuple[list[int], list[float]] | None = None,
+                 start_ns: int | None = None) -> dict:
+    """Write ``estimates.csv``, ``summary.json`` and the plots; return the summary.
+
+    ``start_ns`` is the run's first image (distances travelled and dead reckoning start there;
+    default: the first row). ``odometry`` (the bag's, :func:`odometry_from_bag`) gives the dead
+    reckoning baseline, ``gps_track`` (:func:`gps_errors`) the GPS curve of
+    ``error_vs_distance.png``; the keys of :func:`field_metrics` are always written (null where
+    they cannot be computed).
+    """
+    from cvl_ros.plots import (
+        plot_error_vs_distance,
+        plot_errors,
+        plot_heatmap,
+        plot_trajectory,
+        plot_yaw_error,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    attach_ground_truth(rows, gt)
+    if gps_track is not None and gps_errors_m is None:
+        gps_errors_m = list(gps_track[1])
+    attach_ground_truth(rows, gt, start_ns)
+    attach_dead_reckoning(rows, odometry, gt, start_ns)
     summary = summarize(rows, images=images, wall_s=wall_s, bag_duration_s=bag_duration_s,
                         gt=gt, gps_errors_m=gps_errors_m)
+    summary.update(field_metrics(rows, gt, gps_errors_m))
     if extra:
         summary.update(extra)
     write_csv(rows, out / "estimates.csv")
     plot_trajectory(rows, out / "trajectory.png", gt=gt, mosaic_path=mosaic)
     plot_errors(rows, out / "error.png")
     summary["plots"] = ["trajectory.png", "error.png"]
+    if gt is not None and rows:
+        gps_dist = None
+        if gps_track is not None and len(gps_track[0]):
+            t0 = rows[0].stamp_ns if start_ns is None else start_ns
+            gps_dist = (gt.distance_at(gps_track[0], t0), np.asarray(gps_track[1], float))
+        plot_error_vs_distance(rows, out / "error_vs_distance.png", gps=gps_dist)
+        summary["plots"].append("error_vs_distance.png")
+        if any(math.isfinite(r.yaw_error_deg) for r in rows):
+            plot_yaw_error(rows, out / "yaw_error.png")
+            summary["plots"].append("yaw_error.png")
     heat_row = heatmap_row
     if heatmap is None:
         fixes = [r for r in rows if r.has_fix and r.score_map is not None]
@@ -367,6 +698,17 @@ def write_report(rows: list[EstimateRow], out_dir: str | Path, *, images: int,
                      t0_ns=rows[0].stamp_ns if rows else 0)
         summary["plots"].append("heatmap.png")
     summary["mosaic"] = str(mosaic) if mosaic else None
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
+
+
+def _json_safe(x: Any) -> Any:
+    """Non-finite floats -> None (strict JSON: never NaN/Infinity in summary.json)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)) and not math.isfinite(float(x)):
+        return None
+    return x
 

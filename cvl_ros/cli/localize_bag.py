@@ -2,9 +2,11 @@
 
 A thin CLI over :mod:`cvl_ros.offline` (the runner, with the node's frame front end and
 parameter validation) and :mod:`cvl_ros.report` / :mod:`cvl_ros.plots`. Outputs in ``--out``:
-``estimates.csv``, ``summary.json``, ``trajectory.png`` (satellite mosaic with the true path and
-the estimates with covariance ellipses, when a mosaic is found), ``error.png`` (error over time)
-and ``heatmap.png`` (one score map). docs/bags.md describes the flags and keys.
+``estimates.csv``, ``summary.json`` (with the field metrics: covariance coverage and NEES, dead
+reckoning, single-window and GPS baselines, yaw), ``trajectory.png`` (satellite mosaic with the
+true path and the estimates with covariance ellipses, when a mosaic is found), ``error.png``
+(error over time), ``error_vs_distance.png`` and ``yaw_error.png`` (with a ground truth) and
+``heatmap.png`` (one score map). docs/bags.md describes the flags and keys.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from cvl_ros.offline import (
     run_localizer_on_bag,
 )
 from cvl_ros.plots import find_mosaic
-from cvl_ros.report import gps_error_m, ground_truth_from_bag, write_report
+from cvl_ros.report import gps_errors, ground_truth_from_bag, odometry_from_bag, write_report
 from cvl_ros.ros import bags
 
 
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imu-topic", default=bags.TOPIC_IMU, help="absolute heading ('' = none)")
     p.add_argument("--fix-topic", default=bags.TOPIC_FIX, help="GPS prior ('' = none)")
     p.add_argument("--no-gps-prior", action="store_true", help="initialise without the GPS fix")
+    p.add_argument("--gps-init-only", action="store_true",
+                   help="offer the GPS fix only until the first one is accepted (GPS "
+                   "initialises; a lost localizer must relocalise by global search); default: "
+                   "as the node, every fix is offered while there is no belief")
     p.add_argument("--heading-source", choices=P.PARAMS["heading_source"].choices, default=None,
                    help="absolute heading as the node's heading_source (default: the params "
                    "file's, auto = the IMU when present)")
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_localizer_on_bag(
             localizer, bag, topics=topics, frontend=P.frontend_config(values),
             use_gps_prior=bool(values["use_gps_prior"]), progress=not args.quiet,
-            max_images=args.max_images)
+            max_images=args.max_images, gps_init_only=args.gps_init_only)
     except ValueError as exc:
         return _fail(str(exc))
     gt = ground_truth_from_bag(bag)
@@ -118,16 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     mosaic = Path(args.mosaic) if args.mosaic else find_mosaic(dbp, source)
     summary = write_report(
         result.rows, args.out, images=result.images, gt=gt, wall_s=result.wall_s,
-        bag_duration_s=result.bag_duration_s, mosaic=mosaic, gps_errors_m=gps_error_m(bag, gt),
+        bag_duration_s=result.bag_duration_s, mosaic=mosaic, gps_track=gps_errors(bag, gt),
+        odometry=odometry_from_bag(bag, args.odom_topic), start_ns=result.first_image_ns,
         extra={"bag": str(bag), "checkpoint": str(ckpt), "database": str(dbp),
                "frames_used": result.frames_used, "skipped": result.skipped,
                "gps_priors_used": result.gps_priors_used,
+               "gps_prior": ("none" if not values["use_gps_prior"] else
+                             "init_only" if args.gps_init_only else "while_lost"),
                "heading_source": values["heading_source"], "device": localizer.device,
                # per-frame model states computed: one per keyframe when the cache holds
                "frame_states_computed": localizer.state_refreshes},
     )
     keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "gps_median_error_m",
-            "mean_latency_ms", "wall_s")
+            "odometry_only_median_error_m", "ellipse95_coverage", "mean_latency_ms", "wall_s")
     print(" ".join(f"{k}={summary.get(k)!s}" if not isinstance(summary.get(k), float)
                    else f"{k}={summary[k]:.2f}" for k in keys))
     print(f"wrote {args.out}/estimates.csv, summary.json, {', '.join(summary['plots'])}")
