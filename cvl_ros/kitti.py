@@ -275,7 +275,12 @@ class OxtsPacket:
             raise ValueError(f"{source}: OXTS packet needs 30 values, got {len(vals)}")
         kw = {}
         for name, v in zip(OXTS_FIELDS, vals):
-            kw[name] = int(float(v)) if name in _OXTS_INT else float(v)
+            try:
+                kw[name] = int(float(v)) if name in _OXTS_INT else float(v)
+            except (ValueError, OverflowError):
+                raise ValueError(f"{source}: OXTS field {name} is not a "
+                                 f"{'whole number' if name in _OXTS_INT else 'number'}: "
+                                 f"{v!r}") from None
         return cls(**kw)
 
     def as_array(self) -> np.ndarray:
@@ -402,6 +407,69 @@ def oxts_to_enu_poses(packets, datum: GeoDatum) -> np.ndarray:
     return T
 
 
+def oxts_position_valid(packets) -> np.ndarray:
+    """(N,) bool: the packet's position is a finite WGS84 point.
+
+    Latitude in [-90, 90] deg, longitude in [-180, 180] deg, altitude finite. A packet failing
+    this carries no position (a GPS outage written as NaN, or a corrupt line).
+    """
+    a = np.array([[p.lat, p.lon, p.alt] for p in packets], dtype=np.float64).reshape(-1, 3)
+    with np.errstate(invalid="ignore"):
+        return (np.all(np.isfinite(a), axis=1) & (np.abs(a[:, 0]) <= 90.0)
+                & (np.abs(a[:, 1]) <= 180.0))
+
+
+def oxts_fields_finite(packets, names) -> np.ndarray:
+    """(N,) bool: every field ``names`` of the packet is finite."""
+    a = np.array([[getattr(p, f) for f in names] for p in packets],
+                 dtype=np.float64).reshape(-1, len(names))
+    return np.all(np.isfinite(a), axis=1)
+
+
+#: Fields an OXTS pose needs besides its position (the attitude).
+OXTS_ATTITUDE = ("roll", "pitch", "yaw")
+
+
+def oxts_pose_valid(packets) -> np.ndarray:
+    """(N,) bool: the packet gives a pose (finite WGS84 position and finite attitude)."""
+    packets = list(packets)
+    return oxts_position_valid(packets) & oxts_fields_finite(packets, OXTS_ATTITUDE)
+
+
+def increasing_mask(stamps) -> np.ndarray:
+    """(N,) bool: the samples kept so that the stamps strictly increase, dropping the fewest.
+
+    The kept samples are a longest strictly increasing subsequence of ``stamps``: a stamp that
+    jumps back is dropped, and so is one that jumps ahead (which would otherwise make every
+    later sample "go backwards"). Of repeated stamps the first sample is kept.
+    """
+    import bisect
+
+    st = np.asarray(stamps, dtype=np.int64).reshape(-1)
+    n = len(st)
+    tails: list[int] = []        # smallest last stamp of an increasing run of each length
+    tail_idx: list[int] = []     # its sample index
+    prev = np.full(n, -1, dtype=np.int64)
+    for i, s in enumerate(st.tolist()):
+        k = bisect.bisect_left(tails, s)
+        if k < len(tails) and tails[k] == s:
+            continue  # a repeated stamp: the earlier sample stays
+        if k:
+            prev[i] = tail_idx[k - 1]
+        if k == len(tails):
+            tails.append(s)
+            tail_idx.append(i)
+        else:
+            tails[k] = s
+            tail_idx[k] = i
+    keep = np.zeros(n, dtype=bool)
+    i = tail_idx[-1] if tail_idx else -1
+    while i >= 0:
+        keep[i] = True
+        i = int(prev[i])
+    return keep
+
+
 def dead_reckon_oxts(packets, stamps_ns) -> np.ndarray:
     """Odometry ``T_odom_imu`` (N,4,4) integrated from the OXTS velocities, as a wheel/visual-
     inertial odometry would measure the motion (no GPS position, no absolute heading).
@@ -492,8 +560,16 @@ def read_timestamps(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"KITTI timestamps file not found: {path}")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return np.array([parse_timestamp(ln) for ln in lines], dtype=np.int64)
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(parse_timestamp(line))
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: not a timestamp 'YYYY-MM-DD HH:MM:SS.fffffffff': "
+                             f"{line.strip()!r}") from None
+    return np.array(out, dtype=np.int64)
 
 
 def write_timestamps(path, stamps_ns) -> None:

@@ -187,3 +187,57 @@ def test_write_kitti_calibration_round_trip(tmp_path):
     assert np.array_equal(c["P_rect_02"], P) and list(c["S_rect_02"]) == [1024, 256]
     kitti.write_kitti_calibration(tmp_path, P, (1024, 256), T, fmt="%e")
     assert np.abs(kitti.kitti_T_imu_cam2(tmp_path) - T).max() < 1e-5
+
+
+# ------------------------------------------------------------------ input checks (issue 13)
+def test_bad_values_name_the_file_and_line(tmp_path):
+    line = kitti.read_oxts_packet(PACKET).to_line().split()
+    line[26] = "many"  # numsats
+    (tmp_path / "p.txt").write_text(" ".join(line) + "\n")
+    with pytest.raises(ValueError, match=r"p\.txt: OXTS field numsats is not a whole number"):
+        kitti.read_oxts_packet(tmp_path / "p.txt")
+    (tmp_path / "t.txt").write_text("2011-09-26 13:02:25.1\n\n2011-09-26 25:00:00.0\n")
+    with pytest.raises(ValueError, match=r"t\.txt:3: not a timestamp"):
+        kitti.read_timestamps(tmp_path / "t.txt")
+
+
+def test_oxts_validity():
+    P = kitti.OxtsPacket
+    pk = [P(lat=49.0, lon=8.4), P(lat=math.nan, lon=8.4), P(lat=999.0, lon=8.4),
+          P(lat=49.0, lon=-180.5), P(lat=-90.0, lon=180.0), P(lat=49.0, lon=8.4, alt=math.inf),
+          P(lat=49.0, lon=8.4, yaw=math.nan)]
+    assert kitti.oxts_position_valid(pk).tolist() == [True, False, False, False, True, False,
+                                                      True]
+    assert kitti.oxts_pose_valid(pk).tolist() == [True, False, False, False, True, False, False]
+    assert kitti.oxts_fields_finite(pk, ("yaw",)).tolist() == [True] * 6 + [False]
+    assert kitti.oxts_position_valid([]).shape == (0,)
+
+
+def test_increasing_mask_examples():
+    m = kitti.increasing_mask
+    assert m([]).tolist() == []
+    assert m([5]).tolist() == [True]
+    assert m([0, 1, 2, 3]).all()
+    assert m([0, 100, 10**12, 300, 400]).tolist() == [True, True, False, True, True]  # jump ahead
+    assert m([0, 100, 50, 300]).sum() == 3  # one back-step dropped
+    assert m([0, 1, 1, 1, 2]).tolist() == [True, True, False, False, True]  # repeats: first kept
+
+
+def test_increasing_mask_keeps_a_longest_increasing_subsequence():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(-20, 20), max_size=30))
+    def check(xs):
+        keep = kitti.increasing_mask(xs)
+        kept = [x for x, k in zip(xs, keep) if k]
+        assert all(a < b for a, b in zip(kept, kept[1:]))
+        best = [1] * len(xs)  # O(n^2) longest strictly increasing subsequence
+        for i in range(len(xs)):
+            for j in range(i):
+                if xs[j] < xs[i]:
+                    best[i] = max(best[i], best[j] + 1)
+        assert len(kept) == max(best, default=0)
+
+    check()

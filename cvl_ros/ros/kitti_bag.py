@@ -4,12 +4,26 @@
 (sqlite3 or mcap storage) with camera image + camera_info, GPS fix, IMU, drifting odometry,
 ground truth, ``/tf`` and ``/tf_static``. No ROS 2 runtime is needed. The topic, frame and
 type names are those of :mod:`cvl_ros.ros.bags`.
+
+**Inputs are checked where they enter**, before anything is written: a missing drive,
+calibration, image or ``timestamps.txt`` (the OXTS stamps come from ``oxts/timestamps.txt``,
+never from the camera's) is an error; samples whose stamps do not increase, fixes without a
+finite WGS84 position and packets with non-finite values are dropped (never written, never
+ground truth) and counted per reason (:data:`DROP_REASONS`, ``KittiBagInfo.dropped``, the bag's
+``custom_data`` ``cvl_ros.dropped_<reason>``).
+
+**Output safety** (``docs/output-safety.md``): the bag folder is written through
+:func:`cvl_ros.outputs.prepare_output` (tool ``cvl-kitti2bag``): never equal to, inside or above
+the drive, never a foreign non-empty folder; ``overwrite`` replaces only a bag cvl-kitti2bag
+wrote (marker, or recognised by :func:`recognise_kitti_bag`); written beside ``out`` and renamed
+into place at the end.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,6 +111,41 @@ def _transform_stamped(store: Any, stamp_ns: int, parent: str, child: str,
 # --------------------------------------------------------------------------------------------
 # KITTI -> bag
 # --------------------------------------------------------------------------------------------
+TOOL = "cvl-kitti2bag"
+
+#: Every topic a cvl-kitti2bag bag can hold (recognises bags of earlier versions).
+BAG_TOPICS = frozenset({TOPIC_IMAGE, TOPIC_CAMERA_INFO, TOPIC_FIX, TOPIC_IMU, TOPIC_ODOM,
+                        TOPIC_GT_POSE, TOPIC_TF, TOPIC_TF_STATIC})
+#: ``custom_data`` keys every version of cvl-kitti2bag wrote.
+_OWN_KEYS = frozenset(META_PREFIX + k for k in ("source_drive", "datum_lat_deg",
+                                                "datum_lon_deg"))
+
+#: Bounds of the numeric options (``write_kitti_bag`` arguments and the CLI flags).
+LIMITS = {
+    "odom_drift_pct": (-50.0, 50.0),
+    "odom_yaw_drift_deg_per_100m": (-90.0, 90.0),
+    "odom_noise_pct": (0.0, 50.0),
+}
+
+#: What is dropped at the input checks, and why. Counted in ``KittiBagInfo.dropped`` and in the
+#: bag's ``custom_data`` as ``cvl_ros.dropped_<reason>``; see docs/bags.md.
+DROP_REASONS = {
+    "camera_stamp_not_increasing": "camera frames whose stamp does not increase (no image, "
+                                   "no camera_info)",
+    "oxts_stamp_not_increasing": "OXTS packets whose stamp does not increase (no fix, IMU, "
+                                 "odometry, ground truth or /tf)",
+    "gps_invalid": "OXTS packets without a finite WGS84 position (no NavSatFix)",
+    "imu_invalid": "OXTS packets with a non-finite attitude, rate or acceleration (no Imu)",
+    "odom_invalid": "OXTS packets with a non-finite velocity, rate or attitude (no odometry, "
+                    "not dead-reckoned)",
+    "ground_truth_invalid": "ground-truth packets without a finite WGS84 position or attitude "
+                            "(no ground-truth pose)",
+}
+
+_IMU_FIELDS = ("roll", "pitch", "yaw", "wf", "wl", "wu", "af", "al", "au")
+_ODOM_FIELDS = ("roll", "pitch", "vf", "vl", "vu", "wf", "wl", "wu")
+
+
 @dataclass
 class KittiBagInfo:
     """What :func:`write_kitti_bag` wrote."""
@@ -109,43 +158,67 @@ class KittiBagInfo:
     ground_truth: str = "oxts"
     start_ns: int = 0
     end_ns: int = 0
+    #: samples dropped by the input checks, per reason of :data:`DROP_REASONS`
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
-def _find_town_datum(drive_dir: Path) -> tuple[float, float, float] | None:
-    """Return the datum of a synthetic town (``town.json`` above the drive), when present."""
+def _valid_latlon(lat: float, lon: float, alt: float) -> bool:
+    return (all(math.isfinite(v) for v in (lat, lon, alt)) and abs(lat) <= 90.0
+            and abs(lon) <= 180.0)
+
+
+def _find_town_datum(drive_dir: Path) -> tuple[tuple[float, float, float], Path] | None:
+    """The datum of a synthetic town (``town.json`` above the drive) and its file, if present.
+
+    Raises ``ValueError`` for a ``town.json`` that cannot be read or whose datum is not a
+    finite WGS84 point (it would put the ground truth anywhere).
+    """
     for parent in [drive_dir, *drive_dir.parents][:5]:
         town = parent / "town.json"
-        if town.is_file():
-            try:
-                data = json.loads(town.read_text())
-            except (OSError, ValueError):
-                return None
-            datum = data.get("datum")
-            if isinstance(datum, dict):
-                lat = datum.get("lat_deg", datum.get("lat"))
-                lon = datum.get("lon_deg", datum.get("lon"))
-                alt = datum.get("alt_m", datum.get("alt", 0.0))
-            elif isinstance(datum, (list, tuple)) and len(datum) >= 2:
-                lat, lon = datum[0], datum[1]
-                alt = datum[2] if len(datum) > 2 else 0.0
-            else:
-                return None
-            if lat is None or lon is None:
-                return None
-            return float(lat), float(lon), float(alt or 0.0)
+        if not town.is_file():
+            continue
+        try:
+            data = json.loads(town.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{town}: unreadable ({exc}); fix or remove it (the datum is then "
+                             "the first OXTS packet)") from None
+        datum = data.get("datum") if isinstance(data, dict) else None
+        if isinstance(datum, dict):
+            lat = datum.get("lat_deg", datum.get("lat"))
+            lon = datum.get("lon_deg", datum.get("lon"))
+            alt = datum.get("alt_m", datum.get("alt", 0.0))
+        elif isinstance(datum, (list, tuple)) and len(datum) >= 2:
+            lat, lon = datum[0], datum[1]
+            alt = datum[2] if len(datum) > 2 else 0.0
+        else:
+            return None
+        if lat is None or lon is None:
+            return None
+        try:
+            d = (float(lat), float(lon), float(alt or 0.0))
+        except (TypeError, ValueError):
+            d = (math.nan, math.nan, math.nan)
+        if not _valid_latlon(*d):
+            raise ValueError(f"{town}: datum ({lat}, {lon}, {alt}) is not a finite WGS84 point "
+                             "(latitude -90..90 deg, longitude -180..180 deg); fix it or "
+                             "regenerate the town with cvl-synth")
+        return d, town
     return None
 
 
-def _read_sensor_stamps(drive_dir: Path, sensor: str, n: int,
-                        fallback: np.ndarray) -> np.ndarray:
+def _read_stamps(path: Path, n: int, what: str) -> np.ndarray:
+    """The first ``n`` stamps of a ``timestamps.txt`` (errors say which file and what to do)."""
     from cvl_ros.kitti import read_timestamps
 
-    path = drive_dir / sensor / "timestamps.txt"
-    if path.is_file():
-        stamps = np.asarray(read_timestamps(path), dtype=np.int64)
-        if len(stamps) >= n:
-            return stamps[:n]
-    return np.asarray(fallback[:n], dtype=np.int64)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: the {what} stamps are read from it (no other sensor's stamps "
+            "are used in its place); a KITTI raw *_sync drive has one per sensor folder")
+    stamps = np.asarray(read_timestamps(path), dtype=np.int64)
+    if len(stamps) < n:
+        raise ValueError(f"{path}: {len(stamps)} stamps for {n} frames; the drive is incomplete "
+                         "(pass --frames N to convert only the first N)")
+    return stamps[:n]
 
 
 def _camera_info_matrices(calib: dict, width: int, height: int,
@@ -189,6 +262,259 @@ def _odometry_from_oxts(packets, stamps_ns, drift_pct: float, yaw_drift: float,
                                         noise_frac=noise_pct / 100.0, seed=seed), np.float64)
 
 
+
+# --------------------------------------------------------------------------------------------
+# Output safety: bags of earlier versions (no marker)
+# --------------------------------------------------------------------------------------------
+def recognise_kitti_bag(folder) -> set:
+    """Entries of a markerless bag folder an earlier cvl-kitti2bag wrote, else an empty set.
+
+    Recognised exactly (``cvl_ros.outputs`` ``recognise=``):
+
+    * a complete bag: the folder holds nothing but ``metadata.yaml`` and the storage files it
+      lists, its ``custom_data`` has the ``cvl_ros.`` keys cvl-kitti2bag writes
+      (``source_drive``, ``datum_lat_deg``, ``datum_lon_deg``) and every topic is one of
+      :data:`BAG_TOPICS`;
+    * the remains of an interrupted run: no ``metadata.yaml`` (rosbags writes it at the end), only
+      ``<folder name>.mcap`` (or ``.db3``, with its ``-journal``/``-wal``/``-shm``), whose
+      recorded topics are all cvl-kitti2bag's (an MCAP file may also be empty or hold only
+      rosbags' header: no data of anyone's).
+    """
+    folder = Path(folder)
+    try:
+        children = list(folder.iterdir())
+    except OSError:
+        return set()
+    if not children or not all(c.is_file() and not c.is_symlink() for c in children):
+        return set()
+    names = {c.name for c in children}
+    if "metadata.yaml" in names:
+        return names if _recognise_complete(folder, names) else set()
+    return names if _recognise_incomplete(folder, names) else set()
+
+
+def _recognise_complete(folder: Path, names: set) -> bool:
+    import yaml
+
+    try:
+        info = yaml.safe_load((folder / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        files = {str(f) for f in info["relative_file_paths"]}
+        custom = info.get("custom_data") or {}
+        topics = {str(t["topic_metadata"]["name"]) for t in info["topics_with_message_count"]}
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return False
+    return (bool(files) and names == {"metadata.yaml"} | files and isinstance(custom, dict)
+            and _OWN_KEYS <= set(custom) and bool(topics) and topics <= BAG_TOPICS)
+
+
+def _recognise_incomplete(folder: Path, names: set) -> bool:
+    mcap_name, db_name = f"{folder.name}.mcap", f"{folder.name}.db3"
+    if names == {mcap_name}:
+        return _mcap_incomplete_ours(folder / mcap_name)
+    if db_name in names and names <= {db_name} | {db_name + s for s in ("-journal", "-wal",
+                                                                        "-shm")}:
+        topics = _sqlite_topics(folder / db_name)
+        return bool(topics) and topics <= BAG_TOPICS
+    return False
+
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+def _mcap_incomplete_ours(path: Path) -> bool:
+    """Whether ``path`` is the MCAP file of an interrupted rosbags writer of our topics.
+
+    rosbags writes the magic and a header naming itself, then whole 1 MiB chunks (the first
+    holds the channels); a killed run leaves the file cut after any of these. Recognised: an
+    empty file, a rosbags header and nothing else, or channels that are all cvl-kitti2bag's.
+    """
+    from mcap.records import Channel, Header
+    from mcap.stream_reader import StreamReader
+
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return True  # nothing reached the disk
+        with open(path, "rb") as f:
+            head = f.read(17)
+            if head[:8] != _MCAP_MAGIC or len(head) < 17 or head[8] != 0x01:
+                return False
+            header_end = 17 + int.from_bytes(head[9:17], "little")
+            f.seek(0)
+            header, topics = None, set()
+            try:
+                for record in StreamReader(f).records:
+                    if isinstance(record, Header):
+                        header = record
+                    elif isinstance(record, Channel):
+                        topics.add(record.topic)
+            except Exception:  # a truncated file ends the record stream anywhere
+                pass
+    except OSError:
+        return False
+    if header is None or header.profile != "ros2" or not header.library.startswith("rosbags"):
+        return False
+    if topics:
+        return topics <= BAG_TOPICS
+    return size == header_end  # the header only: no data of anyone's
+
+
+def _sqlite_topics(path: Path) -> set:
+    """Topic names of a rosbag2 sqlite3 file (read-only); empty when unreadable."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {str(r[0]) for r in con.execute("SELECT name FROM topics")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and checking the drive (before anything is written)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Drive:
+    """A drive read and checked: the first ``n`` frames and what of them may be written."""
+
+    drive: Any
+    n: int
+    packets: list
+    true_packets: list
+    gt_source: str
+    cam_stamps: np.ndarray
+    oxts_stamps: np.ndarray
+    datum: tuple[float, float, float]
+    statics: list
+    inputs: list
+    keep: dict[str, np.ndarray]
+    dropped: dict[str, int]
+
+
+def _check_options(**values: float) -> None:
+    for name, v in values.items():
+        low, high = LIMITS[name]
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and low <= v <= high):
+            raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {v!r}")
+
+
+def _load_drive(drive_dir: Path, max_frames: int | None) -> _Drive:
+    """Read the drive and check every input; raises before any output is touched."""
+    from cvl_ros.kitti import (
+        KittiDrive,
+        increasing_mask,
+        oxts_fields_finite,
+        oxts_pose_valid,
+        oxts_position_valid,
+        read_oxts_packet,
+    )
+
+    drive = KittiDrive(drive_dir)  # FileNotFoundError: no drive folder
+    calib = drive.calib  # FileNotFoundError: no calibration
+    statics = _static_transforms(drive_dir)
+    packets = list(drive.oxts)
+    n = min(len(drive), len(packets))
+    if max_frames is not None:
+        n = min(n, int(max_frames))
+    if n <= 0:
+        raise ValueError(f"{drive_dir}: no frames (images: {len(drive)}, oxts: {len(packets)})")
+    packets = packets[:n]
+    cam_stamps = _read_stamps(drive_dir / f"image_{drive.cam:02d}" / "timestamps.txt", n,
+                              "camera")
+    oxts_stamps = _read_stamps(drive_dir / "oxts" / "timestamps.txt", n, "OXTS")
+    missing = [i for i in range(n) if not drive.image_path(i).is_file()]
+    if missing:
+        shown = ", ".join(str(drive.image_path(i)) for i in missing[:3])
+        raise FileNotFoundError(f"{len(missing)} of {n} images missing: {shown}"
+                                f"{' ...' if len(missing) > 3 else ''}")
+    P = calib.get(f"P_rect_{drive.cam:02d}")
+    if P is None or not np.all(np.isfinite(np.asarray(P, dtype=np.float64))):
+        raise ValueError(f"{drive.calib_dir / 'calib_cam_to_cam.txt'}: P_rect_{drive.cam:02d} "
+                         "missing or not finite")
+
+    # Ground truth: synthetic drives keep the exact poses in oxts_true/ (their oxts/ carries
+    # GPS-like errors, as a real receiver would); on real KITTI the OXTS/INS is the reference.
+    true_packets, gt_source = packets, "oxts"
+    true_dir = drive_dir / "oxts_true" / "data"
+    if true_dir.is_dir():
+        files = sorted(p for p in true_dir.iterdir() if p.suffix == ".txt")
+        if len(files) >= n:
+            true_packets = [read_oxts_packet(p) for p in files[:n]]
+            gt_source = "oxts_true"
+
+    cam_keep = increasing_mask(cam_stamps)
+    ox_keep = increasing_mask(oxts_stamps)
+    gps_ok = oxts_position_valid(packets)
+    imu_ok = oxts_fields_finite(packets, _IMU_FIELDS)
+    odom_ok = oxts_fields_finite(packets, _ODOM_FIELDS)
+    gt_ok = oxts_pose_valid(true_packets)
+    keep = {"camera": cam_keep, "fix": ox_keep & gps_ok, "imu": ox_keep & imu_ok,
+            "odom": ox_keep & odom_ok, "gt": ox_keep & gt_ok}
+    dropped = {
+        "camera_stamp_not_increasing": int((~cam_keep).sum()),
+        "oxts_stamp_not_increasing": int((~ox_keep).sum()),
+        "gps_invalid": int((ox_keep & ~gps_ok).sum()),
+        "imu_invalid": int((ox_keep & ~imu_ok).sum()),
+        "odom_invalid": int((ox_keep & ~odom_ok).sum()),
+        "ground_truth_invalid": int((ox_keep & ~gt_ok).sum()),
+    }
+
+    inputs = [drive_dir] + [drive.calib_dir / f for f in (
+        "calib_cam_to_cam.txt", "calib_imu_to_velo.txt", "calib_velo_to_cam.txt")]
+    town = _find_town_datum(drive_dir)
+    if town is not None:
+        datum, town_file = town
+        inputs.append(town_file)
+    else:
+        first = np.flatnonzero(keep["gt"])
+        if not len(first):
+            raise ValueError(f"{drive_dir}: no OXTS packet of the first {n} frames has a finite "
+                             "WGS84 position and attitude; nothing to take the datum and the "
+                             "ground truth from")
+        p0 = true_packets[int(first[0])]
+        datum = (float(p0.lat), float(p0.lon), float(p0.alt))
+    return _Drive(drive=drive, n=n, packets=packets, true_packets=true_packets,
+                  gt_source=gt_source, cam_stamps=cam_stamps, oxts_stamps=oxts_stamps,
+                  datum=datum, statics=statics, inputs=inputs, keep=keep, dropped=dropped)
+
+
+def _poses(src: _Drive, drift_pct: float, yaw_drift: float, noise_pct: float, seed: int):
+    """``(T_world_body, T_world_imu, T_odom_body, travelled)``; rows not kept are NaN."""
+    from cvl_ros.geo import GeoDatum
+    from cvl_ros.kitti import oxts_to_enu_poses, rpy_to_rotation
+
+    n, datum = src.n, GeoDatum(*src.datum)
+    nan = np.full((n, 4, 4), np.nan)
+    T_world_body, T_world_imu, T_odom_body = nan.copy(), nan.copy(), nan.copy()
+    gt, imu, odom = (np.flatnonzero(src.keep[k]) for k in ("gt", "imu", "odom"))
+    if len(gt):
+        # Ground truth: body (= OXTS IMU) poses in local ENU about the datum.
+        T_world_body[gt] = oxts_to_enu_poses([src.true_packets[i] for i in gt], datum)
+    for i in imu:
+        # The IMU's absolute orientation comes from the (possibly noisy) OXTS unit (it needs no
+        # position: an IMU sample survives a GPS outage).
+        pk = src.packets[i]
+        T_world_imu[i] = np.eye(4)
+        T_world_imu[i, :3, :3] = rpy_to_rotation(pk.roll, pk.pitch, pk.yaw)
+    if len(odom):
+        # Odometry: the OXTS velocities dead-reckoned (what a wheel/visual odometry measures; no
+        # GPS position or absolute heading enters), with the chosen drift on top.
+        T_odom_body[odom] = _odometry_from_oxts([src.packets[i] for i in odom],
+                                                src.oxts_stamps[odom], drift_pct, yaw_drift,
+                                                noise_pct, seed)
+    # Distance travelled along the ground truth (held over frames without one).
+    travelled = np.zeros(n)
+    if len(gt):
+        steps = np.linalg.norm(np.diff(T_world_body[gt, :3, 3], axis=0), axis=1)
+        along = np.concatenate([[0.0], np.cumsum(steps)])
+        idx = np.searchsorted(gt, np.arange(n), side="right") - 1
+        travelled = np.where(idx >= 0, along[np.maximum(idx, 0)], 0.0)
+    return T_world_body, T_world_imu, T_odom_body, travelled
+
+
 def write_kitti_bag(
     drive_dir: str | Path,
     out: str | Path,
@@ -206,9 +532,15 @@ def write_kitti_bag(
 ) -> KittiBagInfo:
     """Convert a KITTI raw drive (``..._sync`` folder) into a ROS 2 bag.
 
+    The inputs are read and checked first (see :data:`DROP_REASONS` for what is dropped and
+    counted), then the output: ``out`` follows ``docs/output-safety.md`` (new or empty folder,
+    or, with ``overwrite``, a bag cvl-kitti2bag wrote and nothing else; never equal to, inside
+    or above the drive). The bag is written into a temporary folder beside ``out`` and renamed
+    into place at the end; a failure leaves an old bag as it was.
+
     Args:
         drive_dir: ``raw_data/<date>/<date>_drive_<NNNN>_sync`` (calibration in its parent).
-        out: output bag folder (must not exist unless ``overwrite``).
+        out: output bag folder.
         storage: ``"mcap"`` or ``"sqlite3"``.
         odom_drift_pct: odometry translation drift, percent of distance travelled.
         odom_yaw_drift_deg_per_100m: odometry heading drift.
@@ -218,76 +550,78 @@ def write_kitti_bag(
             base_link`` is left off ``/tf`` so that ``base_link`` keeps one parent).
         odom_tf: put ``odom -> base_link`` on ``/tf`` (what a robot's odometry publishes).
         max_frames: convert only the first frames.
-        overwrite: replace an existing bag.
+        overwrite: replace an existing bag written by cvl-kitti2bag.
         progress: show a tqdm bar.
 
     Returns:
-        A :class:`KittiBagInfo` with message counts per topic.
+        A :class:`KittiBagInfo` with message counts per topic and the drop counts.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing or invalid input, or an invalid option.
+        cvl_ros.outputs.OutputError: an output that must not be written (a ``ValueError``).
     """
-    import shutil
+    from cvl_ros.outputs import OutputError, prepare_output, read_marker
 
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    from cvl_ros.geo import GeoDatum
-    from cvl_ros.kitti import KittiDrive, oxts_to_enu_poses, read_oxts_packet
-
-    drive_dir = Path(drive_dir)
-    out = Path(out)
     if storage not in ("mcap", "sqlite3"):
         raise ValueError(f"storage must be 'mcap' or 'sqlite3', not {storage!r}")
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists (pass overwrite=True / --overwrite)")
-        shutil.rmtree(out)
+    _check_options(odom_drift_pct=odom_drift_pct,
+                   odom_yaw_drift_deg_per_100m=odom_yaw_drift_deg_per_100m,
+                   odom_noise_pct=odom_noise_pct)
+    if max_frames is not None and int(max_frames) < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    drive_dir = Path(drive_dir)
+    src = _load_drive(drive_dir, max_frames)
+    poses = _poses(src, float(odom_drift_pct), float(odom_yaw_drift_deg_per_100m),
+                   float(odom_noise_pct), int(seed))
 
-    drive = KittiDrive(drive_dir)
-    packets = list(drive.oxts)
-    n = min(len(drive), len(packets))
-    if max_frames is not None:
-        n = min(n, int(max_frames))
-    if n <= 0:
-        raise ValueError(f"{drive_dir}: no frames (images: {len(drive)}, oxts: {len(packets)})")
-    cam_stamps = np.asarray(drive.timestamps_ns, dtype=np.int64)[:n]
-    cam_stamps = _read_sensor_stamps(drive_dir, "image_02", n, cam_stamps)
-    oxts_stamps = _read_sensor_stamps(drive_dir, "oxts", n, cam_stamps)
+    out = Path(out)
+    name = Path(os.path.abspath(out.expanduser())).resolve().name
+    if (not overwrite and out.is_dir() and read_marker(out) is None
+            and not (out / "metadata.yaml").exists() and recognise_kitti_bag(out)):
+        raise OutputError(f"--out {out} holds the incomplete bag of an interrupted "
+                          f"{TOOL} run (no metadata.yaml); pass --overwrite to replace it")
+    with prepare_output(out, tool=TOOL, inputs=src.inputs, overwrite=overwrite,
+                        recognise=recognise_kitti_bag) as tmp:
+        # rosbags' Writer creates the bag folder itself (and names its files after it): write
+        # the bag as tmp/<name>, then lift its files into tmp (renamed onto ``out`` at the end).
+        bag = tmp / name
+        counts, start_ns, end_ns = _write_bag(bag, src, poses, storage,
+                                              float(odom_drift_pct),
+                                              float(odom_yaw_drift_deg_per_100m), int(seed),
+                                              gt_tf, odom_tf, progress)
+        for entry in list(bag.iterdir()):
+            os.rename(entry, tmp / entry.name)
+        bag.rmdir()
+    return KittiBagInfo(path=out, storage=storage, frames=src.n, topics=counts,
+                        datum=src.datum, ground_truth=src.gt_source, start_ns=start_ns,
+                        end_ns=end_ns, dropped=dict(src.dropped))
 
-    # Ground truth: synthetic drives keep the exact poses in oxts_true/ (their oxts/ carries
-    # GPS-like errors, as a real receiver would); on real KITTI the OXTS/INS is the reference.
-    true_packets, gt_source = packets, "oxts"
-    true_dir = drive_dir / "oxts_true" / "data"
-    if true_dir.is_dir():
-        files = sorted(p for p in true_dir.iterdir() if p.suffix == ".txt")
-        if len(files) >= n:
-            true_packets = [read_oxts_packet(p) for p in files[:n]]
-            gt_source = "oxts_true"
 
-    datum_t = _find_town_datum(drive_dir)
-    if datum_t is None:
-        p0 = true_packets[0]
-        datum_t = (float(p0.lat), float(p0.lon), float(p0.alt))
-    datum = GeoDatum(*datum_t)
+def _write_bag(bag: Path, src: _Drive, poses, storage: str, odom_drift_pct: float,
+               odom_yaw_drift_deg_per_100m: float, seed: int, gt_tf: bool, odom_tf: bool,
+               progress: bool) -> tuple[dict[str, int], int, int]:
+    """Write the checked drive ``src`` as the bag folder ``bag`` (created by rosbags)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
 
-    # Ground truth: body (= OXTS IMU) poses in local ENU about the datum.
-    T_world_body = oxts_to_enu_poses(true_packets[:n], datum)
-    # The IMU's absolute orientation comes from the (possibly noisy) OXTS unit.
-    T_world_imu = oxts_to_enu_poses(packets[:n], datum)
-    # Odometry: the OXTS velocities dead-reckoned (what a wheel/visual odometry measures; no
-    # GPS position or absolute heading enters), with the chosen drift on top.
-    T_odom_body = _odometry_from_oxts(packets[:n], oxts_stamps, odom_drift_pct,
-                                      odom_yaw_drift_deg_per_100m, odom_noise_pct, seed)
-    steps = np.linalg.norm(np.diff(T_world_body[:, :3, 3], axis=0), axis=1)
-    travelled = np.concatenate([[0.0], np.cumsum(steps)])
-
-    calib = drive.calib
+    T_world_body, T_world_imu, T_odom_body, travelled = poses
+    drive, keep = src.drive, src.keep
+    cam_stamps, oxts_stamps = src.cam_stamps, src.oxts_stamps
     store = make_typestore()
     T = store.types
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     counts: dict[str, int] = {}
     img0 = drive.image(0)
     height, width = int(img0.shape[0]), int(img0.shape[1])
-    P, R_rect = _camera_info_matrices(calib, width, height)
+    P, R_rect = _camera_info_matrices(drive.calib, width, height)
+    ox_kept = np.flatnonzero(keep["fix"] | keep["imu"] | keep["odom"] | keep["gt"])
+    cam_kept = np.flatnonzero(keep["camera"])
+    firsts = [int(cam_stamps[cam_kept[0]])] + ([int(oxts_stamps[ox_kept[0]])]
+                                               if len(ox_kept) else [])
+    lasts = [int(cam_stamps[cam_kept[-1]])] + ([int(oxts_stamps[ox_kept[-1]])]
+                                               if len(ox_kept) else [])
+    first_ns, end_ns = min(firsts), max(lasts)
 
-    with Writer(out, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
+    with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
         def conn(topic: str, msgtype: str, qos: Any) -> Any:
             counts[topic] = 0
             return writer.add_connection(topic, msgtype, typestore=store,
@@ -307,24 +641,25 @@ def write_kitti_bag(
                          store.serialize_cdr(msg, msg.__msgtype__))
             counts[connection.topic] += 1
 
-        for key, value in {
-            "source_drive": str(drive_dir.resolve()),
-            "datum_lat_deg": repr(datum.lat_deg),
-            "datum_lon_deg": repr(datum.lon_deg),
-            "datum_alt_m": repr(datum.alt_m),
-            "odom_drift_pct": repr(float(odom_drift_pct)),
-            "odom_yaw_drift_deg_per_100m": repr(float(odom_yaw_drift_deg_per_100m)),
-            "seed": str(int(seed)),
-            "ground_truth_source": gt_source,
-        }.items():
+        lat, lon, alt = src.datum
+        custom = {
+            "source_drive": str(src.drive.drive_dir.resolve()),
+            "datum_lat_deg": repr(lat),
+            "datum_lon_deg": repr(lon),
+            "datum_alt_m": repr(alt),
+            "odom_drift_pct": repr(odom_drift_pct),
+            "odom_yaw_drift_deg_per_100m": repr(odom_yaw_drift_deg_per_100m),
+            "seed": str(seed),
+            "ground_truth_source": src.gt_source,
+        }
+        custom.update({f"dropped_{k}": str(v) for k, v in src.dropped.items()})
+        for key, value in custom.items():
             writer.set_custom_data(META_PREFIX + key, value)
 
-        first_ns = int(min(cam_stamps[0], oxts_stamps[0]))
-        statics = [_transform_stamped(store, first_ns, a, b, Tm)
-                   for a, b, Tm in _static_transforms(drive_dir)]
+        statics = [_transform_stamped(store, first_ns, a, b, Tm) for a, b, Tm in src.statics]
         put(c_static, first_ns, T[MSG_TF](transforms=statics))
 
-        frames = range(n)
+        frames = range(src.n)
         if progress:
             from tqdm import tqdm
 
@@ -332,69 +667,72 @@ def write_kitti_bag(
         for i in frames:
             t_cam = int(cam_stamps[i])
             t_ox = int(oxts_stamps[i])
-            pk = packets[i]
-            # Camera: rectified colour image (KITTI *_sync images are rectified).
-            img = img0 if i == 0 else drive.image(i)
-            img = np.ascontiguousarray(img, dtype=np.uint8)
-            if img.shape[:2] != (height, width):
-                raise ValueError(f"frame {i}: image size {img.shape[:2]} != {(height, width)}")
-            # camera_info first: a subscriber pairing by stamp then has it when the image comes
-            put(c_info, t_cam, T[MSG_CAMERA_INFO](
-                header=_header(store, t_cam, FRAME_CAMERA), height=height, width=width,
-                distortion_model="plumb_bob", d=np.zeros(5), k=P[:, :3].reshape(-1).copy(),
-                r=R_rect.reshape(-1).copy(), p=P.reshape(-1).copy(), binning_x=0, binning_y=0,
-                roi=T["sensor_msgs/msg/RegionOfInterest"](
-                    x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
-            put(c_img, t_cam, T[MSG_IMAGE](
-                header=_header(store, t_cam, FRAME_CAMERA), height=height, width=width,
-                encoding="rgb8", is_bigendian=0, step=width * 3, data=img.reshape(-1)))
-            # GPS fix: the OXTS position (ground truth grade on KITTI).
-            acc = float(getattr(pk, "pos_accuracy", 0.0) or 0.0)
-            var = max(acc, 0.05) ** 2
-            status = T["sensor_msgs/msg/NavSatStatus"](status=0, service=1)  # FIX, GPS
-            put(c_fix, t_ox, T[MSG_NAVSATFIX](
-                header=_header(store, t_ox, FRAME_IMU), status=status, latitude=float(pk.lat),
-                longitude=float(pk.lon), altitude=float(pk.alt),
-                position_covariance=np.diag([var, var, 4.0 * var]).reshape(-1),
-                position_covariance_type=2))  # DIAGONAL_KNOWN
-            # IMU: ENU orientation from roll/pitch/yaw, body rates and accelerations.
-            R_enu = T_world_imu[i, :3, :3]  # Rz(yaw) Ry(pitch) Rx(roll), ENU
-            put(c_imu, t_ox, T[MSG_IMU](
-                header=_header(store, t_ox, FRAME_IMU), orientation=_quat(store, R_enu),
-                orientation_covariance=np.diag([1e-4, 1e-4, 3e-4]).reshape(-1),
-                angular_velocity=_vec3(store, (pk.wf, pk.wl, pk.wu)),
-                angular_velocity_covariance=np.diag([1e-5] * 3).reshape(-1),
-                linear_acceleration=_vec3(store, (pk.af, pk.al, pk.au)),
-                linear_acceleration_covariance=np.diag([1e-3] * 3).reshape(-1)))
-            # Odometry odom -> base_link with drift; twist from the OXTS body velocities.
-            sig_xy = 0.02 + odom_drift_pct / 100.0 * travelled[i]
-            sig_yaw = math.radians(0.1 + odom_yaw_drift_deg_per_100m * travelled[i] / 100.0)
-            pose_cov = np.diag([sig_xy**2, sig_xy**2, (2 * sig_xy) ** 2, 1e-4, 1e-4,
-                                sig_yaw**2]).reshape(-1)
-            twist_cov = np.diag([0.01, 0.01, 0.01, 1e-4, 1e-4, 1e-4]).reshape(-1)
-            put(c_odom, t_ox, T[MSG_ODOMETRY](
-                header=_header(store, t_ox, FRAME_ODOM), child_frame_id=FRAME_BASE,
-                pose=T["geometry_msgs/msg/PoseWithCovariance"](
-                    pose=_pose(store, T_odom_body[i]), covariance=pose_cov),
-                twist=T["geometry_msgs/msg/TwistWithCovariance"](
-                    twist=T["geometry_msgs/msg/Twist"](
-                        linear=_vec3(store, (pk.vf, pk.vl, pk.vu)),
-                        angular=_vec3(store, (pk.wf, pk.wl, pk.wu))),
-                    covariance=twist_cov)))
-            # Ground truth on its own topic (the node's map -> odom shares /tf).
-            put(c_gt, t_ox, T[MSG_POSE_STAMPED](
-                header=_header(store, t_ox, FRAME_WORLD), pose=_pose(store, T_world_body[i])))
+            pk = src.packets[i]
+            if keep["camera"][i]:
+                # Camera: rectified colour image (KITTI *_sync images are rectified).
+                img = img0 if i == 0 else drive.image(i)
+                img = np.ascontiguousarray(img, dtype=np.uint8)
+                if img.shape[:2] != (height, width):
+                    raise ValueError(f"{drive.image_path(i)}: image size {img.shape[:2]} != "
+                                     f"{(height, width)} of the first image")
+                # camera_info first: a subscriber pairing by stamp then has it with the image
+                put(c_info, t_cam, T[MSG_CAMERA_INFO](
+                    header=_header(store, t_cam, FRAME_CAMERA), height=height, width=width,
+                    distortion_model="plumb_bob", d=np.zeros(5), k=P[:, :3].reshape(-1).copy(),
+                    r=R_rect.reshape(-1).copy(), p=P.reshape(-1).copy(), binning_x=0,
+                    binning_y=0, roi=T["sensor_msgs/msg/RegionOfInterest"](
+                        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)))
+                put(c_img, t_cam, T[MSG_IMAGE](
+                    header=_header(store, t_cam, FRAME_CAMERA), height=height, width=width,
+                    encoding="rgb8", is_bigendian=0, step=width * 3, data=img.reshape(-1)))
+            if keep["fix"][i]:
+                # GPS fix: the OXTS position (ground truth grade on KITTI).
+                acc = float(getattr(pk, "pos_accuracy", 0.0) or 0.0)
+                known = math.isfinite(acc) and acc >= 0.0
+                var = max(acc, 0.05) ** 2 if known else 0.0
+                status = T["sensor_msgs/msg/NavSatStatus"](status=0, service=1)  # FIX, GPS
+                put(c_fix, t_ox, T[MSG_NAVSATFIX](
+                    header=_header(store, t_ox, FRAME_IMU), status=status,
+                    latitude=float(pk.lat), longitude=float(pk.lon), altitude=float(pk.alt),
+                    position_covariance=np.diag([var, var, 4.0 * var]).reshape(-1),
+                    position_covariance_type=2 if known else 0))  # DIAGONAL_KNOWN / UNKNOWN
+            if keep["imu"][i]:
+                # IMU: ENU orientation from roll/pitch/yaw, body rates and accelerations.
+                R_enu = T_world_imu[i, :3, :3]  # Rz(yaw) Ry(pitch) Rx(roll), ENU
+                put(c_imu, t_ox, T[MSG_IMU](
+                    header=_header(store, t_ox, FRAME_IMU), orientation=_quat(store, R_enu),
+                    orientation_covariance=np.diag([1e-4, 1e-4, 3e-4]).reshape(-1),
+                    angular_velocity=_vec3(store, (pk.wf, pk.wl, pk.wu)),
+                    angular_velocity_covariance=np.diag([1e-5] * 3).reshape(-1),
+                    linear_acceleration=_vec3(store, (pk.af, pk.al, pk.au)),
+                    linear_acceleration_covariance=np.diag([1e-3] * 3).reshape(-1)))
+            if keep["odom"][i]:
+                # Odometry odom -> base_link with drift; twist from the OXTS body velocities.
+                sig_xy = 0.02 + abs(odom_drift_pct) / 100.0 * travelled[i]
+                sig_yaw = math.radians(0.1 + abs(odom_yaw_drift_deg_per_100m) * travelled[i]
+                                       / 100.0)
+                pose_cov = np.diag([sig_xy**2, sig_xy**2, (2 * sig_xy) ** 2, 1e-4, 1e-4,
+                                    sig_yaw**2]).reshape(-1)
+                twist_cov = np.diag([0.01, 0.01, 0.01, 1e-4, 1e-4, 1e-4]).reshape(-1)
+                put(c_odom, t_ox, T[MSG_ODOMETRY](
+                    header=_header(store, t_ox, FRAME_ODOM), child_frame_id=FRAME_BASE,
+                    pose=T["geometry_msgs/msg/PoseWithCovariance"](
+                        pose=_pose(store, T_odom_body[i]), covariance=pose_cov),
+                    twist=T["geometry_msgs/msg/TwistWithCovariance"](
+                        twist=T["geometry_msgs/msg/Twist"](
+                            linear=_vec3(store, (pk.vf, pk.vl, pk.vu)),
+                            angular=_vec3(store, (pk.wf, pk.wl, pk.wu))),
+                        covariance=twist_cov)))
+            if keep["gt"][i]:
+                # Ground truth on its own topic (the node's map -> odom shares /tf).
+                put(c_gt, t_ox, T[MSG_POSE_STAMPED](
+                    header=_header(store, t_ox, FRAME_WORLD),
+                    pose=_pose(store, T_world_body[i])))
             if c_tf is not None:
-                tfs = []
-                if gt_tf:
-                    tfs.append(_transform_stamped(store, t_ox, FRAME_WORLD, FRAME_BASE,
-                                                  T_world_body[i]))
-                elif odom_tf:
-                    tfs.append(_transform_stamped(store, t_ox, FRAME_ODOM, FRAME_BASE,
-                                                  T_odom_body[i]))
-                put(c_tf, t_ox, T[MSG_TF](transforms=tfs))
-
-    return KittiBagInfo(
-        path=out, storage=storage, frames=n, topics=counts, datum=datum_t, ground_truth=gt_source,
-        start_ns=first_ns, end_ns=int(max(cam_stamps[-1], oxts_stamps[-1])),
-    )
+                if gt_tf and keep["gt"][i]:
+                    put(c_tf, t_ox, T[MSG_TF](transforms=[_transform_stamped(
+                        store, t_ox, FRAME_WORLD, FRAME_BASE, T_world_body[i])]))
+                elif not gt_tf and odom_tf and keep["odom"][i]:
+                    put(c_tf, t_ox, T[MSG_TF](transforms=[_transform_stamped(
+                        store, t_ox, FRAME_ODOM, FRAME_BASE, T_odom_body[i])]))
+    return counts, first_ns, end_ns
