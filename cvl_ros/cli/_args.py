@@ -21,8 +21,11 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
     """
     what = "an integer" if kind is int else "a number"
     u = f" {unit}" if unit else ""
-    lo = "" if low is None else f"{'>=' if low_inclusive else '>'} {low:g}{u}"
-    hi = "" if high is None else f"<= {high:g}{u}"
+    def fmt(x):
+        return f"{int(x)}" if kind is int and float(x).is_integer() else f"{x:g}"
+
+    lo = "" if low is None else f"{'>=' if low_inclusive else '>'} {fmt(low)}{u}"
+    hi = "" if high is None else f"<= {fmt(high)}{u}"
     rule = " and ".join(x for x in (lo, hi) if x)
 
     def parse(text: str):
@@ -60,7 +63,8 @@ def number_list(kind: type = int, low: float | None = None, high: float | None =
             try:
                 v = one(s)
             except argparse.ArgumentTypeError as exc:
-                raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from None
+                raise argparse.ArgumentTypeError(
+                    f"{exc} (in {text!r})" if len(items) > 1 else str(exc)) from None
             if v not in out:
                 out.append(v)
         return out

@@ -12,6 +12,9 @@ the paper's are written to ``<out>/ablation.md`` (and all numbers to ``<out>/abl
 * Table 4 (similarity matching): w/o SSM, w/o U, ours.
 
 Finished variants (``<out>/<variant>/eval.json``) are reused, so an interrupted run resumes.
+``--out`` follows docs/output-safety.md: a new or empty folder, or an earlier cvl-ablate output
+(``.cvl-output.json`` marker, or recognised by its ``ablation.json``); a folder of anything else
+is refused. User errors (config, flags, --data) are reported before any training, exit 2.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+from cvl_ros.cli._args import number
+
+PROG = "cvl-ablate"
 
 # the other fusions and projections replace PCSF's per-frame canvases (pcsf_frame_canvas)
 _NO_CANVAS = {"pcsf_frame_canvas": False}
@@ -56,19 +63,24 @@ TABLE_TITLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``cvl-ablate``."""
-    p = argparse.ArgumentParser(prog="cvl-ablate", description=__doc__.splitlines()[0][2:])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0][2:])
     p.add_argument("--config", required=True, help="base cvl-train YAML config")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="base config overrides")
     p.add_argument("--data", required=True, help="evaluation KITTI-CVL root (test1/test2)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty, or an earlier "
+                   "cvl-ablate output, which is resumed)")
     p.add_argument("--tables", default="2,3,4", help="which tables (2,3,4)")
     p.add_argument("--variants", default=None,
                    help=f"comma list to run (default: all of the tables); known: "
                         f"{','.join(VARIANTS)}")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps per variant")
-    p.add_argument("--minutes", type=float, default=None, help="training minutes per variant")
-    p.add_argument("--seq", type=int, default=4, help="evaluation sequence length")
-    p.add_argument("--max-queries", type=int, default=None, help="queries per protocol")
+    p.add_argument("--steps", type=number(int, 1, 10**9), default=None, metavar="N",
+                   help="optimiser steps per variant")
+    p.add_argument("--minutes", type=number(float, 0.0, 10**6, low_inclusive=False),
+                   default=None, metavar="MIN", help="training minutes per variant")
+    p.add_argument("--seq", type=number(int, 1, 64), default=4, metavar="N",
+                   help="evaluation sequence length (1-64, default 4)")
+    p.add_argument("--max-queries", type=number(int, 1, 10**9), default=None, metavar="N",
+                   help="queries per protocol")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -100,45 +112,99 @@ def tables_markdown(results: dict, tables, seq: int) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
-    """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from cvl_ros.evaluation import evaluate
-    from cvl_ros.model.cvlnet import load_checkpoint
-    from cvl_ros.training import TrainingError, deep_update, load_config, train
+def ablation_owns(entry: str) -> bool:
+    """Whether ``entry`` of ``--out`` is a name cvl-ablate writes (tables, variant runs)."""
+    from cvl_ros.cli._train_config import run_folder_owns
+
+    if entry in ("ablation.json", "ablation.md"):
+        return True
+    head, _, rest = entry.partition("/")
+    return head in VARIANTS and (rest in ("", "eval.json") or run_folder_owns(rest))
+
+
+def recognise_ablation(folder: Path) -> set:
+    """Entries of a markerless ``--out`` of an earlier cvl-ablate (its ``ablation.json``)."""
+    from cvl_ros.outputs import read_json, run_entries
+
+    res = read_json(Path(folder) / "ablation.json")
+    if not isinstance(res, dict) or not set(res) <= set(VARIANTS):
+        return set()
+    return set(run_entries(folder, ablation_owns))
+
+
+def _prepare(args):
+    """Every user error before any training: ``(tables, variants, base config, out)``."""
+    from cvl_ros.cli._args import CliError, resolve_device
+    from cvl_ros.cli.train import load_checked_config
+    from cvl_ros.outputs import check_run_folder, mark_run_folder
+    from cvl_ros.tiles import SPLIT_FILES
 
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    if any(t not in TABLE_TITLES for t in tables):
-        print(f"cvl-ablate: error: --tables must be among 2,3,4, got {args.tables}",
-              file=sys.stderr)
-        return 2
+    if not tables or any(t not in TABLE_TITLES for t in tables):
+        raise CliError(f"--tables must be among 2,3,4 (e.g. 2,4), got {args.tables!r}")
     if args.variants:
         names = [v.strip() for v in args.variants.split(",") if v.strip()]
         unknown = [v for v in names if v not in VARIANTS]
-        if unknown:
-            print(f"cvl-ablate: error: unknown variants {unknown}", file=sys.stderr)
-            return 2
+        if unknown or not names:
+            raise CliError(f"--variants: unknown {', '.join(unknown) or repr(args.variants)}; "
+                           f"known: {', '.join(VARIANTS)}")
     else:
         names = [n for n, (tabs, _, _) in VARIANTS.items()
                  if set(tabs.split(",")) & set(tables)]
     if args.steps is None and args.minutes is None:
-        print("cvl-ablate: error: give a budget (--steps and/or --minutes)", file=sys.stderr)
-        return 2
+        raise CliError("give a budget per variant: --steps N and/or --minutes M")
+    data = Path(args.data)
+    if not data.is_dir():
+        raise CliError(f"--data {data} is not a folder; give a KITTI-CVL root with "
+                       "test1/test2 split files")
+    for proto in ("test1", "test2"):
+        if not (data / SPLIT_FILES[proto]).is_file():
+            raise CliError(f"--data {data} has no {SPLIT_FILES[proto]}; give a KITTI-CVL root "
+                           "with test1/test2 split files")
+    base = load_checked_config(args.config, args.overrides, prog=PROG)
     try:
-        base = load_config(args.config, args.overrides)
-    except TrainingError as exc:
-        print(f"cvl-ablate: error: {exc}", file=sys.stderr)
-        return 2
+        resolve_device(base.get("device", "auto"), what="device")
+    except CliError as exc:
+        raise CliError(f"--config {args.config}: {exc}") from None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, tool=PROG, owns=ablation_owns, inputs=[data, *base["data"]["roots"]],
+                     recognise=recognise_ablation)
+    mark_run_folder(out, tool=PROG, owns=ablation_owns)
+    return tables, names, base, out
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from cvl_ros.cli._args import CliError, fail
+    from cvl_ros.outputs import OutputError, mark_run_folder
+
+    try:
+        tables, names, base, out = _prepare(args)
+    except (CliError, OutputError) as exc:
+        return fail(PROG, exc)
+    try:
+        return _run(args, argv, tables, names, base, out)
+    finally:
+        mark_run_folder(out, tool=PROG, owns=ablation_owns)
+
+
+def _run(args, argv, tables, names, base, out) -> int:
+    from cvl_ros.cli._args import fail
+    from cvl_ros.evaluation import evaluate
+    from cvl_ros.model.cvlnet import load_checkpoint
+    from cvl_ros.outputs import read_json
+    from cvl_ros.training import TrainingError, deep_update, train
+
     results = {}
     done_by_model: dict = {}
     for name in names:
         vdir = out / name
         eval_path = vdir / "eval.json"
-        if eval_path.is_file():
-            results[name] = json.loads(eval_path.read_text())
+        old = read_json(eval_path)
+        if isinstance(old, dict) and "test1" in old and "test2" in old:
+            results[name] = old
             done_by_model[json.dumps(deep_update(base, {"model": VARIANTS[name][2]})["model"],
                                      sort_keys=True)] = name
             continue
@@ -157,14 +223,16 @@ def main(argv=None) -> int:
         try:
             summary = train(cfg, resume=True, progress=not args.no_progress)
         except TrainingError as exc:
-            print(f"cvl-ablate: error in variant {name}: {exc}", file=sys.stderr)
-            return 2
+            return fail(PROG, f"variant {name}: {exc}")
         model, _ = load_checkpoint(vdir / "last.safetensors")
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        res = evaluate(model, args.data, ["test1", "test2"], [args.seq],
-                       max_queries=args.max_queries,
-                       frame_stride=int(cfg["data"].get("frame_stride", 3)),
-                       progress=not args.no_progress)
+        try:
+            res = evaluate(model, args.data, ["test1", "test2"], [args.seq],
+                           max_queries=args.max_queries,
+                           frame_stride=int(cfg["data"].get("frame_stride", 3)),
+                           progress=not args.no_progress)
+        except (FileNotFoundError, ValueError) as exc:
+            return fail(PROG, f"--data {args.data}: {exc}")
         rec = {"label": label, "params_m": params, "steps": summary["steps"],
                "train_s": round(time.time() - t0, 1),
                "test1": res["test1"][f"seq{args.seq}"], "test2": res["test2"][f"seq{args.seq}"]}
