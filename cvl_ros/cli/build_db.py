@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cvl_ros.cli._args import number
+from cvl_ros.cli._args import device, number
 
 PROG = "cvl-build-db"
 
@@ -40,14 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database folder to write (new or empty; see --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a database this tool wrote at --out (never anything else)")
-    p.add_argument("--split", default="test2", help="KITTI-CVL split whose tiles to encode "
-                   "(train | test1 | test2; default test2)")
+    p.add_argument("--split", default="test2", choices=("train", "test1", "test2"),
+                   help="KITTI-CVL split whose tiles to encode (default test2)")
     p.add_argument("--spacing-m", type=number(float, 0.1, 10000.0, unit="m"), default=10.0,
                    metavar="M", help="mosaic tile grid spacing (0.1-10000 m; default 10)")
     p.add_argument("--max-tiles", type=number(int, 1, 10_000_000), default=MAX_TILES,
                    metavar="N", help=f"refuse a mosaic grid of more tiles (default {MAX_TILES})")
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=16, metavar="N")
-    p.add_argument("--device", default="cpu", help="cpu | cuda (cuda: this rank's GPU)")
+    p.add_argument("--device", type=device, default="cpu",
+                   help="auto | cpu | cuda | cuda:N (cuda: this rank's GPU; default cpu)")
     p.add_argument("--threads", type=number(int, 1, 1024), default=None, metavar="N")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -102,18 +103,29 @@ def mosaic_tiles(mosaic, coverage_m: float, sat_px: int, spacing_m: float,
 def main(argv=None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    from cvl_ros.cli._args import CliError, fail, resolve_device
+    from cvl_ros.database import DatabaseError, TileDatabase, recognise_database
+    from cvl_ros.outputs import OutputError, check_output
+
+    try:
+        device = resolve_device(args.device)
+        if not Path(args.tiles).exists():
+            raise CliError(f"--tiles {args.tiles}: no such file or folder; give a KITTI-CVL "
+                           "root or a mosaic PNG with its .geo.json")
+        if int(os.environ.get("RANK", 0)) == 0:  # checked again before writing
+            check_output(args.out, tool=PROG, inputs=[args.checkpoint, args.tiles],
+                         overwrite=args.overwrite, recognise=recognise_database)
+    except (CliError, OutputError) as exc:
+        return fail(PROG, exc)
     import torch
 
-    from cvl_ros.database import DatabaseError, TileDatabase, recognise_database
     from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint, resolve_checkpoint
-    from cvl_ros.outputs import OutputError, check_output
 
     if args.threads:
         torch.set_num_threads(args.threads)
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    device = args.device
     if device == "cuda":
         device = f"cuda:{local % max(1, torch.cuda.device_count())}"
     try:
