@@ -76,6 +76,7 @@ def load_localizer(values: dict[str, object], checkpoint: str | Path | None = No
     ``checkpoint``/``db``/``device`` replace the parameters when given. Raises
     ``CheckpointError``/``FileNotFoundError``/``ValueError`` with what is missing.
     """
+    from cvl_ros.calibration import load_calibration
     from cvl_ros.database import TileDatabase
     from cvl_ros.localizer import Localizer
     from cvl_ros.model.cvlnet import load_checkpoint, resolve_checkpoint
@@ -87,8 +88,9 @@ def load_localizer(values: dict[str, object], checkpoint: str | Path | None = No
     if dbp is None:
         raise FileNotFoundError(f"tile database '{db_given}' not found; {BUILD_DB_HINT}")
     model, _ = load_checkpoint(ckpt)
+    calibration = load_calibration(ckpt, model.model_hash())
     database = TileDatabase.open(dbp, expected_model_hash=model.model_hash())
-    loc = Localizer(model, database, P.localizer_config(values),
+    loc = Localizer(model, database, P.localizer_config(values, calibration),
                     device=device or str(values["device"]))
     return loc, ckpt, dbp
 

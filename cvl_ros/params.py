@@ -208,9 +208,11 @@ _RAW: tuple[Param, ...] = (
     Param('localizer.odom_noise_fraction', 0.05,
           'odometry noise: 1-sigma as a fraction of the distance travelled between '
           'updates [unitless] (m per m)'),
-    Param('localizer.score_temperature', 0.1,
+    Param('localizer.score_temperature', 0.0,
           'likelihood = exp((score - best score) / T); smaller trusts the matcher more '
-          '[unitless] (matcher score units)'),
+          '[unitless] (matcher score units); 0 = the temperature fitted for the model '
+          '(<checkpoint>.calibration.json, cvl-calibrate), else 0.1',
+          at_least=0.0),
     Param('localizer.outlier_weight', 0.05,
           "constant added to the likelihood (the best match's is 1) so one wrong match "
           'cannot erase the true position [unitless]'),
@@ -356,8 +358,17 @@ def validate(values: Mapping[str, object]) -> dict[str, object]:
     return out
 
 
-def localizer_config(values: Mapping[str, object]):
-    """The one ``params -> LocalizerConfig`` mapping (values as :func:`validate` returns)."""
+#: Score temperature used when the parameter is 0 and the model has no calibration.
+UNCALIBRATED_SCORE_TEMPERATURE = 0.1
+
+
+def localizer_config(values: Mapping[str, object], calibration=None):
+    """The one ``params -> LocalizerConfig`` mapping (values as :func:`validate` returns).
+
+    ``localizer.score_temperature`` 0 takes the model's fitted temperature from
+    ``calibration`` (a :class:`cvl_ros.calibration.Calibration`), else
+    :data:`UNCALIBRATED_SCORE_TEMPERATURE`.
+    """
     from cvl_ros.localizer import LocalizerConfig
 
     kw = {}
@@ -365,6 +376,9 @@ def localizer_config(values: Mapping[str, object]):
         key = "localizer." + f.name
         if key in values:
             kw[f.name] = values[key]
+    if not kw.get("score_temperature"):
+        kw["score_temperature"] = (float(calibration.score_temperature) if calibration is not None
+                                   else UNCALIBRATED_SCORE_TEMPERATURE)
     h = float(values["camera_height_m"])
     kw["camera_height_m"] = h if h > 0 else None
     kw["odom_yaw_offset_rad"] = float(values["odom_yaw_offset_rad"])

@@ -29,7 +29,10 @@ def test_defaults_validate_and_equal_the_core_defaults():
     core = LocalizerConfig()
     for f in dataclasses.fields(LocalizerConfig):
         key = "localizer." + f.name
-        if key in P.PARAMS:  # every tunable field is a parameter with the dataclass default
+        if key == "localizer.score_temperature":  # 0 = the model's calibration, else 0.1
+            assert P.PARAMS[key].default == 0.0
+            assert cfg.score_temperature == P.UNCALIBRATED_SCORE_TEMPERATURE == f.default
+        elif key in P.PARAMS:  # every tunable field is a parameter with the dataclass default
             assert P.PARAMS[key].default == f.default, key
             assert getattr(cfg, f.name) == getattr(core, f.name), key
     skipped = {f.name for f in dataclasses.fields(LocalizerConfig)
@@ -115,3 +118,14 @@ def test_generated_documents_are_up_to_date():
 
 def test_shipped_params_file_is_the_defaults():
     assert P.validate(P.read_params_file(ROOT / "config" / "localize.yaml")) == P.defaults()
+
+
+def test_score_temperature_zero_takes_the_models_calibration():
+    from cvl_ros.calibration import Calibration
+
+    cal = Calibration(score_temperature=0.8, model_hash="x")
+    assert P.localizer_config(P.defaults(), cal).score_temperature == 0.8
+    assert P.localizer_config(P.defaults()).score_temperature == 0.1
+    set_t = P.validate({"localizer.score_temperature": 0.3})
+    assert P.localizer_config(set_t, cal).score_temperature == 0.3  # an explicit value wins
+    assert _errors(**{"localizer.score_temperature": -1.0})

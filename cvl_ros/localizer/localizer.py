@@ -221,7 +221,9 @@ class Estimate:
     datum_alt_m: float = float("nan")
     global_search: bool = False
     reset_reason: str = ""
-    posterior: np.ndarray | None = None  # the filter grid (north-up), for visualisation
+    posterior: np.ndarray | None = None  # the filter grid (north-up): probability per cell
+    posterior_center_en: np.ndarray | None = None  # (2,) map east/north of the grid's centre
+    posterior_cell_m: float = float("nan")  # side of one posterior cell [m]
 
     @property
     def has_fix(self) -> bool:
@@ -741,5 +743,9 @@ class Localizer:
             datum_lon_deg=self.datum.lon_deg, datum_alt_m=self.datum.alt_m,
             global_search=bool(global_search), reset_reason=self._pending_reset_reason,
             posterior=self.filter.prob.astype(np.float32) if self.filter.prob is not None
-            else None)
+            else None,
+            posterior_center_en=(None if self.filter.prob is None
+                                 else np.asarray(self.filter.center_en, np.float64).copy()),
+            posterior_cell_m=float(self.filter.cell_m) if self.filter.prob is not None
+            else float("nan"))
         return est
