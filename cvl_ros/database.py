@@ -8,11 +8,16 @@ On-disk layout of a database directory::
     uncertainty.npy    (T, 1, S, S) float16  uncertainty maps U (ones when the model has no U)
     global.npy         (T, G) float32        stage-1 retrieval descriptors (see below)
 
-Arrays are opened lazily with ``numpy.load(mmap_mode="r")``: opening reads only the manifest and
-checks that every file exists with the size and header the manifest promises. A missing,
-truncated or foreign file, an unreadable manifest, or a database made by another model (hash
-mismatch) raises :class:`DatabaseError` with a message saying what is wrong and how to fix it.
-``TileDatabase.open(path, verify=True)`` additionally checks the SHA-256 of every array.
+Arrays are memory-mapped with ``numpy.load(mmap_mode="r")``: opening reads the manifest, checks
+that every file exists with the size and header the manifest promises, that the datum and the
+tile centres are finite WGS84 points (the ENU centres consistent with the datum), and that the
+arrays hold no NaN/Inf (every row of a small database, :data:`FULL_CHECK_BYTES`; a random
+sample of :data:`SAMPLE_ROWS` rows of a larger one). A missing, truncated, foreign or non-finite
+file, an unreadable or invalid manifest, or a database made by another model (hash mismatch)
+raises :class:`DatabaseError` with a message naming the file and the fix.
+``TileDatabase.open(path, verify_sha256=True)`` additionally checks the SHA-256 of every array
+against the manifest; the builder records it and refuses to write non-finite arrays, so a
+verified database is finite in every row.
 
 **Two-stage global retrieval.** Scoring a query against every tile with the full scene-prior
 similarity matching (SSM: correlation over a (2r+1)^2 window of shifts, normalised, divided by
@@ -48,6 +53,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -65,6 +72,70 @@ ARRAYS = ("features", "uncertainty", "global")
 
 class DatabaseError(RuntimeError):
     """A tile database is missing, corrupt, or was built by a different model."""
+
+
+#: Arrays of at most this many bytes (all three together) are checked for NaN/Inf in full on
+#: opening; larger databases get :data:`SAMPLE_ROWS` random rows of each array checked (and the
+#: full guarantee from ``verify_sha256``: the builder refuses non-finite arrays).
+FULL_CHECK_BYTES = 64 << 20
+SAMPLE_ROWS = 256
+#: Stored ENU centres may differ from those recomputed from the WGS84 centres by this much.
+CENTRE_TOLERANCE_M = 0.5
+_REBUILD = "rebuild it with cvl-build-db"
+
+
+def _check_geometry(manifest: dict, where, fix: str = _REBUILD) -> None:
+    """Datum and tile centres of a manifest: finite WGS84, ENU consistent with the datum."""
+    from cvl_ros.geo import GeoDatum
+
+    d = manifest.get("datum")
+    try:
+        lat, lon, alt = (float(d["lat_deg"]), float(d["lon_deg"]), float(d.get("alt_m", 0.0)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DatabaseError(f"{where}: datum {d!r} is not a {{lat_deg, lon_deg, alt_m}} "
+                            f"record; {fix}") from None
+    if not (math.isfinite(lat) and math.isfinite(lon) and math.isfinite(alt)
+            and abs(lat) <= 90.0 and abs(lon) <= 180.0):
+        raise DatabaseError(f"{where}: datum ({lat}, {lon}, {alt}) is not a finite WGS84 point "
+                            f"(latitude -90..90 deg, longitude -180..180 deg); {fix}")
+    try:
+        ll = np.asarray(manifest["centers_latlon"], dtype=np.float64).reshape(-1, 2)
+        enu = np.asarray(manifest["centers_enu"], dtype=np.float64).reshape(-1, 2)
+    except (KeyError, TypeError, ValueError):
+        raise DatabaseError(f"{where}: tile centres are not numbers; {fix}") from None
+    if ll.shape != enu.shape:
+        raise DatabaseError(f"{where}: {len(ll)} WGS84 but {len(enu)} ENU tile centres; "
+                            f"{fix}")
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.all(np.isfinite(ll), axis=1) & (np.abs(ll[:, 0]) <= 90.0)
+                & (np.abs(ll[:, 1]) <= 180.0) & np.all(np.isfinite(enu), axis=1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DatabaseError(f"{where}: {int(bad.sum())} tile centres are not finite WGS84/ENU "
+                            f"points (first: tile {i}, {ll[i].tolist()} deg, {enu[i].tolist()} "
+                            f"m); {fix}")
+    if len(ll):
+        e, n, _ = GeoDatum(lat, lon, alt).to_enu(ll[:, 0], ll[:, 1], np.zeros(len(ll)))
+        off = np.hypot(np.asarray(e).reshape(-1) - enu[:, 0], np.asarray(n).reshape(-1)
+                       - enu[:, 1])
+        if off.max() > CENTRE_TOLERANCE_M:
+            i = int(np.argmax(off))
+            raise DatabaseError(f"{where}: the ENU tile centres do not match the WGS84 centres "
+                                f"about the datum (tile {i}: {off[i]:.1f} m apart; datum or "
+                                f"centres edited?); {fix}")
+
+
+def _nonfinite_row(arr, rows=None) -> int | None:
+    """Index of the first row of ``arr`` (or of ``rows``) holding NaN/Inf, else None."""
+    step = max(1, (8 << 20) // max(1, int(np.prod(arr.shape[1:])) * arr.dtype.itemsize))
+    idx = np.arange(len(arr)) if rows is None else np.asarray(rows, dtype=np.int64)
+    for k in range(0, len(idx), step):
+        part = idx[k:k + step]
+        block = np.asarray(arr[part[0]:part[-1] + 1] if rows is None else arr[part])
+        ok = np.isfinite(block.reshape(len(part), -1)).all(axis=1)
+        if not ok.all():
+            return int(part[int(np.argmin(ok))])
+    return None
 
 
 def recognise_database(folder) -> set:
@@ -234,6 +305,7 @@ class TileDatabase:
         self._arrays: dict[str, np.ndarray] = {}
         self._global_cache = None
         self._model = None
+        _check_geometry(manifest, self.path / MANIFEST)
         self.tile_ids: list[str] = list(manifest["tile_ids"])
         self.centers_latlon = np.asarray(manifest["centers_latlon"], dtype=np.float64).reshape(
             -1, 2)
@@ -247,23 +319,34 @@ class TileDatabase:
         self.tile_geometry: dict = manifest.get("tile", {})
         self.search: dict = manifest.get("search", {})
         self._check_files(verify)
+        self._check_finite()
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path, expected_model_hash: str | None = None, model=None,
-             verify: bool = False) -> TileDatabase:
+             verify: bool = False, verify_sha256: bool = False) -> TileDatabase:
         """Open a database lazily (arrays are memory-mapped on first use).
+
+        Checks on every open: the manifest's datum and tile centres are finite WGS84 points
+        (ENU centres consistent with the datum), every array file has the size and header the
+        manifest promises, and the arrays hold no NaN/Inf: all of them when they are small
+        (:data:`FULL_CHECK_BYTES`), else :data:`SAMPLE_ROWS` random rows of each.
 
         Args:
             path: database directory.
             expected_model_hash: refuse the database unless it was built by this model hash.
             model: optional ``CVLNet``; its hash is checked and its ``match`` is used for the
                 second retrieval stage.
-            verify: also check the SHA-256 of every array file (reads them once).
+            verify_sha256: also check the SHA-256 of every array file against the manifest
+                (reads them once; with the builder's own finite check this proves every row
+                finite). A manifest without SHA-256 is then refused.
+            verify: the same as ``verify_sha256`` (its older name).
 
         Raises:
-            DatabaseError: missing/corrupt/truncated files or a model hash mismatch.
+            DatabaseError: missing/corrupt/truncated/non-finite files, an invalid datum or
+                tile centres, or a model hash mismatch; the message names the file and the fix.
         """
+        verify = bool(verify or verify_sha256)
         path = Path(path)
         mpath = path / MANIFEST
         if not mpath.is_file():
@@ -327,8 +410,29 @@ class TileDatabase:
                 raise DatabaseError(f"{fpath}: {shape[0]} rows for {count} tiles")
             if offset + int(np.prod(shape)) * dtype.itemsize != size:
                 raise DatabaseError(f"{fpath}: data size does not match its header (truncated)")
-            if verify and info.get("sha256") and _sha256(fpath) != info["sha256"]:
-                raise DatabaseError(f"{fpath}: checksum mismatch (corrupt); rebuild the database")
+            if verify and not info.get("sha256"):
+                raise DatabaseError(f"{fpath}: the manifest records no SHA-256 to verify it "
+                                    f"against (built by an older version); {_REBUILD}")
+            if verify and _sha256(fpath) != info["sha256"]:
+                raise DatabaseError(f"{fpath}: checksum mismatch (corrupt); rebuild the database "
+                                    "with cvl-build-db")
+
+    def _check_finite(self) -> None:
+        """No NaN/Inf in the arrays: all rows when small, else a random sample of rows."""
+        total = sum(int(self.manifest["arrays"][a]["bytes"]) for a in ARRAYS)
+        rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        for name in ARRAYS:
+            arr = self._array(name)
+            if not arr.dtype.kind == "f" or not len(arr):
+                continue
+            rows = None
+            if total > FULL_CHECK_BYTES and len(arr) > SAMPLE_ROWS:
+                rows = np.sort(rng.choice(len(arr), SAMPLE_ROWS, replace=False))
+            bad = _nonfinite_row(arr, rows)
+            if bad is not None:
+                raise DatabaseError(f"{self.path / (name + '.npy')}: row {bad} (tile "
+                                    f"{self.tile_ids[bad]!r}) holds NaN or Inf; it would give "
+                                    f"NaN scores; {_REBUILD}")
 
     def _array(self, name: str) -> np.ndarray:
         arr = self._arrays.get(name)
@@ -581,6 +685,16 @@ class TileDatabase:
     def _write(dirpath: Path, manifest: dict, features, uncertainty, global_desc):
         arrays = {"features": features, "uncertainty": uncertainty, "global": global_desc}
         manifest = dict(manifest)
+        # Nothing non-finite is ever written: the SHA-256 recorded below then vouches for
+        # every row (TileDatabase.open(verify_sha256=True)).
+        _check_geometry(manifest, "the database being built",
+                        "check the georeferencing of the tiles; nothing was written")
+        for name, arr in arrays.items():
+            bad = _nonfinite_row(arr) if len(arr) and np.asarray(arr).dtype.kind == "f" else None
+            if bad is not None:
+                raise DatabaseError(f"{name} of tile {manifest['tile_ids'][bad]!r} (row {bad}) "
+                                    "holds NaN or Inf (float16 overflow, or a broken model); "
+                                    "nothing was written")
         manifest["arrays"] = {}
         for name, arr in arrays.items():
             fpath = dirpath / f"{name}.npy"

@@ -162,3 +162,100 @@ def test_sharded_build_merges_in_order(tmp_path):
     b = merged.descriptors(np.arange(17)).features
     assert torch.equal(a, b)
     assert not (tmp_path / "sh" / "shards").exists()  # the builder's shards, nothing else
+
+
+# ------------------------------------------------------------------ manifest checks (issue 13)
+def _edit_manifest(db, edit):
+    path = db / "manifest.json"
+    man = json.loads(path.read_text())
+    edit(man)
+    path.write_text(json.dumps(man))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m["datum"].update(lat_deg=999.0), "datum .* not a finite WGS84 point"),
+    (lambda m: m["datum"].update(lon_deg=float("nan")), "datum .* not a finite WGS84 point"),
+    (lambda m: m["datum"].update(alt_m=float("inf")), "datum .* not a finite WGS84 point"),
+    (lambda m: m.update(datum="Karlsruhe"), "datum 'Karlsruhe' is not"),
+    (lambda m: m["centers_latlon"][3].__setitem__(0, float("nan")), "tile centres are not finite"),
+    (lambda m: m["centers_latlon"][4].__setitem__(1, 200.0), "tile centres are not finite"),
+    (lambda m: m["centers_enu"][2].__setitem__(1, float("inf")), "tile centres are not finite"),
+    (lambda m: m["centers_enu"][5].__setitem__(0, 1e6), "do not match the WGS84 centres"),
+    (lambda m: m["datum"].update(lat_deg=48.0), "do not match the WGS84 centres"),
+])
+def test_invalid_manifest_geometry_is_refused(tmp_path, edit, match):
+    TileDatabase.build(FakeModel(), _tiles(9), tmp_path / "db", DATUM)
+    _edit_manifest(tmp_path / "db", edit)
+    with pytest.raises(DatabaseError, match=match) as exc:
+        TileDatabase.open(tmp_path / "db")
+    assert "manifest.json" in str(exc.value) and "rebuild it with cvl-build-db" in str(exc.value)
+
+
+def _poison(db, name, row, value=np.nan):
+    """Write ``value`` into one row of an array in place (size and header unchanged)."""
+    arr = np.load(db / f"{name}.npy", mmap_mode="r+")
+    arr[row].flat[0] = value
+    arr.flush()
+    del arr
+
+
+@pytest.mark.parametrize("name,value", [("features", np.nan), ("uncertainty", np.inf),
+                                        ("global", -np.inf)])
+def test_nonfinite_arrays_are_refused_on_open(tmp_path, name, value):
+    TileDatabase.build(FakeModel(), _tiles(9), tmp_path / "db", DATUM)
+    _poison(tmp_path / "db", name, 6, value)
+    with pytest.raises(DatabaseError, match=rf"{name}\.npy: row 6 \(tile 't006'\) holds NaN or "
+                                            "Inf.*rebuild it with cvl-build-db"):
+        TileDatabase.open(tmp_path / "db")
+
+
+def test_large_database_is_sampled_and_sha256_catches_the_rest(tmp_path, monkeypatch):
+    import cvl_ros.database as database
+
+    TileDatabase.build(FakeModel(), _tiles(40), tmp_path / "db", DATUM)
+    _poison(tmp_path / "db", "features", 17)
+    monkeypatch.setattr(database, "FULL_CHECK_BYTES", 0)  # "large": rows are sampled
+    monkeypatch.setattr(database, "SAMPLE_ROWS", 20)
+    seen = 0
+    for _ in range(40):  # a sample of 20 of 40 rows finds row 17 about every other time
+        try:
+            TileDatabase.open(tmp_path / "db")
+        except DatabaseError as exc:
+            assert "row 17" in str(exc)
+            seen += 1
+    assert 0 < seen < 40
+    with pytest.raises(DatabaseError, match="checksum mismatch"):  # the full guarantee
+        TileDatabase.open(tmp_path / "db", verify_sha256=True)
+    monkeypatch.setattr(database, "SAMPLE_ROWS", 1000)  # more rows than the database: all
+    with pytest.raises(DatabaseError, match="row 17"):
+        TileDatabase.open(tmp_path / "db")
+
+
+def test_sha256_is_recorded_and_required_when_verifying(tmp_path):
+    db = TileDatabase.build(FakeModel(), _tiles(5), tmp_path / "db", DATUM)
+    for name in ("features", "uncertainty", "global"):
+        assert len(db.manifest["arrays"][name]["sha256"]) == 64
+    TileDatabase.open(tmp_path / "db", verify_sha256=True)
+    _edit_manifest(tmp_path / "db", lambda m: m["arrays"]["global"].pop("sha256"))
+    TileDatabase.open(tmp_path / "db")  # an older manifest opens
+    with pytest.raises(DatabaseError, match="records no SHA-256"):
+        TileDatabase.open(tmp_path / "db", verify_sha256=True)
+
+
+def test_builder_never_writes_nonfinite_descriptors(tmp_path):
+    class NaNModel(FakeModel):
+        def encode_satellite(self, x):
+            s = super().encode_satellite(x)
+            s.features[1, 0, 0, 0] = float("nan")
+            return s
+
+    with pytest.raises(DatabaseError, match="features of tile 't001' .* NaN or Inf"):
+        TileDatabase.build(NaNModel(), _tiles(4), tmp_path / "db", DATUM)
+    assert not (tmp_path / "db").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left either
+    bad = [(t, float("nan"), lon, img) for t, _, lon, img in _tiles(3)]
+    with pytest.raises(DatabaseError, match="tile centres are not finite"):
+        TileDatabase.build(FakeModel(), bad, tmp_path / "db", DATUM)
+    with pytest.raises(DatabaseError, match="datum"):
+        TileDatabase.build(FakeModel(), _tiles(3), tmp_path / "db", GeoDatum(999.0, 8.4, 0.0))
+    assert [p.name for p in tmp_path.iterdir()] == []
