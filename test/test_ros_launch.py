@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch" / "localize.launch.py"
-ARGS = {"params_file", "use_sim_time", "namespace", "autostart", "log_level", "tf_remap"}
+ARGS = {"params_file", "use_sim_time", "namespace", "autostart", "log_level", "tf_remap",
+        "checkpoint_path", "database_path"}
 
 
 def test_launch_file_parses_and_declares_the_documented_arguments():
@@ -19,6 +20,20 @@ def test_launch_file_parses_and_declares_the_documented_arguments():
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
     }
     assert declared == ARGS
+
+
+def test_launch_paths_override_the_params_file_only_when_given():
+    """checkpoint_path/database_path: given -> node parameters; empty -> the params file's."""
+    tree = ast.parse(LAUNCH.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+              and n.name == "_node_parameters")
+    ns: dict = {}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(LAUNCH), "exec"), ns)
+    params = ns["_node_parameters"]
+    assert params(True, "", " ") == {"use_sim_time": True, "autostart": False}
+    assert params(False, "/m/model.safetensors", "/data/db") == {
+        "use_sim_time": False, "autostart": False, "checkpoint_path": "/m/model.safetensors",
+        "database_path": "/data/db"}
 
 
 def _launch_ros_skip_reason():
@@ -53,8 +68,10 @@ def test_launch_description_builds_the_lifecycle_node():
         if isinstance(e, DeclareLaunchArgument):
             e.visit(ctx)
     ctx.launch_configurations.update({"params_file": "/tmp/x.yaml", "namespace": "car1",
-                                      "tf_remap": "true", "autostart": "true"})
+                                      "tf_remap": "true", "autostart": "true",
+                                      "database_path": "/data/db"})
     opaque = [e for e in ents if isinstance(e, OpaqueFunction)][0]
     actions = opaque.execute(ctx)
     nodes = [a for a in actions if isinstance(a, LifecycleNode)]
-    assert len(nodes) == 1 and len(actions) == 3  # node + configure event + activate handler
+    # node + configure event + activate handler + configure-retry handler
+    assert len(nodes) == 1 and len(actions) == 4

@@ -157,28 +157,73 @@ def test_lifecycle_transitions_and_repeated_cycles_leak_nothing(ros_executor, sp
     assert _lifecycle_state(ex, spin_until, probe) == "finalized"
 
 
-def test_missing_database_still_activates_publishes_no_fix_and_says_how(ros_executor,
-                                                                        spin_until, resources,
-                                                                        tmp_path):
-    from cvl_ros.msg import GeoPoseEstimate
+def test_missing_database_fails_configure_and_says_how(ros_executor, spin_until, resources,
+                                                      tmp_path):
+    """nav2 lifecycle semantics: configure FAILS (back to unconfigured) without a database;
+    the node stays up and /diagnostics says what is missing and how to build it."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rclpy.lifecycle import TransitionCallbackReturn
 
     ckpt, _ = resources
     node = _make_node(ros_executor.context, checkpoint_path=str(ckpt),
                       database_path=str(tmp_path / "nope"))
     ex, probe = _setup(ros_executor, spin_until, node)
-    node.trigger_configure()
-    node.trigger_activate()
+    # through the standard service, as nav2's lifecycle manager calls it: success is false
+    cli = probe.node.create_client(ChangeState, NS + "/change_state")
+    assert cli.wait_for_service(timeout_sec=5.0)
+    fut = cli.call_async(ChangeState.Request(transition=Transition(
+        id=Transition.TRANSITION_CONFIGURE)))
+    spin_until(ex, fut.done, 20.0, "configure")
+    assert not fut.result().success
+    assert _lifecycle_state(ex, spin_until, probe) == "unconfigured"
     assert node.localizer is None and any("database" in m for m in node.missing)
-    spin_until(ex, lambda: probe.geo and probe.diag, 10.0, "NO_FIX geo_pose and diagnostics")
-    assert probe.geo[-1].status == GeoPoseEstimate.NO_FIX
+    assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS  # not from unconfigured
+    assert _lifecycle_state(ex, spin_until, probe) == "unconfigured"
+    spin_until(ex, lambda: probe.diag, 10.0, "diagnostics")
     values, st = probe.diag_values()
-    assert st.level == st.ERROR
+    assert st.level == st.ERROR and values["lifecycle_state"] == "unconfigured"
     assert "cvl-build-db" in st.message and "make demo" in values["missing_resources"]
-    # images still give NO_FIX (stamped with the image) and nothing crashes
-    drive = Drive(n=2)
-    _wait_connected(ex, spin_until, probe, node)
-    _feed(ex, spin_until, probe, node, drive, 0)
-    assert probe.geo_for(drive.stamps[0])[0].status == GeoPoseEstimate.NO_FIX
+    assert not node._subs and not node._pubs  # no inputs taken, no outputs offered
+
+
+def test_activate_fails_without_a_localizer(ros_context, resources):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    ckpt, db = resources
+    node = _make_node(ros_context, checkpoint_path=str(ckpt), database_path=str(db))
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        node.localizer = None  # e.g. released behind the state machine's back
+        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+        assert node._lifecycle_state == "inactive" and not node._pubs and not node._subs
+    finally:
+        node.destroy_node()
+
+
+def test_autostart_retries_configure_until_the_database_appears(ros_executor, spin_until,
+                                                                resources, tmp_path):
+    """cvl-localize (autostart): a failed configure leaves the node up and unconfigured with the
+    reason in /diagnostics, and is retried until the database built later is found."""
+    import shutil
+
+    ckpt, db = resources
+    later = tmp_path / "db_built_later"
+    node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(later))
+    ex, probe = _setup(ros_executor, spin_until, node)
+    assert not node.start_autostart(retry_s=0.3)
+    assert node._lifecycle_state == "unconfigured" and node.localizer is None
+    spin_until(ex, lambda: probe.diag and "retried" in probe.diag[-1].status[0].message, 10.0,
+               "diagnostics of the failed configure")
+    values, st = probe.diag_values()
+    assert st.level == st.ERROR and "database" in values["missing_resources"]
+    n_diag = len(probe.diag)
+    spin_until(ex, lambda: len(probe.diag) > n_diag + 1, 10.0, "diagnostics keep coming")
+    assert node._lifecycle_state == "unconfigured"
+    shutil.copytree(db, later)
+    spin_until(ex, lambda: node._lifecycle_state == "active", 15.0, "configured by a retry")
+    assert node.localizer is not None and not node.missing and node._retry_timer is None
+    assert _lifecycle_state(ex, spin_until, probe) == "active"
 
 
 def _oracle_node(ros_executor, spin_until, drive, resources, wait=True, **params):
@@ -229,14 +274,19 @@ def test_pipeline_outputs_agree_and_tf_is_map_to_odom(ros_executor, spin_until, 
     assert np.allclose(np.asarray(pose.pose.covariance), np.asarray(last.pose.covariance))
     T_map_body = pose_to_matrix(pose.pose.pose)
     assert np.allclose(T_map_body, pose_to_matrix(last.pose.pose), atol=1e-9)
-    # map->odom: stamped image stamp + transform_tolerance; composes with odometry into the pose
+    # map->odom: stamped image stamp + transform_tolerance, or later (the stamps never
+    # decrease: the re-sends here are stamped with the wall clock, far ahead of the drive's
+    # stamps; test_map_odom_stamps_never_decrease checks the exact stamps); it composes with
+    # odometry into the pose
     tol_ns = 100_000_000
-    spin_until(ex, lambda: any(stamp_to_ns(t.header.stamp) == drive.stamps[-1] + tol_ns
-                               for m in probe.tf for t in m.transforms), 5.0, "map->odom")
+    assert node._tf_last is not None and node._tf_last[1] == drive.stamps[-1]
+    n_sent = len(probe.tf)
+    spin_until(ex, lambda: len(probe.tf) > n_sent, 5.0, "map->odom")
     tfs = [t for m in probe.tf for t in m.transforms]
     assert all(t.header.frame_id == "map" and t.child_frame_id == "odom" for t in tfs)
-    t_last = [t for t in tfs if stamp_to_ns(t.header.stamp) == drive.stamps[-1] + tol_ns][0]
-    T_map_odom = transform_to_matrix(t_last.transform)
+    stamps = [stamp_to_ns(t.header.stamp) for t in tfs]
+    assert stamps == sorted(stamps) and stamps[-1] >= drive.stamps[-1] + tol_ns
+    T_map_odom = transform_to_matrix(tfs[-1].transform)
     assert np.allclose(T_map_odom @ drive.T_odom[-1], T_map_body, atol=1e-6)
     # re-sent at a steady rate while no new estimate arrives
     n_before = len(probe.tf)
@@ -370,6 +420,7 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
     from sensor_msgs.msg import CompressedImage, Imu
     from tf2_msgs.msg import TFMessage
 
+    from cvl_ros.camera import pose_enu
     from cvl_ros.msg import GeoPoseEstimate
     from cvl_ros.ros import convert
 
@@ -386,8 +437,13 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
     pub_tf = n.create_publisher(TFMessage, "/tf", 100)
     pub_imu = n.create_publisher(Imu, "imu", 10)
     pub_cimg = n.create_publisher(CompressedImage, "image/compressed", 10)
-    pub_static.publish(TFMessage(transforms=[convert.matrix_to_transform_stamped(
-        T_BODY_CAM, "base_link", "camera_optical", convert.ns_to_stamp(0))]))
+    # the IMU is mounted yawed by 90 deg (REP-145: its orientation is the imu_link's)
+    T_base_imu = pose_enu(0.3, 0.1, 0.9, math.pi / 2)
+    pub_static.publish(TFMessage(transforms=[
+        convert.matrix_to_transform_stamped(T_BODY_CAM, "base_link", "camera_optical",
+                                            convert.ns_to_stamp(0)),
+        convert.matrix_to_transform_stamped(T_base_imu, "base_link", "imu_link",
+                                            convert.ns_to_stamp(0))]))
     spin_until(ex, lambda: pub_cimg.get_subscription_count() > 0
                and pub_imu.get_subscription_count() > 0
                and "camera_optical" in node.assembler.static_tf, 10.0,
@@ -405,8 +461,9 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
             drive.T_odom[i], "odom", "base_link", st)]))
         imu = Imu()
         imu.header.stamp = st
+        imu.header.frame_id = "imu_link"
         (imu.orientation.x, imu.orientation.y, imu.orientation.z,
-         imu.orientation.w) = convert.matrix_to_quat(drive.T_world[i][:3, :3])
+         imu.orientation.w) = convert.matrix_to_quat((drive.T_world[i] @ T_base_imu)[:3, :3])
         pub_imu.publish(imu)
         probe.pub_info.publish(drive.info_msg(i))
         ok, buf = cv2.imencode(".png", cv2.cvtColor(image(i), cv2.COLOR_RGB2BGR))
@@ -418,19 +475,23 @@ def test_tf_odometry_imu_heading_compressed_images_and_tf_static_extrinsics(
                    f"geo_pose {i} ({node.last_error})")
     g = probe.geo_for(drive.stamps[-1])[-1]
     assert g.status == GeoPoseEstimate.TRACKING
-    assert abs(g.yaw_rad - 0.2) < 1e-6
+    assert abs(g.yaw_rad - 0.2) < 1e-6  # base_link's heading, not the IMU's (0.2 + 90 deg)
+    assert node.assembler.imu_heading_frame == "imu_link -> base_link (/tf_static)"
     truth = drive.T_world[-1]
     assert math.hypot(g.pose.pose.position.x - truth[0, 3],
                       g.pose.pose.position.y - truth[1, 3]) < 1.5
 
 
-def test_invalid_parameters_keep_the_node_up_and_reported(ros_executor, spin_until, resources):
+def test_invalid_parameters_fail_configure_keep_the_node_up_and_reported(ros_executor,
+                                                                         spin_until, resources):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
     ckpt, db = resources
     node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(db),
                       heading_source="IMU")
     ex, probe = _setup(ros_executor, spin_until, node)
-    node.trigger_configure()
-    node.trigger_activate()
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert node._lifecycle_state == "unconfigured"
     assert node.localizer is None
     assert any("heading_source" in m and "IMU" in m for m in node.missing)
     spin_until(ex, lambda: probe.diag, 10.0, "diagnostics")
@@ -504,3 +565,174 @@ def test_runtime_parameter_changes_are_validated_like_configure(ros_context, res
         assert node.assembler.config.imu_tolerance_s == 0.5
     finally:
         node.destroy_node()
+
+
+def _tf_msg(parent, child, T, stamp_ns=0):
+    from tf2_msgs.msg import TFMessage
+
+    from cvl_ros.ros import convert
+
+    return TFMessage(transforms=[convert.matrix_to_transform_stamped(
+        T, parent, child, convert.ns_to_stamp(stamp_ns))])
+
+
+def test_tf_static_from_three_broadcasters_started_before_the_node(ros_executor, spin_until,
+                                                                   resources):
+    """tf2's static QoS (depth 100): each of three separate latched broadcasters reaches the
+    node that subscribes after they published (a depth-1 subscription kept one of three)."""
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from tf2_msgs.msg import TFMessage
+
+    from cvl_ros.camera import pose_enu
+
+    chain = [("base_link", "a", pose_enu(1.0, 0.0, 0.5, 0.3)),
+             ("a", "b", pose_enu(0.0, 0.2, 0.4, -0.1, 0.05)),
+             ("b", "camera", pose_enu(0.1, 0.0, 0.2, 0.0, 0.0, -math.pi / 2))]
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    for k, (parent, child, T) in enumerate(chain):  # as tf2_ros' StaticTransformBroadcaster
+        b = rclpy.create_node(f"static_broadcaster_{k}", context=ros_executor.context)
+        b.create_publisher(TFMessage, "/tf_static", latched).publish(_tf_msg(parent, child, T))
+        ros_executor.add_node(b)
+    drive = Drive(n=2)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources, wait=False,
+                                   use_tf_static_extrinsics=True, heading_source="odom")
+    fe = node.assembler
+    deadline = time.monotonic() + 10.0
+    while not {"a", "b", "camera"} <= set(fe.static_tf) and time.monotonic() < deadline:
+        ex.spin_once(timeout_sec=0.05)
+    assert sorted(fe.static_tf) == ["a", "b", "camera"]
+    expected = chain[0][2] @ chain[1][2] @ chain[2][2]
+    assert np.allclose(fe.extrinsics("camera"), expected, atol=1e-12)
+    assert fe.extrinsics_source == "/tf_static base_link->camera"
+    assert np.allclose(fe.static_transform("camera", "base_link"), np.linalg.inv(expected))
+
+
+def test_map_odom_stamps_never_decrease(ros_executor, spin_until, resources):
+    """A re-send stamped with the clock may be ahead of the next estimate's image stamp: the
+    new correction is then sent at the stamp sent last, never earlier (tf2 would otherwise mix
+    the old and the new correction). A time reset (a looping bag) restarts the stamps."""
+    from rclpy.time import Time
+
+    from cvl_ros.ros.convert import stamp_to_ns, transform_to_matrix
+
+    drive = Drive(n=2)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources, wait=False,
+                                   tf_publish_rate_hz=0.0)  # re-sends driven by the test
+    sent = []
+    pub = node._pubs["tf"]
+    publish = pub.publish
+
+    def record(msg):
+        sent.append((stamp_to_ns(msg.transforms[0].header.stamp),
+                     transform_to_matrix(msg.transforms[0].transform)))
+        publish(msg)
+
+    pub.publish = record
+    clock_ns = [0]
+    node.get_clock = lambda: type("Clock", (), {"now": lambda self: Time(
+        nanoseconds=clock_ns[0])})()
+    tol, ms = 100_000_000, 1_000_000
+    T1, T2, T3 = (np.eye(4) for _ in range(3))
+    T1[0, 3], T2[0, 3], T3[0, 3] = 1.0, 2.0, 3.0
+
+    def estimate(stamp_ns, T):  # what _publish_estimate does with a TRACKING estimate
+        node._send_tf(stamp_ns, (T, stamp_ns))
+
+    estimate(283_830 * ms, T1)
+    assert sent[-1][0] == 283_930 * ms  # image stamp + transform_tolerance
+    clock_ns[0] = 284_002 * ms
+    node._republish_tf()
+    assert sent[-1][0] == 284_102 * ms  # max(now, image stamp) + transform_tolerance
+    estimate(283_930 * ms, T2)  # would be 284.030 s: older than the re-send
+    assert sent[-1][0] == 284_102 * ms and np.allclose(sent[-1][1], T2)
+    clock_ns[0] = 284_500 * ms
+    node._republish_tf()
+    assert sent[-1][0] == 284_600 * ms and np.allclose(sent[-1][1], T2)
+    estimate(284_550 * ms, T3)
+    assert sent[-1][0] == 284_650 * ms and np.allclose(sent[-1][1], T3)
+    stamps = [t for t, _ in sent]
+    assert stamps == sorted(stamps)
+    # the bag loops: the clock goes back; nothing is re-sent until the node resets ...
+    n = len(sent)
+    clock_ns[0] = 10_000 * ms
+    node._republish_tf()
+    assert len(sent) == n
+    node._time_reset("image stamps went backwards by 274.550 s")
+    node._republish_tf()
+    assert len(sent) == n  # the correction is forgotten with the old run
+    # ... then the stamps restart with the new run's first estimate
+    estimate(10_050 * ms, T1)
+    assert sent[-1][0] == 10_050 * ms + tol
+    clock_ns[0] = 10_100 * ms
+    node._republish_tf()
+    assert sent[-1][0] == 10_200 * ms and np.allclose(sent[-1][1], T1)
+    # the same through the odometry time jump path
+    node._rejected(node.assembler.add_odom_pose(20_000 * ms, np.eye(4)))
+    node._rejected(node.assembler.add_odom_pose(5_000 * ms, np.eye(4)))
+    assert node._tf_last is None and node._tf_sent_ns is None
+
+
+def _imu_msg(stamp_ns, R_enu_sensor, frame_id):
+    from sensor_msgs.msg import Imu
+
+    from cvl_ros.ros import convert
+
+    m = Imu()
+    m.header.stamp = convert.ns_to_stamp(stamp_ns)
+    m.header.frame_id = frame_id
+    (m.orientation.x, m.orientation.y, m.orientation.z,
+     m.orientation.w) = convert.matrix_to_quat(R_enu_sensor)
+    return m
+
+
+def test_imu_heading_is_rotated_from_the_imu_frame_into_base_link():
+    """REP-145: an IMU mounted yawed by 90 deg (and tilted) gives base_link's heading; an IMU
+    frame without a /tf_static link is refused as heading, said once."""
+    from cvl_ros import params as P
+    from cvl_ros.camera import pose_enu
+    from cvl_ros.localizer.frontend import FrameAssembler, Rejection
+
+    drive = Drive(n=3, yaw=0.2)
+    fe = FrameAssembler(P.frontend_config(P.validate({
+        "heading_source": "imu", "camera_extrinsics_xyz_rpy": extrinsics_param()})))
+    T_base_imu = pose_enu(0.2, -0.1, 0.8, math.pi / 2, 0.02, -0.03)
+    R_base_imu = T_base_imu[:3, :3]
+
+    def inputs(i):
+        fe.add_camera_info(drive.info_msg(i))
+        fe.add_odometry(drive.odom_msg(i))
+
+    # no /tf_static yet: refused as a heading source, said once per frame
+    inputs(0)
+    r = fe.add_imu(_imu_msg(drive.stamps[0], drive.T_world[0][:3, :3] @ R_base_imu, "imu"))
+    assert isinstance(r, Rejection) and "'imu'" in r.message and "base_link" in r.message
+    assert fe.add_imu(_imu_msg(drive.stamps[0], drive.T_world[0][:3, :3] @ R_base_imu,
+                               "/imu")) is None
+    assert fe.imu_frame_unresolved == 2 and "not used" in fe.imu_heading_frame
+    frame = fe.assemble(drive.image_msg(0))
+    assert isinstance(frame, Rejection) and "no /tf_static link" in frame.message
+    # with the transform: the body's heading, whatever the mounting
+    fe.add_tf_static(_tf_msg("base_link", "imu", T_base_imu))
+    for i in (1, 2):
+        inputs(i)
+        assert fe.add_imu(_imu_msg(drive.stamps[i], drive.T_world[i][:3, :3] @ R_base_imu,
+                                   "imu")) is None
+        frame = fe.assemble(drive.image_msg(i))
+        assert frame.heading_enu_rad == pytest.approx(0.2, abs=1e-9), i
+    assert fe.imu_heading_frame == "imu -> base_link (/tf_static)"
+    # an IMU in base_link itself, or without a frame_id, is taken as is
+    for frame_id in ("base_link", ""):
+        fe.heading.clear()
+        assert fe.add_imu(_imu_msg(drive.stamps[2], pose_enu(0, 0, 0, -1.0)[:3, :3],
+                                   frame_id)) is None
+        assert fe.assemble(drive.image_msg(2)).heading_enu_rad == pytest.approx(-1.0)
+    # the IMU frame linked through a common ancestor (base_link is not its ancestor)
+    fe2 = FrameAssembler(fe.config)
+    fe2.add_tf_static(_tf_msg("base_footprint", "base_link", pose_enu(0, 0, 0.3, 0.0)))
+    fe2.add_tf_static(_tf_msg("base_footprint", "imu", pose_enu(0, 0, 1.0, -math.pi / 2)))
+    fe2.add_camera_info(drive.info_msg(2))
+    fe2.add_odometry(drive.odom_msg(2))
+    fe2.add_imu(_imu_msg(drive.stamps[2], pose_enu(0, 0, 0, 0.2 - math.pi / 2)[:3, :3], "imu"))
+    assert fe2.assemble(drive.image_msg(2)).heading_enu_rad == pytest.approx(0.2)

@@ -67,21 +67,78 @@ def test_params_file_documents_every_parameter_with_the_node_defaults():
     assert checked == len(P.PARAMS)
 
 
-def test_shipped_params_file_alone_configures_and_activates(ros_context):
+def test_shipped_params_file_alone_configures_or_fails_configure_with_the_reason(ros_context):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
     from cvl_ros.ros.node import LocalizerNode
 
     node = LocalizerNode(context=ros_context,
                          cli_args=["--ros-args", "--params-file", str(PARAMS_FILE)])
     try:
         assert node.p("database_path") == "demo_out/db"
-        node.trigger_configure()
-        node.trigger_activate()
-        assert node._lifecycle_state == "active"
-        # either it localizes (demo model + demo DB built) or it says what is missing and how
-        assert node.localizer is not None or any(
-            "cvl-build-db" in m or "models/cvlnet_demo" in m for m in node.missing)
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            # the demo model and the demo database are built: it localizes
+            assert node.localizer is not None
+            node.trigger_activate()
+            assert node._lifecycle_state == "active"
+        else:
+            # a real install without them: configure fails (a lifecycle manager sees it) and
+            # the node says what is missing and how to build it
+            assert node._lifecycle_state == "unconfigured" and node.localizer is None
+            assert any("cvl-build-db" in m or "models/cvlnet_demo" in m for m in node.missing)
     finally:
         node.destroy_node()
+
+
+def test_cvl_localize_refuses_a_broken_params_file_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**:\n  ros__parameters:\n    queue_size: [1,\n")
+    for args in (["--params-file", str(bad)], ["-p", "use_sim_time:=maybe"]):
+        res = subprocess.run(_node_cmd() + ["--ros-args", *args], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr and "cvl-localize:" in res.stderr, res.stderr
+
+
+def test_cvl_localize_stays_up_unconfigured_with_the_reason(tmp_path, ros_executor, spin_until):
+    """A wrong-typed parameter and a missing database: no exit, no traceback; /diagnostics
+    says why (ERROR, unconfigured) and that configure is retried."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    params = tmp_path / "wrong_types.yaml"
+    params.write_text(PARAMS_FILE.read_text().replace("queue_size: 1", "queue_size: two")
+                      .replace("diagnostics_rate_hz: 1.0", "diagnostics_rate_hz: fast"))
+    assert "queue_size: two" in params.read_text() and "rate_hz: fast" in params.read_text()
+    cmd = _node_cmd() + ["--ros-args", "--params-file", str(params),
+                         "-p", f"database_path:={tmp_path / 'nope'}"]
+    log = open(tmp_path / "node.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        n = rclpy.create_node("diag_probe", context=ros_executor.context)
+        diags = []
+        n.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+        ros_executor.add_node(n)
+        spin_until(ros_executor, lambda: any(
+            d.status[0].hardware_id == "cvl_localizer" for d in diags), 30.0,
+            "diagnostics of the unconfigured node")
+        st = [d.status[0] for d in diags if d.status[0].hardware_id == "cvl_localizer"][-1]
+        values = {kv.key: kv.value for kv in st.values}
+        assert st.level == st.ERROR and values["lifecycle_state"] == "unconfigured"
+        assert "queue_size" in values["missing_resources"] and "retried" in st.message
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        log.close()
+    out = (tmp_path / "node.log").read_text()
+    assert "Traceback" not in out and "queue_size" in out, out
+    assert rc in (0, -signal.SIGINT), out
 
 
 def test_two_processes(tmp_path, ros_executor, spin_until):

@@ -12,12 +12,18 @@ Rules (each the node's documented parameter, see docs/parameters.md):
   ``camera_info_tolerance_s`` (negative: the newest whatever its stamp);
 - odometry: interpolated at the image stamp (held at most ``odom_max_extrapolation_s`` beyond
   the buffered span); a stamp going backwards clears the buffer (a looping bag);
-- heading: the IMU's absolute ENU yaw interpolated within ``imu_tolerance_s`` when
-  ``heading_source`` is imu/auto; an IMU without orientation (REP-145:
-  ``orientation_covariance[0] == -1``) is no heading source; with ``imu`` and no heading the
-  image is rejected;
-- extrinsics: base_frame <- camera optical frame from the /tf_static chain when
-  ``use_tf_static_extrinsics`` and a chain exists, else ``camera_extrinsics_xyz_rpy``;
+- heading: the absolute ENU yaw of ``base_frame`` from the IMU, interpolated within
+  ``imu_tolerance_s`` when ``heading_source`` is imu/auto. REP-145 orientations are those of
+  the IMU's own frame (``header.frame_id``): they are rotated into ``base_frame`` through the
+  /tf_static tree (an empty frame_id or ``base_frame`` itself is taken as is). An IMU whose
+  frame has no /tf_static connection to ``base_frame`` is **no heading source** (its yaw would
+  be the sensor's, not the body's): it is said once per frame (a Rejection) and shown by
+  ``imu_heading_frame``; the heading is used as soon as the transform arrives. An IMU without
+  orientation (REP-145: ``orientation_covariance[0] == -1``) is no heading source either; with
+  ``imu`` and no heading the image is rejected;
+- extrinsics: base_frame <- camera optical frame from the /tf_static tree when
+  ``use_tf_static_extrinsics`` and the two frames are connected, else
+  ``camera_extrinsics_xyz_rpy``;
 - GPS prior: a fix with status >= 0 and a valid WGS84 position; sigma from
   ``gps_prior_sigma_m``, else the NavSatFix covariance, else 10 m.
 """
@@ -86,6 +92,13 @@ class FrameAssembler:
         self.static_tf: dict[str, tuple[str, np.ndarray]] = {}
         self.extrinsics_source = ""
         self.imu_without_orientation = 0
+        #: IMU messages not used as heading: their frame has no /tf_static link to base_frame
+        self.imu_frame_unresolved = 0
+        #: how the IMU orientation reaches base_frame (shown in /diagnostics)
+        self.imu_heading_frame = ""
+        self._imu_R_base: dict[str, np.ndarray] = {}  # imu frame -> R_base_imu (cache)
+        self._imu_frames_reported: set[str] = set()
+        self._imu_unusable = False  # the newest IMU message's frame is not linked to base_frame
         self._last_image_stamp_ns: int | None = None
 
     # ------------------------------------------------------------------ inputs
@@ -141,18 +154,81 @@ class FrameAssembler:
             except ValueError as exc:
                 out.append(Rejection("bad /tf_static",
                                      f"/tf_static {t.child_frame_id} rejected: {exc}"))
+        self._imu_R_base.clear()  # the tree changed: IMU rotations are looked up again
         return out
 
+    def static_transform(self, target: str, source: str) -> np.ndarray | None:
+        """``T_target_source`` from the /tf_static tree, or None when they are not connected.
+
+        Both frames are walked up to their common ancestor, so ``source`` may be a descendant
+        of ``target`` (base_link -> a -> b -> camera), its ancestor, or a sibling.
+        """
+        if source == target:
+            return np.eye(4)
+        up: dict[str, np.ndarray] = {source: np.eye(4)}  # ancestor -> T_ancestor_source
+        frame, T = source, np.eye(4)
+        while frame in self.static_tf:
+            parent, T_pc = self.static_tf[frame]
+            if parent in up:  # a cycle
+                break
+            T = T_pc @ T
+            up[parent] = T
+            frame = parent
+        frame, T, seen = target, None, set()  # T: T_ancestor_target (None = identity)
+        while True:
+            if frame in up:
+                return up[frame] if T is None else np.linalg.inv(T) @ up[frame]
+            if frame not in self.static_tf or frame in seen:
+                return None
+            seen.add(frame)
+            parent, T_pc = self.static_tf[frame]
+            T = T_pc if T is None else T_pc @ T
+            frame = parent
+
     def add_imu(self, msg) -> Rejection | None:
-        """Buffer the absolute heading of a ``sensor_msgs/Imu`` (when it has an orientation)."""
+        """Buffer the absolute ENU heading of ``base_frame`` that a ``sensor_msgs/Imu`` gives.
+
+        REP-145: the orientation is the IMU frame's (``header.frame_id``); it is rotated into
+        ``base_frame`` through /tf_static. Nothing is buffered without an orientation or when the
+        IMU frame has no /tf_static link to ``base_frame`` (said once per frame: a Rejection).
+        """
         if msg.orientation_covariance[0] == -1.0:
             self.imu_without_orientation += 1
             if self.config.heading_source == "imu":
                 return Rejection("imu without orientation", "imu has no orientation "
                                  "(orientation_covariance[0] = -1) but heading_source is imu")
             return None
+        base = self.config.base_frame
+        frame = msg.header.frame_id.lstrip("/")
+        R_base_imu = None
+        if frame and frame != base:
+            R_base_imu = self._imu_R_base.get(frame)
+            if R_base_imu is None:
+                T = self.static_transform(base, frame)
+                if T is None:  # REP-145: the orientation is the sensor's, not the body's
+                    self.imu_frame_unresolved += 1
+                    self._imu_unusable = True
+                    self.imu_heading_frame = (f"{frame}: no /tf_static link to {base}; "
+                                              "not used as heading")
+                    if frame in self._imu_frames_reported:
+                        return None
+                    self._imu_frames_reported.add(frame)
+                    return Rejection(
+                        "imu frame without /tf_static",
+                        f"imu frame '{frame}' has no /tf_static link to '{base}' (yet): its "
+                        "orientation is not used as the heading until there is one (publish "
+                        f"the static transform {base} -> {frame})")
+                R_base_imu = self._imu_R_base[frame] = T[:3, :3]
+        self._imu_unusable = False
+        self.imu_heading_frame = (f"{frame} -> {base} (/tf_static)" if R_base_imu is not None
+                                  else base if frame else f"'' (taken as {base})")
         try:
-            yaw = convert.yaw_from_quat(msg.orientation)
+            if R_base_imu is None:
+                yaw = convert.yaw_from_quat(msg.orientation)
+            else:  # R_enu_base = R_enu_imu * R_imu_base
+                q = msg.orientation
+                R = convert.quat_to_matrix(q.x, q.y, q.z, q.w) @ R_base_imu.T
+                yaw = float(math.atan2(R[1, 0], R[0, 0]))
         except ValueError as exc:
             return Rejection("bad imu orientation", f"imu orientation rejected: {exc}")
         self.heading.add(convert.stamp_to_ns(msg.header.stamp), yaw)
@@ -202,17 +278,11 @@ class FrameAssembler:
         """
         c = self.config
         base = c.base_frame
-        if c.use_tf_static_extrinsics and camera_frame:
-            T = np.eye(4)
-            frame, seen = camera_frame, set()
-            while frame in self.static_tf and frame not in seen:
-                seen.add(frame)
-                parent, T_pc = self.static_tf[frame]
-                T = T_pc @ T
-                if parent == base:
-                    self.extrinsics_source = f"/tf_static {base}->{camera_frame}"
-                    return T
-                frame = parent
+        if c.use_tf_static_extrinsics and camera_frame and camera_frame != base:
+            T = self.static_transform(base, camera_frame)
+            if T is not None:
+                self.extrinsics_source = f"/tf_static {base}->{camera_frame}"
+                return T
         from cvl_ros.camera import make_body_from_camera
 
         self.extrinsics_source = "parameter camera_extrinsics_xyz_rpy" + (
@@ -237,8 +307,9 @@ class FrameAssembler:
         if self.config.heading_source in ("imu", "auto"):
             heading = self.heading.lookup(stamp_ns, self.config.imu_tolerance_s)
             if heading is None and self.config.heading_source == "imu":
+                why = f"; imu frame {self.imu_heading_frame}" if self._imu_unusable else ""
                 return Rejection("no imu heading", "image dropped: no IMU heading near its "
-                                 f"stamp (tolerance {self.config.imu_tolerance_s} s)")
+                                 f"stamp (tolerance {self.config.imu_tolerance_s} s){why}")
         try:
             if hasattr(image_msg, "format"):  # CompressedImage
                 rgb = convert.compressed_to_rgb(image_msg)
@@ -256,4 +327,6 @@ class FrameAssembler:
         self.heading.clear()
         self.camera_infos.clear()
         self.static_tf.clear()
+        self._imu_R_base.clear()
+        self._imu_frames_reported.clear()
         self._last_image_stamp_ns = None

@@ -41,6 +41,13 @@ from cvl_ros.ros import convert
 
 NODE_NAME = "cvl_localizer"
 _STATUS_NAMES = {int(s): s.name for s in Status}
+#: With ``autostart`` (cvl-localize), a failed configure is retried this often [s], so a model or
+#: database that appears later (``make demo`` run after the node started) is picked up.
+AUTOSTART_RETRY_S = 5.0
+#: tf2's ``StaticListenerQoS``: every static broadcaster's transforms reach a late subscriber.
+TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                           history=HistoryPolicy.KEEP_LAST)
 
 class _Rate:
     """Arrival rate over a sliding window (monotonic clock)."""
@@ -78,6 +85,12 @@ class LocalizerNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = None
         self._tf_timer = None
+        self._retry_timer = None
+        self._retry_s = AUTOSTART_RETRY_S
+        self._last_failure: list[str] = []
+        # map->odom: the worker (new estimates) and the re-send timer both publish it; the lock
+        # keeps "stamps never decrease" true across the two threads
+        self._tf_lock = threading.Lock()
         self._subs: list = []
         self._pubs: dict = {}
         self._srv = None
@@ -103,6 +116,16 @@ class LocalizerNode(LifecycleNode):
         if name in self._values:
             return self._values[name]
         return self.get_parameter(name).value
+
+    def p_or_default(self, name: str):
+        """A parameter's value, validated on its own; its default when it is invalid (for the
+        few read before configure: ``autostart``, ``diagnostics_rate_hz``)."""  # noqa: D205, D209
+        if name in self._values:
+            return self._values[name]
+        try:
+            return P.validate({name: self.get_parameter(name).value})[name]
+        except P.ParameterError:
+            return P.PARAMS[name].default
 
     def _raw_values(self) -> dict[str, object]:
         return {name: self.get_parameter(name).value for name in P.PARAMS}
@@ -135,11 +158,12 @@ class LocalizerNode(LifecycleNode):
         self.last_status = Status.NO_FIX
         self.last_reset_reason = ""
         self._tf_last: tuple[np.ndarray, int] | None = None
+        self._tf_sent_ns: int | None = None  # stamp of the last map->odom sent (never decreases)
         self.assembler = FrameAssembler(P.frontend_config(self._values) if self._values
                                         else P.frontend_config(P.defaults()))
 
     def _start_diag_timer(self) -> None:
-        rate = float(self.p("diagnostics_rate_hz"))
+        rate = float(self.p_or_default("diagnostics_rate_hz"))
         if rate > 0 and self._diag_timer is None:
             self._diag_timer = self.create_timer(1.0 / rate, self._guard(self._publish_diagnostics))
 
@@ -170,34 +194,65 @@ class LocalizerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        """Load the model and the tile database; missing ones are reported, not fatal."""
+        """Validate the parameters, load the model and the tile database.
+
+        FAILURE (the node stays unconfigured, as a nav2 lifecycle manager expects) when a
+        parameter is invalid or the model, the database or the localizer cannot be made; the
+        reasons are logged and shown in /diagnostics (``missing_resources``, ERROR).
+        """
         self._values = {}
         self._reset_state()
         self.localizer = None
         self.missing = []
         try:
+            self._configure()
+        except Exception as exc:  # never an unexplained ERROR transition
+            self.missing.append(f"configure failed: {type(exc).__name__}: {exc}")
+            self.get_logger().debug(traceback.format_exc())
+            self.localizer = None
+        if self.localizer is None:
+            self._values = {}
+            if not self.missing:
+                self.missing.append("configure failed")
+            # a periodic retry repeats the same reasons: logged as errors when they change
+            log = (self.get_logger().error if self.missing != self._last_failure
+                   else self.get_logger().debug)
+            for m in self.missing:
+                log(f"not localizing: {m}")
+            log("configure failed; the node stays unconfigured" + (
+                f" (configure is retried every {self._retry_s:g} s)"
+                if self._retry_timer is not None else ""))
+            self._last_failure = list(self.missing)
+            self._lifecycle_state = "unconfigured"
+            return TransitionCallbackReturn.FAILURE
+        self._last_failure = []
+        self._lifecycle_state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        """The work of ``on_configure``: sets ``localizer``, or leaves it None with ``missing``."""
+        try:
             self._values = P.validate(self._raw_values())
         except P.ParameterError as exc:
             self.missing = exc.errors
-        if self.missing:  # not localizing, reported in diagnostics; the node stays up
-            for m in self.missing:
-                self.get_logger().error(f"not localizing: {m}")
-            self._lifecycle_state = "inactive"
-            return TransitionCallbackReturn.SUCCESS
+            return
         self._reset_state()  # the front end with the validated parameters
         if int(self.p("torch_threads")) > 0:
             import torch
 
             torch.set_num_threads(int(self.p("torch_threads")))
-        model = db = None
+        model = db = calibration = None
         ckpt = db_path = None
         try:
+            from cvl_ros.calibration import calibration_path, load_calibration
             from cvl_ros.model.cvlnet import load_checkpoint, resolve_checkpoint
 
             ckpt = resolve_checkpoint(self.p("checkpoint_path"))
             model, _ = load_checkpoint(ckpt)
+            calibration = load_calibration(ckpt, model.model_hash())
         except Exception as exc:  # reported in diagnostics
             self.missing.append(f"model: {exc}")
+            model = None
         db_param = str(self.p("database_path"))
         db_path = resolve_path(db_param)
         try:
@@ -214,15 +269,14 @@ class LocalizerNode(LifecycleNode):
             self.missing.append(f"database: {msg}")
         if model is not None and db is not None:
             try:
-                self.localizer = Localizer(model, db, P.localizer_config(self._values),
+                self.localizer = Localizer(model, db,
+                                           P.localizer_config(self._values, calibration),
                                            device=str(self.p("device")))
                 if self.localizer.device_warning:
                     self.get_logger().warning(self.localizer.device_warning)
             except Exception as exc:
                 self.missing.append(f"localizer: {exc}")
                 self.localizer = None
-        for m in self.missing:
-            self.get_logger().error(f"not localizing: {m}")
         if self.localizer is not None and bool(self.p("use_database_datum")):
             # show the datum in use through the (otherwise ignored) map_datum_* parameters
             from rclpy.parameter import Parameter
@@ -234,12 +288,22 @@ class LocalizerNode(LifecycleNode):
         if self.localizer is not None:
             self.get_logger().info(
                 f"configured: model {ckpt}, database {db_path} ({len(db)} tiles), device "
-                f"{self.localizer.device}, map datum {self.localizer.datum}")
-        self._lifecycle_state = "inactive"
-        return TransitionCallbackReturn.SUCCESS
+                f"{self.localizer.device}, map datum {self.localizer.datum}, score temperature "
+                f"{self.localizer.config.score_temperature:g} ("
+                + ("parameter" if self.p("localizer.score_temperature") else
+                   "fitted, " + str(calibration_path(ckpt)) if calibration else "uncalibrated")
+                + ")")
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        """Create publishers/subscriptions/service/timers and start the worker."""
+        """Create publishers/subscriptions/service/timers and start the worker.
+
+        FAILURE (the node stays inactive) when configure left no localizer.
+        """
+        if self.localizer is None:
+            if not self.missing:
+                self.missing.append("not configured: no model/database loaded")
+            self.get_logger().error("activate refused: not localizing: " + "; ".join(self.missing))
+            return TransitionCallbackReturn.FAILURE
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              history=HistoryPolicy.KEEP_LAST)
@@ -268,7 +332,10 @@ class LocalizerNode(LifecycleNode):
             self._subscribe(Image, "image", self._on_image, sensor)
         self._subscribe(CameraInfo, "camera_info", self._on_info, sensor)
         src = str(self.p("odom_source"))
-        if src == "tf" or bool(self.p("use_tf_static_extrinsics")):
+        # /tf_static: the camera extrinsics, and the IMU frame's rotation into base_frame
+        want_static = (bool(self.p("use_tf_static_extrinsics"))
+                       or str(self.p("heading_source")) in ("imu", "auto"))
+        if src == "tf" or want_static:
             try:
                 from tf2_msgs.msg import TFMessage
 
@@ -276,13 +343,18 @@ class LocalizerNode(LifecycleNode):
                     self._subscribe(
                         TFMessage, "/tf", self._on_tf,
                         QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-                if bool(self.p("use_tf_static_extrinsics")):
-                    # transient-local gets the latched statics; a second, volatile subscription
-                    # also hears replayers/converters that lost the transient-local QoS
-                    self._subscribe(TFMessage, "/tf_static", self._on_tf_static, latched)
+                if want_static:
+                    # tf2's static listener QoS (depth 100, reliable, transient local): each
+                    # static broadcaster latches its own message, and a late subscriber of
+                    # depth 1 kept only one of them
+                    self._subscribe(TFMessage, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
+                    # A volatile publisher (a replayer or relay that lost the transient-local
+                    # QoS) is incompatible with the subscription above and is heard only by
+                    # this one. It does no harm: a transient-local publisher reaches both, and
+                    # a transform heard twice is stored twice under its child frame, unchanged.
                     self._subscribe(
                         TFMessage, "/tf_static", self._on_tf_static,
-                        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                    durability=DurabilityPolicy.VOLATILE))
             except ImportError:
                 self.missing.append("tf2_msgs is not installed: /tf input unavailable")
@@ -360,7 +432,31 @@ class LocalizerNode(LifecycleNode):
         """Release everything and go back to unconfigured."""
         self._teardown_active()
         self.localizer = None
+        self._values = {}
+        self._lifecycle_state = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
+
+    # ------------------------------------------------------------------ autostart
+    def start_autostart(self, retry_s: float = AUTOSTART_RETRY_S) -> bool:
+        """Configure and activate now (``autostart``); when configure fails, stay unconfigured
+        and retry every ``retry_s`` s (a timer) until it succeeds. Returns whether it is active.
+
+        The retry stops once the node left ``unconfigured`` by any means (a lifecycle manager
+        or ``ros2 lifecycle set`` included).
+        """  # noqa: D205
+        if self._retry_timer is None and self._lifecycle_state == "unconfigured":
+            self._retry_s = float(retry_s)
+            self._retry_timer = self.create_timer(retry_s, self._guard(self._autostart_tick))
+        self._autostart_tick()
+        return self._lifecycle_state == "active"
+
+    def _autostart_tick(self) -> None:
+        if self._lifecycle_state == "unconfigured":
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+        if self._lifecycle_state != "unconfigured" and self._retry_timer is not None:
+            self.destroy_timer(self._retry_timer)
+            self._retry_timer = None
 
     # ------------------------------------------------------------------ callbacks (cheap)
     def _on_image(self, msg) -> None:
@@ -384,7 +480,7 @@ class LocalizerNode(LifecycleNode):
             # first image of the new run arrives (one place, so no reset races a frame)
             self.counters["odom_time_jumps"] += 1
             self.get_logger().warning(r.message)
-            self._tf_last = None
+            self._forget_tf()
         else:
             self.input_error(r.message)
 
@@ -393,7 +489,7 @@ class LocalizerNode(LifecycleNode):
         self.counters["resets"] += 1
         self.last_reset_reason = reason
         self.get_logger().warning(f"resetting: {reason}")
-        self._tf_last = None
+        self._forget_tf()
         if self.localizer is not None:
             self.localizer.reset(reason)
 
@@ -551,35 +647,61 @@ class LocalizerNode(LifecycleNode):
         publish_tf = est.status == Status.TRACKING or (
             est.status == Status.LOW_CONFIDENCE and bool(self.p("tf_publish_low_confidence")))
         if publish_tf and "tf" in pubs and est.T_map_odom is not None:
-            self._tf_last = (est.T_map_odom, est.stamp_ns)
-            self._send_tf(est.stamp_ns)
+            self._send_tf(est.stamp_ns, (est.T_map_odom, est.stamp_ns))
         if bool(self.p("publish_heatmap")):
             src = est.posterior if str(self.p("heatmap_source")) == "posterior" else est.score_map
             if src is not None:
                 pubs["heatmap"].publish(convert.heatmap_to_image(
                     src, stamp, map_frame, colour=bool(self.p("heatmap_colour"))))
 
-    def _send_tf(self, stamp_ns: int) -> None:
+    def _send_tf(self, stamp_ns: int, correction: tuple[np.ndarray, int] | None = None,
+                 resend: tuple[np.ndarray, int] | None = None) -> None:
+        """Send map->odom: ``correction``, a new (T_map_odom, estimate stamp), or ``resend``,
+        the correction a re-send was computed for (skipped when it was replaced meanwhile).
+
+        Stamped ``stamp_ns + transform_tolerance``, but never earlier than the stamp sent last:
+        a re-send stamped with the clock may run ahead of the next estimate's image stamp, and
+        tf2 would then mix the old and the new correction. The floor is forgotten only with the
+        correction, at a time reset (``_forget_tf``).
+        """  # noqa: D205
         from tf2_msgs.msg import TFMessage
 
-        pub = self._pubs.get("tf")
-        if pub is None or self._tf_last is None:
-            return
-        T, _ = self._tf_last
-        tol_ns = int(float(self.p("transform_tolerance")) * 1e9)
-        t = convert.matrix_to_transform_stamped(
-            T, str(self.p("map_frame")), str(self.p("odom_frame")),
-            convert.ns_to_stamp(stamp_ns + tol_ns))
-        pub.publish(TFMessage(transforms=[t]))
+        with self._tf_lock:
+            if correction is not None:
+                self._tf_last = correction
+            elif resend is not self._tf_last:
+                return  # replaced or forgotten (a time reset) since the re-send was computed
+            pub = self._pubs.get("tf")
+            if pub is None or self._tf_last is None:
+                return
+            T, _ = self._tf_last
+            tol_ns = int(float(self.p("transform_tolerance")) * 1e9)
+            t_ns = stamp_ns + tol_ns
+            if self._tf_sent_ns is not None and t_ns < self._tf_sent_ns:
+                t_ns = self._tf_sent_ns
+            self._tf_sent_ns = t_ns
+            t = convert.matrix_to_transform_stamped(
+                T, str(self.p("map_frame")), str(self.p("odom_frame")), convert.ns_to_stamp(t_ns))
+            pub.publish(TFMessage(transforms=[t]))
+
+    def _forget_tf(self) -> None:
+        """Time went backwards (a looping bag): drop the correction and the stamp floor; the
+        next estimate's stamp starts the new run's map->odom stamps."""  # noqa: D205, D209
+        with self._tf_lock:
+            self._tf_last = None
+            self._tf_sent_ns = None
 
     def _republish_tf(self) -> None:
-        if self._tf_last is None:
+        last, sent_ns = self._tf_last, self._tf_sent_ns
+        if last is None:
             return
         now_ns = self.get_clock().now().nanoseconds
-        est_ns = self._tf_last[1]
-        if now_ns and now_ns < est_ns - int(5e9):  # the clock jumped back (looping bag)
+        tol_ns = int(float(self.p("transform_tolerance")) * 1e9)
+        if now_ns and sent_ns is not None and now_ns < sent_ns - tol_ns - int(5e9):
+            # the clock jumped back (a looping bag under sim time): nothing is re-sent until
+            # the first image of the new run resets the node (_time_reset -> _forget_tf)
             return
-        self._send_tf(max(now_ns, est_ns))
+        self._send_tf(max(now_ns, last[1]), resend=last)
 
     def _publish_diagnostics(self) -> None:
         est = self.last_estimate
@@ -594,19 +716,25 @@ class LocalizerNode(LifecycleNode):
             "frame_states_computed": (str(self.localizer.state_refreshes)
                                       if self.localizer else "0"),
             "device": self.localizer.device if self.localizer else "",
+            "score_temperature": (f"{self.localizer.config.score_temperature:g}"
+                                  if self.localizer else ""),
             "last_input_error": self.last_error,
             "last_reset_reason": self.last_reset_reason,
             "missing_resources": " | ".join(self.missing),
             "extrinsics_source": self.extrinsics_source,
+            "imu_heading_frame": self.assembler.imu_heading_frame,
         }
         for k, r in self.rates.items():
             values[f"{k}_rate_hz"] = f"{r.hz():.2f}"
         for k, v in self.counters.items():
             values[k] = str(v)
         values["imu_without_orientation"] = str(self.assembler.imu_without_orientation)
+        values["imu_frame_unresolved"] = str(self.assembler.imu_frame_unresolved)
         recent_error = self.last_error and time.monotonic() - self.last_error_time < 5.0
         if self.missing and self.localizer is None:
             level, text = DiagnosticStatus.ERROR, "not localizing: " + "; ".join(self.missing)
+            if self._retry_timer is not None:
+                text += f" (configure is retried every {self._retry_s:g} s)"
         elif self._lifecycle_state != "active":
             level, text = DiagnosticStatus.WARN, f"node is {self._lifecycle_state}"
         elif recent_error:
@@ -631,17 +759,38 @@ class LocalizerNode(LifecycleNode):
         super().destroy_node()
 
 
+def _fail(what: str, exc: BaseException) -> int:
+    msg = str(exc).strip() or type(exc).__name__
+    print(f"cvl-localize: {what}: {msg}\n(parameters: docs/parameters.md; run with "
+          "--ros-args --params-file config/localize.yaml)", file=sys.stderr)
+    if rclpy.ok():
+        rclpy.shutdown()
+    return 2
+
+
 def main(args=None) -> int:
-    """Entry point of ``cvl-localize`` (``--ros-args --params-file config/localize.yaml``)."""
+    """Entry point of ``cvl-localize`` (``--ros-args --params-file config/localize.yaml``).
+
+    Exits 2 with a one-line reason (no traceback) when ROS cannot start the node: an unreadable
+    or malformed params file, or a value ROS itself refuses (``use_sim_time: maybe``). Every
+    other invalid parameter, a missing model or database: the node stays up, unconfigured,
+    with the reason in /diagnostics, and with ``autostart`` retries configure every
+    ``AUTOSTART_RETRY_S`` s.
+    """
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=args)
-    node = LocalizerNode()
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # RCLError: "Couldn't parse params file ..."
+        return _fail("cannot start", exc)
+    try:
+        node = LocalizerNode()
+    except Exception as exc:  # e.g. InvalidParameterTypeException of a ROS-declared parameter
+        return _fail("cannot create the node", exc)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    if bool(node.p("autostart")):
-        node.trigger_configure()
-        node.trigger_activate()
+    if bool(node.p_or_default("autostart")):
+        node.start_autostart()
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
