@@ -311,6 +311,29 @@ def _existing_under(root: Path, member: str) -> list[str]:
     return []
 
 
+def check_members(root, members: Iterable[str], *, tool: str, inputs=(),
+                  overwrite: bool = False, recognise: Callable[[Path], set] | None = None,
+                  what: str = "--out") -> None:
+    """The checks of :func:`prepare_members`, without writing anything (to fail early)."""
+    root = _abs(root)
+    members = [str(m).strip("/") for m in members]
+    check_separate([root / m for m in members], inputs, what)
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"{what} {root} is a file, not a folder; choose a folder path")
+    existing = [e for m in members for e in _existing_under(root, m)]
+    existing_files = [e for e in existing if not e.endswith("/")]
+    if existing_files and not overwrite:
+        raise OutputError(f"{what} {root} already holds {_listing(existing_files, root)}; pass "
+                          "--overwrite to replace them, or choose another folder")
+    owned = owned_entries(root, recognise) if existing else set()
+    foreign = [e for e in existing if e not in owned
+               and not (e.endswith("/") and e.rstrip("/") in members)]
+    if foreign:
+        raise OutputError(f"{what} {root}: {_listing(foreign, root)} were not written by {tool} "
+                          f"(not listed in {root / MARKER}); {tool} will not replace them: move "
+                          "them away or delete them yourself, then run again")
+
+
 @contextmanager
 def prepare_members(root, members: Iterable[str], *, tool: str, inputs=(),
                     overwrite: bool = False, recognise: Callable[[Path], set] | None = None,
@@ -329,21 +352,8 @@ def prepare_members(root, members: Iterable[str], *, tool: str, inputs=(),
     """
     root = _abs(root)
     members = [str(m).strip("/") for m in members]
-    check_separate([root / m for m in members], inputs, what)
-    if root.exists() and not root.is_dir():
-        raise OutputError(f"{what} {root} is a file, not a folder; choose a folder path")
-    existing = [e for m in members for e in _existing_under(root, m)]
-    existing_files = [e for e in existing if not e.endswith("/")]
-    if existing_files and not overwrite:
-        raise OutputError(f"{what} {root} already holds {_listing(existing_files, root)}; pass "
-                          "--overwrite to replace them, or choose another folder")
-    owned = owned_entries(root, recognise) if existing else set()
-    foreign = [e for e in existing if e not in owned
-               and not (e.endswith("/") and e.rstrip("/") in members)]
-    if foreign:
-        raise OutputError(f"{what} {root}: {_listing(foreign, root)} were not written by {tool} "
-                          f"(not listed in {root / MARKER}); {tool} will not replace them: move "
-                          "them away or delete them yourself, then run again")
+    check_members(root, members, tool=tool, inputs=inputs, overwrite=overwrite,
+                  recognise=recognise, what=what)
     root.mkdir(parents=True, exist_ok=True)
     staging = _new_staging(root, f".{tool}.partial-", tool)
     try:

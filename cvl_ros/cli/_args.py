@@ -116,3 +116,18 @@ def resolve_device(name: str, what: str = "--device") -> str:
         raise CliError(f"{what} {d}: this machine has {n} CUDA device(s), cuda:0 to "
                        f"cuda:{n - 1}; choose one of them")
     return d
+
+
+def split_ros_args(argv: list) -> tuple[list, list]:
+    """``(tool arguments, ROS arguments)`` of a command line without the program name.
+
+    Only what follows ``--ros-args`` is ROS's (``rclpy.init(args=[prog, *ros])``): a
+    ``FROM:=TO`` value of the tool's own ``--remap`` is never taken for a legacy ROS remap rule.
+    """
+    argv = list(argv)
+    if "--ros-args" not in argv:
+        return argv, []
+    i = argv.index("--ros-args")
+    rest = argv[i:]
+    end = rest.index("--") if "--" in rest else len(rest)
+    return argv[:i] + rest[end + 1:], rest[:end]
