@@ -208,6 +208,50 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         load_checkpoint(bad)
 
 
+@pytest.mark.parametrize("field,value", [
+    ("camera_height_m", -1.65), ("camera_height_m", 0.0), ("camera_height_m", float("nan")),
+    ("coverage_m", 0), ("coverage_m", float("inf")), ("sat_px", -128), ("sat_px", 128.5),
+    ("grid_cells", 0), ("feature_dim", 0), ("descriptor_dim", -4), ("search_cells", -1),
+    ("max_frames", 0), ("pcsf_heads", 0), ("pcsf_layers", 0), ("uncertainty_min", 0.0),
+    ("uncertainty_min", 1.0), ("triplet_alpha", -10.0), ("displacement_loss_weight", -1.0),
+    ("backbone_frozen", -1), ("use_ssm", "yes"), ("ground_hw", [0, 512]),
+    ("ground_hw", [128]), ("camera_height_m", "1.65"), ("grid_cells", True),
+])
+def test_invalid_config_values_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        CVLNetConfig.from_dict({**CVLNetConfig(**SMALL).to_dict(), field: value})
+
+
+def test_checkpoint_with_an_invalid_config_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, CVLNet(CVLNetConfig(**SMALL)))
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    # a config trained with the camera height's sign flipped (error 15.9 m instead of 6.7 m)
+    meta["config"] = json.dumps({**json.loads(meta["config"]), "camera_height_m": -1.65})
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match=r"invalid model config: camera_height_m must be "
+                                              r"a finite number > 0, got -1\.65"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+    meta["config"] = json.dumps([1, 2])
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_validation_keeps_the_shipped_model_hash():
+    """Checks only: the config dict that is hashed is unchanged (databases stay valid)."""
+    root = Path(__file__).resolve().parents[1] / "models" / "cvlnet_demo"
+    model, _ = load_checkpoint(root / "model.safetensors")
+    assert model.model_hash() == "30f8e145bac4219d"
+    cfg = CVLNetConfig(**SMALL)
+    assert CVLNetConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
 def test_random_initialisation_is_warned(caplog):
     import logging
 

@@ -19,6 +19,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,38 @@ _HASH_OMITTED_IF_DEFAULT = {"pcsf_frame_canvas": False}
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match this code's model."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# field: (kind, low, low exclusive, high, high exclusive); checked by CVLNetConfig on creation
+_CONFIG_RANGES = {
+    "pretrained": ("bool", None, False, None, False),
+    "backbone_frozen": ("int", 0, False, None, False),
+    "sat_px": ("int", 0, True, None, False),
+    "coverage_m": ("real", 0.0, True, None, False),
+    "grid_cells": ("int", 0, True, None, False),
+    "feature_dim": ("int", 0, True, None, False),
+    "descriptor_dim": ("int", 0, True, None, False),
+    "use_ssm": ("bool", None, False, None, False),
+    "use_uncertainty": ("bool", None, False, None, False),
+    "search_cells": ("int", 0, False, None, False),
+    "camera_height_m": ("real", 0.0, True, None, False),
+    "triplet_alpha": ("real", 0.0, True, None, False),
+    "max_frames": ("int", 0, True, None, False),
+    "pcsf_heads": ("int", 0, True, None, False),
+    "pcsf_layers": ("int", 0, True, None, False),
+    "pcsf_separable": ("bool", None, False, None, False),
+    "pcsf_frame_canvas": ("bool", None, False, None, False),
+    "uncertainty_min": ("real", 0.0, True, 1.0, True),
+    "displacement_loss_weight": ("real", 0.0, False, None, False),
+}
 
 
 @dataclass
@@ -113,7 +147,12 @@ class CVLNetConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.ground_hw, (list, tuple)) or len(self.ground_hw) != 2 or not all(
+                _is_int(v) and v > 0 for v in self.ground_hw):
+            raise ValueError(f"ground_hw must be (H, W), two whole numbers > 0, got "
+                             f"{self.ground_hw!r}")
         self.ground_hw = tuple(int(v) for v in self.ground_hw)
+        self._check_values()
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.projection not in PROJECTIONS:
@@ -127,6 +166,31 @@ class CVLNetConfig:
             raise ValueError("pcsf_frame_canvas needs fusion pcsf, projection gvp and "
                              f"pcsf_layers 1 (got {self.fusion}, {self.projection}, "
                              f"{self.pcsf_layers})")
+
+    def _check_values(self) -> None:
+        """Refuse values no model can use (a negative camera height, a zero grid, NaN).
+
+        Only checks, never changes a value: the config enters the model hash as given.
+        """
+        for name, (kind, low, low_open, high, high_open) in _CONFIG_RANGES.items():
+            v = getattr(self, name)
+            if name == "backbone_frozen" and v is None:
+                continue
+            if kind == "bool":
+                if not isinstance(v, bool):
+                    raise ValueError(f"{name} must be true or false, got {v!r}")
+                continue
+            ok = _is_int(v) if kind == "int" else _is_real(v)
+            if ok and low is not None:
+                ok = v > low if low_open else v >= low
+            if ok and high is not None:
+                ok = v < high if high_open else v <= high
+            if not ok:
+                what = "a whole number" if kind == "int" else "a finite number"
+                lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+                hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+                rule = " and ".join(x for x in (lo, hi) if x)
+                raise ValueError(f"{name} must be {what} {rule}, got {v!r}")
 
     @property
     def cell_m(self) -> float:
@@ -524,10 +588,18 @@ def load_checkpoint(path, map_location="cpu") -> tuple[CVLNet, dict]:
         raise CheckpointError(f"checkpoint {path!r}: format {meta.get('format')!r}, expected "
                               f"{CHECKPOINT_FORMAT!r}")
     try:
-        config = CVLNetConfig.from_dict(json.loads(meta["config"]))
+        config_dict = json.loads(meta["config"])
         extra = json.loads(meta.get("extra", "{}"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path!r}: unreadable config/extra: {e}") from e
+    if not isinstance(config_dict, dict):
+        raise CheckpointError(f"checkpoint {path!r}: its config is not a JSON object")
+    try:
+        config = CVLNetConfig.from_dict(config_dict)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path!r}: invalid model config: {e}; the checkpoint "
+                              "cannot be used as it is (retrain, or fix the config it was "
+                              "trained with)") from e
     model = CVLNet(config, load_pretrained=False)
     try:
         model.load_state_dict(tensors, strict=True)
