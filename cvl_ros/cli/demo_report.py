@@ -3,13 +3,21 @@
 ``python -m cvl_ros.cli.demo_report --outputs OUT_BAG --bag INPUT_BAG --out DIR`` writes
 ``estimates.csv``, ``summary.json``, ``trajectory.png``, ``error.png`` and ``heatmap.png`` and
 prints a short summary. Used by ``make demo`` and the end-to-end test.
+
+Both bags are checked first (a folder with readable metadata and the topics the report needs);
+``--out`` may hold other things (the demo's folder): the report files are written beside them
+as in docs/output-safety.md (``prepare_members``): existing ones need ``--overwrite`` and are
+replaced only where this tool wrote them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,7 @@ import numpy as np
 
 from cvl_ros import params as P
 from cvl_ros import report
+from cvl_ros.cli._args import number
 from cvl_ros.offline import expected_keyframes
 from cvl_ros.plots import find_mosaic
 from cvl_ros.ros import bags
@@ -132,27 +141,88 @@ def format_summary(s: dict) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the report of a node run; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m cvl_ros.cli.demo_report",
-                                description=__doc__.splitlines()[0])
+PROG = "python -m cvl_ros.cli.demo_report"
+TOOL = "demo_report"
+#: The files ``report.write_report`` may write (checked before any work).
+REPORT_FILES = ("estimates.csv", "summary.json", "trajectory.png", "error.png",
+                "error_vs_distance.png", "yaw_error.png", "heatmap.png")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return v
+
+
+def _node_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise argparse.ArgumentTypeError(f"not a ROS node name (letters, digits, _): {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the report."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--outputs", required=True, help="bag recorded from the node's outputs")
     p.add_argument("--bag", required=True, help="the input bag that was replayed")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--node-name", default="cvl_localizer")
+    p.add_argument("--out", required=True, help="report folder (may hold other things)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace report files this tool wrote into --out before")
+    p.add_argument("--node-name", type=_node_name, default="cvl_localizer")
     p.add_argument("--mosaic", default=None)
-    p.add_argument("--keyframe-distance", type=float, default=1.0)
-    p.add_argument("--keyframe-interval", type=float, default=0.0)
-    p.add_argument("--extra", default=None, help="JSON object merged into summary.json")
-    args = p.parse_args(argv)
-    for b in (args.outputs, args.bag):
-        if not (Path(b) / "metadata.yaml").is_file():
-            print(f"demo_report: error: {b} is not a bag", file=sys.stderr)
-            return 2
-    s = node_run_report(args.outputs, args.bag, args.out, node_name=args.node_name,
-                        mosaic=args.mosaic, keyframe_distance_m=args.keyframe_distance,
-                        keyframe_interval_s=args.keyframe_interval,
-                        extra=json.loads(args.extra) if args.extra else None)
+    p.add_argument("--keyframe-distance", type=number(float, 0.0, 10000.0, unit="m"),
+                   default=1.0, metavar="M")
+    p.add_argument("--keyframe-interval", type=number(float, 0.0, 86400.0, unit="s"),
+                   default=0.0, metavar="S")
+    p.add_argument("--extra", type=_json_object, default=None,
+                   help="JSON object merged into summary.json")
+    return p
+
+
+def _check(args) -> None:
+    from cvl_ros.cli._args import CliError
+    from cvl_ros.cli._bags import check_bag
+    from cvl_ros.outputs import check_members
+
+    check_bag(args.outputs, "--outputs", topics=[f"/{args.node_name}/geo_pose"])
+    check_bag(args.bag, "--bag", topics=[bags.TOPIC_IMAGE])
+    if args.mosaic and not Path(args.mosaic).is_file():
+        raise CliError(f"--mosaic {args.mosaic}: no such file; give the mosaic PNG (with its "
+                       ".geo.json beside it), or leave --mosaic out")
+    check_members(args.out, REPORT_FILES, tool=TOOL, inputs=[args.outputs, args.bag],
+                  overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the report of a node run; returns the exit status."""
+    from cvl_ros.cli._args import CliError, fail
+    from cvl_ros.cli._bags import READ_ERRORS, read_error
+    from cvl_ros.outputs import OutputError, prepare_members
+
+    args = build_parser().parse_args(argv)
+    try:
+        _check(args)
+    except (CliError, OutputError) as exc:
+        return fail(PROG, exc)
+    with tempfile.TemporaryDirectory(prefix="cvl-demo-report-") as tmp:
+        try:
+            s = node_run_report(args.outputs, args.bag, tmp, node_name=args.node_name,
+                                mosaic=args.mosaic, keyframe_distance_m=args.keyframe_distance,
+                                keyframe_interval_s=args.keyframe_interval, extra=args.extra)
+        except READ_ERRORS as exc:
+            return fail(PROG, read_error(f"{args.outputs} or {args.bag}", exc, "reading"))
+        names = sorted(p.name for p in Path(tmp).iterdir())
+        try:
+            with prepare_members(args.out, names, tool=TOOL, inputs=[args.outputs, args.bag],
+                                 overwrite=args.overwrite) as staging:
+                for name in names:
+                    shutil.move(str(Path(tmp) / name), str(staging / name))
+        except OutputError as exc:
+            return fail(PROG, exc)
     print(format_summary(s))
     return 0
 

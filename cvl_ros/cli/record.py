@@ -7,10 +7,16 @@ the end-to-end test. Stops on SIGINT/SIGTERM (or ``--duration``) and finishes th
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import time
 from pathlib import Path
+
+from cvl_ros.cli._args import number
+
+PROG = "python -m cvl_ros.cli.record"
+_MSGTYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*/msg/[A-Za-z][A-Za-z0-9_]*$")
 
 #: Outputs of ``cvl_localizer`` (relative names are put under ``/<node name>/``).
 NODE_OUTPUTS = {
@@ -35,7 +41,7 @@ def node_output_topics(node_name: str = "cvl_localizer", namespace: str = "") ->
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the recorder."""
-    p = argparse.ArgumentParser(prog="python -m cvl_ros.cli.record",
+    p = argparse.ArgumentParser(prog=PROG,
                                 description="Record the localizer node's outputs into a bag.")
     p.add_argument("out", help="output bag folder (must not exist)")
     p.add_argument("--node-name", default="cvl_localizer")
@@ -43,36 +49,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", action="append", default=[], metavar="TOPIC:=pkg/msg/Type",
                    help="record this topic instead of the node's outputs (repeatable)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=number(float, 0.0, 1e7, low_inclusive=False, unit="s"),
+                   default=None, metavar="S", help="stop after this many seconds")
     p.add_argument("--ready-file", default=None,
                    help="touch this file once the subscriptions exist")
     return p
+
+
+def _topics(args) -> tuple[dict, set]:
+    """``({topic: msgtype}, best-effort topics)`` from the flags; ``CliError`` when bad."""
+    from rclpy.exceptions import NameValidationException
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+
+    from cvl_ros.cli._args import CliError
+    from cvl_ros.ros.bags import make_typestore
+    from cvl_ros.ros.replay import rclpy_message_class
+
+    if args.topic:
+        topics = {}
+        for item in args.topic:
+            t, sep, ty = item.partition(":=")
+            if not sep or not t or not _MSGTYPE.match(ty):
+                raise CliError(f"--topic {item!r}: expected TOPIC:=pkg/msg/Type, e.g. "
+                               "/fix:=sensor_msgs/msg/NavSatFix")
+            topics[t] = ty
+        best_effort: set[str] = set()
+    else:
+        topics = node_output_topics(args.node_name, args.namespace)
+        best_effort = {t for t in topics if t.rsplit("/", 1)[-1] in BEST_EFFORT}
+    for t in topics:
+        try:
+            validate_full_topic_name(t)
+        except NameValidationException as exc:
+            where = "--topic" if args.topic else "--node-name/--namespace"
+            raise CliError(f"{where}: {t!r} is not a valid topic name "
+                           f"({str(exc).splitlines()[0]})") from None
+    store = make_typestore()
+    for t, ty in topics.items():
+        try:
+            rclpy_message_class(ty, store)
+        except ImportError as exc:
+            raise CliError(f"--topic {t}:={ty}: {exc}") from None
+    return topics, best_effort
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recorder; returns the exit status."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.utilities import remove_ros_args
 
-    raw = sys.argv if argv is None else ["record", *argv]
-    args = build_parser().parse_args(remove_ros_args(raw)[1:])
+    from cvl_ros.cli._args import CliError, fail, split_ros_args
+
+    mine, ros = split_ros_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(mine)
     from cvl_ros.ros.recording import TopicRecorder
 
-    if args.topic:
-        topics = {}
-        for item in args.topic:
-            t, sep, ty = item.partition(":=")
-            if not sep:
-                print(f"record: error: bad --topic {item!r} (TOPIC:=pkg/msg/Type)",
-                      file=sys.stderr)
-                return 2
-            topics[t] = ty
-        best_effort: set[str] = set()
-    else:
-        topics = node_output_topics(args.node_name, args.namespace)
-        best_effort = {t for t in topics if t.rsplit("/", 1)[-1] in BEST_EFFORT}
-    rclpy.init(args=raw)
+    out = Path(args.out)
+    try:
+        if out.exists() or out.is_symlink():
+            raise CliError(f"{out} exists; the recorder writes a new bag folder: give a new "
+                           "path (it never writes into or over an existing one)")
+        if not out.parent.is_dir():
+            raise CliError(f"{out}: its folder {out.parent} does not exist; create it first")
+        if args.ready_file and not Path(args.ready_file).parent.is_dir():
+            raise CliError(f"--ready-file {args.ready_file}: its folder does not exist")
+        topics, best_effort = _topics(args)
+    except CliError as exc:
+        return fail(PROG, exc)
+    rclpy.init(args=["record", *ros])
     node = rclpy.create_node("cvl_record")
     stop = {"flag": False}
 
