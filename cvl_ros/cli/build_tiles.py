@@ -221,6 +221,12 @@ def _run(args) -> int:
         mosaic = read_mosaic(args.mosaic, args.georef, args.datum)
     except KeyError as exc:
         raise _InputError(f"geo-reference of {args.mosaic} lacks the key {exc}") from None
+    except json.JSONDecodeError as exc:
+        from cvl_ros.tiles import geo_sidecar_path
+
+        ref = args.georef or geo_sidecar_path(Path(args.mosaic))
+        raise _InputError(f"geo-reference {ref} is not valid JSON ({exc}); fix or regenerate "
+                          "it") from None
     traj = {}
     for key in dict.fromkeys(train + test + (test2 or [])):
         frames, T = drive_camera_track(raw_data / key, mosaic.datum, args.cam)
