@@ -386,12 +386,14 @@ def test_partial_outputs_of_a_crashed_run_do_not_block(tmp_path, capsys):
     assert not stale.exists() and _debris(tmp_path) == []
     # an earlier version killed mid-run: bag/bag.mcap without metadata.yaml
     mcap = (bag / "bag.mcap").read_bytes()
-    for name in ("bag2", "bag3", "bag4"):
+    for name in ("bag2", "bag3", "bag4", "bag5"):
         (tmp_path / name).mkdir()
     (tmp_path / "bag2" / "bag2.mcap").write_bytes(mcap[:-300])  # cut in the summary
     (tmp_path / "bag3" / "bag3.mcap").write_bytes(b"")  # nothing flushed
     (tmp_path / "bag4" / "bag4.mcap").write_bytes(mcap[:200])  # cut inside the first chunk
-    for name in ("bag2", "bag3"):
+    header_end = 17 + int.from_bytes(mcap[9:17], "little")
+    (tmp_path / "bag5" / "bag5.mcap").write_bytes(mcap[:header_end])  # rosbags' header only
+    for name in ("bag2", "bag3", "bag5"):
         code, _, err = _run(capsys, "--drive", drive, "--out", tmp_path / name)
         assert code == 2 and "incomplete bag of an interrupted" in err and "--overwrite" in err
         assert _run(capsys, "--drive", drive, "--out", tmp_path / name, "--overwrite")[0] == 0
@@ -400,6 +402,37 @@ def test_partial_outputs_of_a_crashed_run_do_not_block(tmp_path, capsys):
     code, _, err = _run(capsys, "--drive", drive, "--out", tmp_path / "bag4", "--overwrite")
     assert code == 2 and "delete it yourself" in err
     assert (tmp_path / "bag4" / "bag4.mcap").read_bytes() == mcap[:200]
+
+
+def test_interrupted_recordings_of_others_are_not_recognised(tmp_path):
+    from mcap.writer import Writer as McapWriter
+
+    from cvl_ros.ros.kitti_bag import recognise_kitti_bag
+
+    def mcap_file(name, topic, library_profile="ros2", compression=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        with open(folder / f"{name}.mcap", "wb") as f:
+            w = McapWriter(f, **({"compression": compression} if compression else {}))
+            w.start(profile=library_profile, library="rosbags-0.11.9")
+            sid = w.register_schema("std_msgs/msg/String", "ros2msg", b"string data")
+            cid = w.register_channel(topic, "cdr", sid)
+            w.add_message(cid, 1, b"\0" * 8, 1)
+            w.finish()
+        data = (folder / f"{name}.mcap").read_bytes()
+        (folder / f"{name}.mcap").write_bytes(data[:-200])  # no summary: as if interrupted
+        return folder
+
+    from mcap.writer import CompressionType
+
+    ours = mcap_file("a", bags.TOPIC_FIX, compression=CompressionType.NONE)
+    assert recognise_kitti_bag(ours) == {"a.mcap"}  # the parser reads what mcap writes
+    assert recognise_kitti_bag(mcap_file("b", "/my/camera",
+                                         compression=CompressionType.NONE)) == set()
+    assert recognise_kitti_bag(mcap_file("c", bags.TOPIC_FIX,
+                                         compression=CompressionType.ZSTD)) == set()
+    (ours / "notes.txt").write_text("mine")
+    assert recognise_kitti_bag(ours) == set()
 
 
 @pytest.mark.parametrize("flag,value", [("--frames", "0"), ("--frames", "1.5"),

@@ -319,44 +319,71 @@ def _recognise_incomplete(folder: Path, names: set) -> bool:
 
 
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
+_OP_HEADER, _OP_CHANNEL, _OP_CHUNK = 0x01, 0x04, 0x06
+
+
+def _mcap_string(buf: bytes, at: int) -> tuple[str, int]:
+    n = int.from_bytes(buf[at:at + 4], "little")
+    if at + 4 + n > len(buf):
+        raise ValueError("string runs past its record")
+    return buf[at + 4:at + 4 + n].decode("utf-8"), at + 4 + n
+
+
+def _mcap_records(buf: bytes, at: int = 0):
+    """``(opcode, content)`` of the whole records in ``buf`` from ``at``; stops at a cut one."""
+    while at + 9 <= len(buf):
+        op, n = buf[at], int.from_bytes(buf[at + 1:at + 9], "little")
+        if at + 9 + n > len(buf):
+            return
+        yield op, buf[at + 9:at + 9 + n]
+        at += 9 + n
+
+
+def _mcap_channel_topics(records) -> set:
+    """Channel topics in ``records`` and in the uncompressed chunks among them."""
+    topics: set = set()
+    for op, content in records:
+        if op == _OP_CHANNEL:
+            topics.add(_mcap_string(content, 4)[0])
+        elif op == _OP_CHUNK:
+            compression, at = _mcap_string(content, 28)
+            if compression:  # cvl-kitti2bag never compresses: someone else's file
+                raise ValueError(f"compressed chunk ({compression})")
+            n = int.from_bytes(content[at:at + 8], "little")
+            topics |= _mcap_channel_topics(_mcap_records(content[at + 8:at + 8 + n]))
+    return topics
 
 
 def _mcap_incomplete_ours(path: Path) -> bool:
     """Whether ``path`` is the MCAP file of an interrupted rosbags writer of our topics.
 
     rosbags writes the magic and a header naming itself, then whole 1 MiB chunks (the first
-    holds the channels); a killed run leaves the file cut after any of these. Recognised: an
-    empty file, a rosbags header and nothing else, or channels that are all cvl-kitti2bag's.
+    holds the channels), each uncompressed as cvl-kitti2bag writes them; a killed run leaves the
+    file cut anywhere. Recognised: an empty file, a rosbags header and nothing else, or channels
+    that are all cvl-kitti2bag's. (Parsed here: the ``mcap`` package is no runtime dependency.)
     """
-    from mcap.records import Channel, Header
-    from mcap.stream_reader import StreamReader
-
     try:
-        size = path.stat().st_size
-        if size == 0:
-            return True  # nothing reached the disk
-        with open(path, "rb") as f:
-            head = f.read(17)
-            if head[:8] != _MCAP_MAGIC or len(head) < 17 or head[8] != 0x01:
-                return False
-            header_end = 17 + int.from_bytes(head[9:17], "little")
-            f.seek(0)
-            header, topics = None, set()
-            try:
-                for record in StreamReader(f).records:
-                    if isinstance(record, Header):
-                        header = record
-                    elif isinstance(record, Channel):
-                        topics.add(record.topic)
-            except Exception:  # a truncated file ends the record stream anywhere
-                pass
+        data = path.read_bytes()
     except OSError:
         return False
-    if header is None or header.profile != "ros2" or not header.library.startswith("rosbags"):
+    if not data:
+        return True  # nothing reached the disk
+    if data[:8] != _MCAP_MAGIC:
+        return False
+    records = list(_mcap_records(data, 8))
+    if not records or records[0][0] != _OP_HEADER:
+        return False
+    try:
+        profile, at = _mcap_string(records[0][1], 0)
+        library, _ = _mcap_string(records[0][1], at)
+        topics = _mcap_channel_topics(records[1:])
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if profile != "ros2" or not library.startswith("rosbags"):
         return False
     if topics:
         return topics <= BAG_TOPICS
-    return size == header_end  # the header only: no data of anyone's
+    return len(records) == 1 and len(data) == 8 + 9 + len(records[0][1])  # the header only
 
 
 def _sqlite_topics(path: Path) -> set:
