@@ -575,3 +575,15 @@ def test_clean_drive_reports_nothing_dropped(tmp_path, capsys):
     drive = tiny_drive(tmp_path, n=3)
     code, out, _ = _run(capsys, "--drive", drive, "--out", tmp_path / "bag")
     assert code == 0 and "input checks: nothing dropped" in out
+
+
+def test_incomplete_calibration_is_a_clear_error(tmp_path, capsys):
+    drive = tiny_drive(tmp_path, n=2)
+    cc = drive.parent / "calib_cam_to_cam.txt"
+    cc.write_text("\n".join(ln for ln in cc.read_text().splitlines()
+                            if not ln.startswith("R_rect_00")) + "\n")
+    code, _, err = _run(capsys, "--drive", drive, "--out", tmp_path / "bag")
+    assert code == 2 and "lacks 'R_rect_00'" in err and not (tmp_path / "bag").exists()
+    (drive.parent / "calib_imu_to_velo.txt").unlink()
+    code, _, err = _run(capsys, "--drive", drive, "--out", tmp_path / "bag")
+    assert code == 2 and "calib_imu_to_velo.txt" in err

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,7 +425,8 @@ class _Drive:
 def _check_options(**values: float) -> None:
     for name, v in values.items():
         low, high = LIMITS[name]
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and low <= v <= high):
+        if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                and low <= v <= high):
             raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {v!r}")
 
 
@@ -441,7 +443,12 @@ def _load_drive(drive_dir: Path, max_frames: int | None) -> _Drive:
 
     drive = KittiDrive(drive_dir)  # FileNotFoundError: no drive folder
     calib = drive.calib  # FileNotFoundError: no calibration
-    statics = _static_transforms(drive_dir)
+    try:
+        statics = _static_transforms(drive_dir)
+    except KeyError as exc:
+        raise ValueError(f"{drive.calib_dir}: the calibration lacks {exc.args[0]!r} (KITTI's "
+                         "calib_cam_to_cam.txt / calib_velo_to_cam.txt / calib_imu_to_velo.txt "
+                         "are needed)") from None
     packets = list(drive.oxts)
     n = min(len(drive), len(packets))
     if max_frames is not None:
