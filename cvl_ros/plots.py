@@ -163,7 +163,7 @@ def plot_error_vs_distance(rows: list[EstimateRow], path: str | Path, *,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=100)
     dist = np.array([r.distance_m for r in rows], dtype=float)
     odo = np.array([r.odom_error_m for r in rows], dtype=float)
     if gps is not None:
@@ -188,15 +188,22 @@ def plot_error_vs_distance(rows: list[EstimateRow], path: str | Path, *,
             if sel:
                 ax.plot([r.distance_m for r in sel], [r.error_m for r in sel], "o", ms=2.5,
                         color=_STATUS_COLORS[status], label=f"localizer ({status})")
+    # a log axis when the localizer's errors dwarf the baselines (metres against hundreds)
+    top = max([r.error_m for r in fixes] + [1.0])
+    log = top > 50.0
+    floor = 0.1 if log else 0.0
     nofix = [r.distance_m for r in rows if not r.has_fix and math.isfinite(r.distance_m)]
     if nofix:
-        ax.plot(nofix, np.zeros(len(nofix)), "|", color="tab:gray", ms=6, label="no fix")
+        ax.plot(nofix, np.full(len(nofix), 1.5 * floor), "|", color="tab:gray", ms=6,
+                label="no fix")
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("distance travelled (m)")
-    ax.set_ylabel("horizontal error (m)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylabel("horizontal error (m)" + (", log scale" if log else ""))
+    ax.set_ylim(bottom=floor)
     ax.set_title(title or "error over distance travelled")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=7)
+    ax.grid(alpha=0.3, which="both" if log else "major")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -220,7 +227,8 @@ def plot_yaw_error(rows: list[EstimateRow], path: str | Path, title: str = "") -
             ax.fill_between(d, -band, band, color="tab:blue", alpha=0.15,
                             label="reported 1.96-sigma")
         ax.plot(d, err, "-", color="black", lw=0.8, label="yaw error")
-        lim = max(5.0, float(np.nanpercentile(np.abs(err), 99)) * 1.3)
+        lim = max(5.0, float(np.nanpercentile(np.abs(err), 99)) * 1.3,
+                  float(np.nanmedian(band)) * 1.15 if np.isfinite(band).any() else 0.0)
         ax.set_ylim(-min(lim, 180.0), min(lim, 180.0))
     ax.axhline(0.0, color="gray", lw=0.5)
     ax.set_xlabel("distance travelled (m)")
