@@ -8,6 +8,8 @@
 #   2. deps        pip install the pinned requirements (ROS 2 Kilted wheels, torch 2.13.0 CPU, ...)
 #   3. cmake-patch point the wheels' CMake exports at this Python's and numpy's include folders
 #   4. tf2_msgs    build the standard tf2_msgs interface when no tf2_msgs is importable
+#   4b. geographic_msgs  build the standard geographic_msgs/GeoPoseWithCovarianceStamped (and
+#                  the types it holds) when the environment has none
 #   5. interfaces  build msg/ (cvl_ros/msg) with cmake + rosidl and install it into the venv
 #   6. package     pip install -e . (editable, with the ament index marker, package.xml, launch
 #                  and config files under .venv/share)
@@ -120,6 +122,21 @@ elif [[ ! -f "$STAMPS/tf2_msgs" ]] && "$PY" -c 'import tf2_msgs.msg' >/dev/null 
 else
   build_interface "$TF2_SRC" tf2_msgs
   stamp_set tf2_msgs "$TF2_KEY"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4b. geographic_msgs (standard interface: GeoPoseWithCovarianceStamped, GeoPoseWithCovariance,
+#     GeoPose, GeoPoint; no wheel exists) when the environment has none
+GEO_SRC="scripts/interfaces/geographic_msgs"
+GEO_KEY="$DEPS_KEY-$(hash_files "$GEO_SRC/package.xml" "$GEO_SRC/CMakeLists.txt" "$GEO_SRC"/msg/*.msg)"
+if stamp_ok geographic_msgs "$GEO_KEY"; then
+  log "geographic_msgs: up to date"
+elif [[ ! -f "$STAMPS/geographic_msgs" ]] \
+    && "$PY" -c 'from geographic_msgs.msg import GeoPoseWithCovarianceStamped' >/dev/null 2>&1; then
+  log "geographic_msgs: provided by the environment"
+else
+  build_interface "$GEO_SRC" geographic_msgs
+  stamp_set geographic_msgs "$GEO_KEY"
 fi
 
 # ---------------------------------------------------------------------------------------------

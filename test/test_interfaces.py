@@ -1,4 +1,5 @@
-"""The msg/ interfaces and tf2_msgs: build products import, round-trip through rclpy, hash."""
+"""The msg/ interfaces, tf2_msgs and geographic_msgs: build products import, round-trip through
+rclpy, hash."""
 
 from __future__ import annotations
 
@@ -154,3 +155,76 @@ def test_tf_message_type_hash_is_standard():
     description = json.loads((share / "msg" / "TFMessage.json").read_text())
     hashes = {h["type_name"]: h["hash_string"] for h in description["type_hashes"]}
     assert hashes["tf2_msgs/msg/TFMessage"].startswith("RIHS01_e369d0f0")
+
+
+#: RIHS01 type hashes of the distribution's geographic_msgs (Iron and later; the same in Jazzy
+#: and Kilted, whose std_msgs/Header, builtin_interfaces/Time and geometry_msgs/Quaternion
+#: hashes they build on are unchanged). Source: rosidl's generated
+#: geographic_msgs/msg/detail/*__description.c of a colcon build of
+#: ros-geographic-info/geographic_info (public repository MarcosEALima/warehouse, folder
+#: dev_ws/build/geographic_msgs/rosidl_generator_c), which also lists Header f49fb3ae,
+#: Time b106235e and Quaternion 8a765f66, as this environment's wheels have them.
+GEOGRAPHIC_HASHES = {
+    "geographic_msgs/msg/GeoPoseWithCovarianceStamped":
+        "RIHS01_e8e87d7bc02d092be564be3b6a2ca2302ff6997a82b996e4c6a9052b88e09aac",
+    "geographic_msgs/msg/GeoPoseWithCovariance":
+        "RIHS01_e5a071a4c061688377f825b777166e80c3e380aa9e41e1fac0695f54415ee474",
+    "geographic_msgs/msg/GeoPose":
+        "RIHS01_8052786d7663e225e38926f7d05716046c931572c25e557d4f70dca55b972626",
+    "geographic_msgs/msg/GeoPoint":
+        "RIHS01_602c647cf87bbe95a0231b459b5ac30051875d07c0c740b31ad7a8c4662b971e",
+    "std_msgs/msg/Header":
+        "RIHS01_f49fb3ae2cf070f793645ff749683ac6b06203e41c891e17701b1cb597ce6a01",
+}
+
+
+def test_geo_pose_with_covariance_type_hash_is_standard():
+    """The geographic_msgs setup.sh built (or the environment's) has the distribution's hashes:
+    rosidl's type description (share/.../GeoPoseWithCovarianceStamped.json) and rosbags' own
+    computation from the definitions the recorder writes into bags both give them."""
+    pytest.importorskip("geographic_msgs.msg", reason="geographic_msgs not built; make setup")
+    from ament_index_python.packages import get_package_share_directory
+
+    from cvl_ros.ros.bags import make_typestore
+
+    share = Path(get_package_share_directory("geographic_msgs"))
+    description = json.loads((share / "msg" / "GeoPoseWithCovarianceStamped.json").read_text())
+    hashes = {h["type_name"]: h["hash_string"] for h in description["type_hashes"]}
+    for name, expected in GEOGRAPHIC_HASHES.items():
+        assert hashes[name] == expected, name
+    store = make_typestore()
+    for name, expected in GEOGRAPHIC_HASHES.items():
+        assert store.hash_rihs01(name) == expected, name
+
+
+def test_geo_pose_with_covariance_fields_and_round_trip(ros_context, ros_executor, spin_until):
+    """Upstream fields, in upstream order, survive a round trip (NaN altitude included)."""
+    pytest.importorskip("geographic_msgs.msg", reason="geographic_msgs not built; make setup")
+    from geographic_msgs.msg import (
+        GeoPoint,
+        GeoPose,
+        GeoPoseWithCovariance,
+        GeoPoseWithCovarianceStamped,
+    )
+
+    assert GeoPoseWithCovarianceStamped.get_fields_and_field_types() == {
+        "header": "std_msgs/Header", "pose": "geographic_msgs/GeoPoseWithCovariance"}
+    assert GeoPoseWithCovariance.get_fields_and_field_types() == {
+        "pose": "geographic_msgs/GeoPose", "covariance": "double[36]"}
+    assert GeoPose.get_fields_and_field_types() == {
+        "position": "geographic_msgs/GeoPoint", "orientation": "geometry_msgs/Quaternion"}
+    assert list(GeoPoint.get_fields_and_field_types().items()) == [
+        ("latitude", "double"), ("longitude", "double"), ("altitude", "double")]
+    sent = GeoPoseWithCovarianceStamped()
+    sent.header.frame_id = "map"
+    sent.header.stamp.sec = 7
+    sent.pose.pose.position.latitude = 49.015
+    sent.pose.pose.position.longitude = 8.4394
+    sent.pose.pose.position.altitude = math.nan
+    sent.pose.pose.orientation.z, sent.pose.pose.orientation.w = math.sin(0.35), math.cos(0.35)
+    sent.pose.covariance = [float(i) for i in range(36)]
+    received = _round_trip(ros_context, ros_executor, spin_until, GeoPoseWithCovarianceStamped,
+                           sent, "/cvl_ros_test/geo_pose_std")
+    assert math.isnan(received.pose.pose.position.altitude)
+    received.pose.pose.position.altitude = sent.pose.pose.position.altitude = 0.0
+    assert received == sent

@@ -27,6 +27,7 @@ ROSDEP_KEYS = {
     "rosgraph_msgs": "rosgraph_msgs",
     "lifecycle_msgs": "lifecycle_msgs",
     "tf2_msgs": "tf2_msgs",
+    "geographic_msgs": "geographic_msgs",
     "builtin_interfaces": "builtin_interfaces",
     "launch": "launch",
     "launch_ros": "launch_ros",

@@ -144,3 +144,67 @@ def test_zero_or_nan_quaternions_never_become_a_pose():
     t.rotation.w = 0.0
     with pytest.raises(ValueError, match="invalid quaternion"):
         convert.transform_to_matrix(t)
+
+
+def _fix_estimate(**kw):
+    from cvl_ros.localizer import Estimate, Status
+
+    base = dict(stamp_ns=5, status=Status.TRACKING, lat_deg=49.015, lon_deg=8.4394,
+                alt_m=float("nan"), east_m=10.0, north_m=20.0, yaw_rad=0.7,
+                covariance_xy=np.array([[4.0, 0.5], [0.5, 9.0]]), yaw_var_rad2=0.003,
+                confidence=0.9, score=0.5, tile_id="t", displacement_m=np.zeros(2),
+                window_len=4, tiles_searched=9, latency_s=0.01, datum_alt_m=112.0)
+    base.update(kw)
+    return Estimate(**base)
+
+
+def test_standard_geo_pose_covariance_orientation_and_altitude():
+    """geographic_msgs/GeoPoseWithCovarianceStamped: covariance over (lat, lon, alt, rotE, rotN,
+    rotU) in m^2 / rad^2, orientation the ENU yaw quaternion, unknown altitude NaN."""
+    pytest.importorskip("geographic_msgs.msg", reason="geographic_msgs not built; make setup")
+    from builtin_interfaces.msg import Time
+
+    est = _fix_estimate()
+    m = convert.estimate_to_geo_pose_with_covariance(est, "map", Time(sec=3, nanosec=7))
+    assert m.header.frame_id == "map" and (m.header.stamp.sec, m.header.stamp.nanosec) == (3, 7)
+    pos = m.pose.pose.position
+    assert (pos.latitude, pos.longitude) == (49.015, 8.4394)
+    assert math.isnan(pos.altitude)  # not the datum's altitude (NavSatFix's choice)
+    c = np.asarray(m.pose.covariance).reshape(6, 6)
+    u = convert.UNKNOWN_VARIANCE
+    # north (lat) first, east (lon) second: the ENU block of covariance6 with x and y swapped
+    assert c[0, 0] == 9.0 and c[1, 1] == 4.0 and c[0, 1] == c[1, 0] == 0.5
+    assert c[2, 2] == u and c[3, 3] == u and c[4, 4] == u and c[5, 5] == 0.003
+    off = c - np.diag(np.diag(c))
+    off[0, 1] = off[1, 0] = 0.0
+    assert not off.any()
+    enu = convert.covariance6(est)
+    assert c[0, 0] == enu[1, 1] and c[1, 1] == enu[0, 0]  # swap of x (east) and y (north)
+    o = m.pose.pose.orientation
+    assert (o.x, o.y) == (0.0, 0.0)
+    assert (o.z, o.w) == pytest.approx((math.sin(0.35), math.cos(0.35)))
+    assert convert.yaw_from_quat(o) == pytest.approx(0.7)
+    # same yaw as the map-frame pose of ~/pose for a yaw-only body pose
+    R = convert.quat_to_matrix(o.x, o.y, o.z, o.w)
+    assert R @ np.array([1.0, 0.0, 0.0]) == pytest.approx([math.cos(0.7), math.sin(0.7), 0.0])
+    # yaw across +-pi: a unit quaternion with w >= 0 that still gives the yaw back
+    m = convert.estimate_to_geo_pose_with_covariance(_fix_estimate(yaw_rad=-3.0), "map", Time())
+    o = m.pose.pose.orientation
+    assert o.w >= 0 and math.hypot(o.z, o.w) == pytest.approx(1.0)
+    assert convert.yaw_from_quat(o) == pytest.approx(-3.0)
+    # a known altitude is passed through
+    m = convert.estimate_to_geo_pose_with_covariance(_fix_estimate(alt_m=115.5), "map", Time())
+    assert m.pose.pose.position.altitude == 115.5
+
+
+def test_standard_geo_pose_without_a_yaw_says_so_in_its_covariance():
+    pytest.importorskip("geographic_msgs.msg", reason="geographic_msgs not built; make setup")
+    from builtin_interfaces.msg import Time
+
+    for est in (_fix_estimate(yaw_rad=float("nan")), _fix_estimate(yaw_var_rad2=float("nan"))):
+        m = convert.estimate_to_geo_pose_with_covariance(est, "map", Time())
+        c = np.asarray(m.pose.covariance).reshape(6, 6)
+        assert np.all(np.isfinite(c)) and c[5, 5] == convert.UNKNOWN_VARIANCE
+    o = convert.estimate_to_geo_pose_with_covariance(
+        _fix_estimate(yaw_rad=float("nan")), "map", Time()).pose.pose.orientation
+    assert (o.x, o.y, o.z, o.w) == (0.0, 0.0, 0.0, 1.0)

@@ -300,6 +300,42 @@ def test_pipeline_outputs_agree_and_tf_is_map_to_odom(ros_executor, spin_until, 
     assert int(values["frame_states_computed"]) >= 2
 
 
+def test_standard_geo_pose_is_published_on_each_fix(ros_executor, spin_until, resources):
+    """~/geo_pose_std (geographic_msgs/GeoPoseWithCovarianceStamped): one per TRACKING or
+    LOW_CONFIDENCE estimate, none otherwise, agreeing with ~/geo_pose of the same stamp."""
+    pytest.importorskip("geographic_msgs.msg", reason="geographic_msgs not built; make setup")
+    from geographic_msgs.msg import GeoPoseWithCovarianceStamped
+
+    from cvl_ros.msg import GeoPoseEstimate
+    from cvl_ros.ros.convert import stamp_to_ns, yaw_from_quat
+
+    drive = Drive(n=8)
+    ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources)
+    std = []
+    probe.node.create_subscription(GeoPoseWithCovarianceStamped, NS + "/geo_pose_std",
+                                   std.append, 10)
+    pub = node._pubs["geo_pose_std"]
+    spin_until(ex, lambda: pub.get_subscription_count() > 0, 10.0, "geo_pose_std subscription")
+    for i in range(len(drive.stamps)):
+        _feed(ex, spin_until, probe, node, drive, i)
+    fixes = {stamp_to_ns(g.header.stamp): g for g in probe.geo
+             if g.status in (GeoPoseEstimate.TRACKING, GeoPoseEstimate.LOW_CONFIDENCE)}
+    assert drive.stamps[-1] in fixes
+    spin_until(ex, lambda: len(std) >= len(fixes), 5.0, "one geo_pose_std per fix")
+    assert sorted(stamp_to_ns(m.header.stamp) for m in std) == sorted(fixes)
+    for m in std:
+        g = fixes[stamp_to_ns(m.header.stamp)]
+        assert m.header.frame_id == "map"
+        assert m.pose.pose.position.latitude == g.latitude_deg
+        assert m.pose.pose.position.longitude == g.longitude_deg
+        assert math.isnan(m.pose.pose.position.altitude)
+        assert yaw_from_quat(m.pose.pose.orientation) == pytest.approx(g.yaw_rad, abs=1e-9)
+        c = np.asarray(m.pose.covariance).reshape(6, 6)
+        gc = np.asarray(g.pose.covariance).reshape(6, 6)
+        assert (c[0, 0], c[1, 1], c[0, 1]) == (gc[1, 1], gc[0, 0], gc[1, 0])
+        assert c[5, 5] == gc[5, 5] > 0
+
+
 def test_time_jump_resets(ros_executor, spin_until, resources):
     drive = Drive(n=6)
     ex, probe, node = _oracle_node(ros_executor, spin_until, drive, resources)

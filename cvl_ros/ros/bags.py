@@ -55,11 +55,45 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 # --------------------------------------------------------------------------------------------
 # Typestore and QoS helpers (rosbags)
 # --------------------------------------------------------------------------------------------
+#: Standard types the node publishes that rosbags' Kilted store lacks: ``{pkg: (Name, ...)}``.
+STANDARD_EXTRA_TYPES = {
+    "geographic_msgs": ("GeoPoint", "GeoPose", "GeoPoseWithCovariance",
+                        "GeoPoseWithCovarianceStamped"),
+}
+
+
+def _standard_extra_msg_files() -> list[Path]:
+    """Return the ``.msg`` files of STANDARD_EXTRA_TYPES.
+
+    This repository's copies (scripts/interfaces, what setup.sh builds), else the installed
+    package's ``share/<pkg>/msg`` (ament index, or the interpreter's prefix), else none (the
+    types stay unknown).
+    """
+    import sys
+
+    out: list[Path] = []
+    for pkg, names in STANDARD_EXTRA_TYPES.items():
+        folders = [_REPO_ROOT / "scripts" / "interfaces" / pkg / "msg"]
+        try:
+            from ament_index_python.packages import get_package_share_directory
+
+            folders.append(Path(get_package_share_directory(pkg)) / "msg")
+        except Exception:  # not installed, no ament_index_python, AMENT_PREFIX_PATH unset
+            folders.append(Path(sys.prefix) / "share" / pkg / "msg")
+        for folder in folders:
+            if all((folder / f"{n}.msg").is_file() for n in names):
+                out.extend(folder / f"{n}.msg" for n in names)
+                break
+    return out
+
+
 def make_typestore(extra_msg_files: Iterable[Path] = ()) -> Any:
     """Return a rosbags typestore of ROS 2 Kilted types (+ ``cvl_ros`` messages when found).
 
     ``extra_msg_files`` are ``.msg`` files named ``<pkg>/msg/<Name>.msg`` (or found in this
-    repository's ``msg/`` folder, which belongs to the ``cvl_ros`` package).
+    repository's ``msg/`` folder, which belongs to the ``cvl_ros`` package). The standard types
+    of STANDARD_EXTRA_TYPES (geographic_msgs/GeoPoseWithCovarianceStamped, ...) are added when
+    their definitions are found.
     """
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -68,6 +102,7 @@ def make_typestore(extra_msg_files: Iterable[Path] = ()) -> Any:
     msg_dir = _REPO_ROOT / "msg"
     if msg_dir.is_dir():
         files.extend(sorted(msg_dir.glob("*.msg")))
+    files.extend(_standard_extra_msg_files())
     types: dict[str, Any] = {}
     for path in files:
         path = Path(path)

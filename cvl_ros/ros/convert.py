@@ -5,7 +5,9 @@ the big-endian flag is irrelevant for 8-bit data) and ``sensor_msgs/CompressedIm
 format OpenCV decodes) become HxWx3 uint8 RGB; anything else raises ``ImageConversionError``.
 Poses: 4x4 float64 ``T_a_b``; quaternions (x, y, z, w) through ``scipy.spatial.transform``.
 Estimates become GeoPoseEstimate, NavSatFix (ENU covariance in m^2),
-PoseWithCovarianceStamped (6x6 row-major over x, y, z, rotX, rotY, rotZ) and TransformStamped.
+PoseWithCovarianceStamped (6x6 row-major over x, y, z, rotX, rotY, rotZ), the standard
+geographic_msgs/GeoPoseWithCovarianceStamped (6x6 over lat, lon, alt, rotE, rotN, rotU) and
+TransformStamped.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ __all__ = [
     "covariance6",
     "estimate_to_geopose",
     "estimate_to_navsatfix",
+    "geo_covariance6",
+    "estimate_to_geo_pose_with_covariance",
     "estimate_to_pose",
     "heatmap_to_image",
 ]
@@ -323,6 +327,58 @@ def estimate_to_navsatfix(est, frame_id: str, stamp):
     cov[2, 2] = UNKNOWN_VARIANCE
     m.position_covariance = [float(v) for v in cov.ravel()]
     m.position_covariance_type = NavSatFix.COVARIANCE_TYPE_KNOWN
+    return m
+
+
+#: Rows/columns of :func:`covariance6` (x east, y north, z up, rotX, rotY, rotZ) in the order of
+#: geographic_msgs/GeoPoseWithCovariance (lat, lon, alt, rot about East, North, Up).
+_GEO_ORDER = [1, 0, 2, 3, 4, 5]
+
+
+def geo_covariance6(est) -> np.ndarray:
+    """6x6 covariance of an Estimate in geographic_msgs/GeoPoseWithCovariance's order.
+
+    The upstream message orders its covariance (Lat, Lon, Alt, rotation about East, North, Up):
+    here in m^2 along the local north, east and up axes through the position (the units of
+    NavSatFix's covariance; what Autoware's geo_pose_projector reads) and rad^2. It is
+    :func:`covariance6` with x (east) and y (north) swapped: [0, 0] is the north variance,
+    [1, 1] the east one, [0, 1] their covariance, [5, 5] the yaw variance (UNKNOWN_VARIANCE
+    when the yaw or its variance is not finite); altitude, roll and pitch get UNKNOWN_VARIANCE.
+    """
+    c = covariance6(est)
+    if not (math.isfinite(_finite(est.yaw_rad)) and math.isfinite(c[5, 5])):
+        c[5, 5] = UNKNOWN_VARIANCE
+    return c[np.ix_(_GEO_ORDER, _GEO_ORDER)]
+
+
+def estimate_to_geo_pose_with_covariance(est, frame_id: str, stamp):
+    """Estimate -> geographic_msgs/GeoPoseWithCovarianceStamped (the standard geo-pose).
+
+    Position: WGS84 latitude/longitude of base_frame; altitude NaN when not estimated (GeoPoint:
+    "NaN if unspecified"). Orientation: the ENU yaw quaternion (rotation about Up by the
+    estimate's yaw; roll and pitch 0, their variance UNKNOWN_VARIANCE); the identity with the
+    yaw variance UNKNOWN_VARIANCE when the yaw is not finite. The yaw is the map frame's (ENU at
+    the datum); ENU at the position differs by the meridian convergence, under 0.01 deg per km
+    east of the datum at mid latitudes, which is left out. Covariance: :func:`geo_covariance6`.
+    """
+    from geographic_msgs.msg import GeoPoseWithCovarianceStamped
+
+    m = GeoPoseWithCovarianceStamped()
+    m.header.stamp = stamp
+    m.header.frame_id = frame_id
+    p = m.pose.pose
+    p.position.latitude = _finite(est.lat_deg)
+    p.position.longitude = _finite(est.lon_deg)
+    p.position.altitude = _finite(est.alt_m)
+    yaw = _finite(est.yaw_rad)
+    if math.isfinite(yaw):
+        p.orientation.z, p.orientation.w = math.sin(yaw / 2.0), math.cos(yaw / 2.0)
+        if p.orientation.w < 0:
+            p.orientation.z, p.orientation.w = -p.orientation.z, -p.orientation.w
+    else:
+        p.orientation.z, p.orientation.w = 0.0, 1.0
+    p.orientation.x = p.orientation.y = 0.0
+    m.pose.covariance = [float(v) for v in geo_covariance6(est).ravel()]
     return m
 
 

@@ -315,6 +315,14 @@ class LocalizerNode(LifecycleNode):
             "pose": self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10),
             "heatmap": self.create_publisher(Image, "~/heatmap", 1),
         }
+        try:  # the standard geo-pose (Autoware's geo_pose_projector, ...): fixes only
+            from geographic_msgs.msg import GeoPoseWithCovarianceStamped
+
+            self._pubs["geo_pose_std"] = self.create_publisher(
+                GeoPoseWithCovarianceStamped, "~/geo_pose_std", 10)
+        except ImportError:
+            self.missing.append("geographic_msgs is not installed: ~/geo_pose_std is not "
+                                "published (run `make setup`, which builds it)")
         if bool(self.p("publish_tf")):
             try:
                 from tf2_msgs.msg import TFMessage
@@ -644,6 +652,9 @@ class LocalizerNode(LifecycleNode):
         if est.has_fix:
             pubs["fix"].publish(convert.estimate_to_navsatfix(est, base, stamp))
             pubs["pose"].publish(convert.estimate_to_pose(est, map_frame, stamp))
+            if "geo_pose_std" in pubs:
+                pubs["geo_pose_std"].publish(
+                    convert.estimate_to_geo_pose_with_covariance(est, map_frame, stamp))
         publish_tf = est.status == Status.TRACKING or (
             est.status == Status.LOW_CONFIDENCE and bool(self.p("tf_publish_low_confidence")))
         if publish_tf and "tf" in pubs and est.T_map_odom is not None:
