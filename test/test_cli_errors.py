@@ -466,3 +466,25 @@ def test_result_files_are_replaced_only_when_the_tools_own(tmp_path):
         check_result_file(own, tool="cvl-bench", is_own=bench.is_bench_result)
     with pytest.raises(OutputError, match="is the input"):
         check_result_file(own, tool="cvl-eval", is_own=evaluate.is_eval_result, inputs=[own])
+
+
+def test_train_overwrite_removes_only_its_own_files(tmp_path):
+    from cvl_ros.cli import train
+    from cvl_ros.cli._args import CliError
+    from cvl_ros.outputs import MARKER, read_marker, write_marker
+
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    for name in ("config.yaml", "last.safetensors", "epoch1.safetensors", "metrics.csv",
+                 "tb/events.out.tfevents.1"):
+        (run / name).write_text("old")
+    (run / "notes.txt").write_text("mine")
+    write_marker(run, "cvl-train", ["config.yaml", "last.safetensors"])
+    cfg = {"out_dir": str(run), "data": {"roots": [str(tmp_path / "data")]}, "val": {}}
+    with pytest.raises(CliError, match="--resume"):
+        train.prepare_run_folder(cfg, resume=False, overwrite=False)
+    assert train.prepare_run_folder(cfg, resume=True, overwrite=False) == run
+    assert (run / "last.safetensors").read_text() == "old"  # resumed, nothing removed
+    train.prepare_run_folder(cfg, resume=False, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == [MARKER, "notes.txt"]
+    assert read_marker(run)["tool"] == "cvl-train"
