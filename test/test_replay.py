@@ -194,3 +194,108 @@ def test_topic_recorder_roundtrip(tmp_path, ros_context):
     assert [r.stamp_ns for r in rows] == [100 * 10**9 + 5, 101 * 10**9 + 5, 102 * 10**9 + 5]
     assert rows[1].status == "TRACKING" and rows[1].has_fix
     assert rows[2].tile_lon_deg == pytest.approx(8.41)
+
+
+def _schema_typestore(schema_name: str, text: str):
+    """A rosbags typestore from nothing but one MCAP ros2msg schema (as Foxglove decodes it)."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.EMPTY)
+    sep = "=" * 80 + "\n"
+    types = {}
+    for i, part in enumerate(text.split(sep)):
+        if i == 0:
+            name = schema_name
+        else:
+            first, _, part = part.partition("\n")
+            assert first.startswith("MSG: "), first
+            pkg, _, typ = first[5:].strip().partition("/")
+            name = f"{pkg}/msg/{typ}"
+        types.update(get_types_from_msg(part, name))
+    store.register(types)
+    return store
+
+
+def test_recorder_mcap_has_schemas_foxglove_decodes(tmp_path, ros_context):
+    """Every node output the recorder writes: a valid MCAP (CRCs checked, summary present),
+    channels in cdr, schemas ros2msg named pkg/msg/Type that carry every dependency, so each
+    message decodes from its own schema alone (what Foxglove does with a ROS 2 MCAP)."""
+    import rclpy
+    from mcap.reader import make_reader
+
+    from cvl_ros.cli.record import BEST_EFFORT, node_output_topics
+    from cvl_ros.ros.recording import TopicRecorder
+    from cvl_ros.ros.replay import rclpy_message_class
+
+    topics = node_output_topics("cvl_localizer")
+    assert "/cvl_localizer/geo_pose_std" in topics
+    pytest.importorskip("geographic_msgs.msg", reason="geographic_msgs not built; make setup")
+    ctx = ros_context
+    node = rclpy.create_node("rec", context=ctx)
+    rec = TopicRecorder(node, tmp_path / "out", topics,
+                        best_effort={t for t in topics if t.rsplit("/", 1)[-1] in BEST_EFFORT})
+    pub_node = rclpy.create_node("pub", context=ctx)
+    pubs = {t: pub_node.create_publisher(rclpy_message_class(ty), t, 10)
+            for t, ty in topics.items()}
+    stop, th, ex = _spin_in_thread(node, ctx)
+    deadline = time.monotonic() + 15
+    while (any(p.get_subscription_count() == 0 for p in pubs.values())
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    for t, pub in pubs.items():
+        msg = rclpy_message_class(topics[t])()
+        if hasattr(msg, "header"):
+            msg.header.frame_id = "map"
+            msg.header.stamp.sec = 42
+        if t.endswith("/geo_pose_std"):
+            msg.pose.pose.position.latitude = 49.015
+            msg.pose.pose.position.altitude = float("nan")
+            msg.pose.covariance[0] = 9.0
+        pub.publish(msg)
+    while any(rec.counts[t] < 1 for t in topics) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    th.join()
+    rec.close()
+    assert all(rec.counts[t] >= 1 for t in topics), rec.counts
+    files = sorted((tmp_path / "out").glob("*.mcap"))
+    assert len(files) == 1
+    with open(files[0], "rb") as f:
+        reader = make_reader(f, validate_crcs=True)
+        summary = reader.get_summary()
+        assert summary is not None and summary.statistics.message_count >= len(topics)
+        assert {c.topic for c in summary.channels.values()} == set(topics)
+        seen = set()
+        for schema, channel, message in reader.iter_messages():
+            assert channel.message_encoding == "cdr"
+            assert schema.encoding in ("ros2msg", "ros2idl")
+            assert schema.name == topics[channel.topic]
+            store = _schema_typestore(schema.name, schema.data.decode())
+            msg = store.deserialize_cdr(message.data, schema.name)
+            if hasattr(msg, "header"):
+                assert (msg.header.frame_id, msg.header.stamp.sec) == ("map", 42)
+            if channel.topic.endswith("/geo_pose_std"):
+                assert msg.pose.pose.position.latitude == 49.015
+                assert msg.pose.pose.position.altitude != msg.pose.pose.position.altitude
+                assert msg.pose.covariance[0] == 9.0
+            seen.add(channel.topic)
+    assert seen == set(topics)
+
+
+def test_recorder_leaves_out_geo_pose_std_without_geographic_msgs(monkeypatch, capsys):
+    from cvl_ros.cli import record
+    from cvl_ros.cli._args import CliError
+    from cvl_ros.ros import replay
+
+    real = replay.is_interface_package
+    monkeypatch.setattr(replay, "is_interface_package",
+                        lambda pkg: pkg != "geographic_msgs" and real(pkg))
+    topics, _ = record._topics(record.build_parser().parse_args(["out"]))
+    assert "/cvl_localizer/geo_pose_std" not in topics
+    assert "/cvl_localizer/geo_pose" in topics and "/tf" in topics
+    assert "not recording /cvl_localizer/geo_pose_std" in capsys.readouterr().err
+    # asked for by name, it is an error
+    args = record.build_parser().parse_args(
+        ["out", "--topic", "/g:=geographic_msgs/msg/GeoPoseWithCovarianceStamped"])
+    with pytest.raises(CliError, match="geographic_msgs"):
+        record._topics(args)

@@ -24,10 +24,13 @@ NODE_OUTPUTS = {
     "fix": "sensor_msgs/msg/NavSatFix",
     "pose": "geometry_msgs/msg/PoseWithCovarianceStamped",
     "heatmap": "sensor_msgs/msg/Image",
+    "geo_pose_std": "geographic_msgs/msg/GeoPoseWithCovarianceStamped",
     "/tf": "tf2_msgs/msg/TFMessage",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
 }
 BEST_EFFORT = {"heatmap"}
+#: Node outputs left out (with a note) when their interface package is not installed.
+OPTIONAL_OUTPUTS = {"geo_pose_std"}
 
 
 def node_output_topics(node_name: str = "cvl_localizer", namespace: str = "") -> dict[str, str]:
@@ -85,10 +88,14 @@ def _topics(args) -> tuple[dict, set]:
             raise CliError(f"{where}: {t!r} is not a valid topic name "
                            f"({str(exc).splitlines()[0]})") from None
     store = make_typestore()
-    for t, ty in topics.items():
+    for t, ty in list(topics.items()):
         try:
             rclpy_message_class(ty, store)
         except ImportError as exc:
+            if not args.topic and t.rsplit("/", 1)[-1] in OPTIONAL_OUTPUTS:
+                print(f"[record] not recording {t}: {exc}", file=sys.stderr, flush=True)
+                del topics[t]
+                continue
             raise CliError(f"--topic {t}:={ty}: {exc}") from None
     return topics, best_effort
 
