@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                              "init_only" if args.gps_init_only else "while_lost"),
                "heading_source": values["heading_source"], "device": localizer.device,
                # per-frame model states computed: one per keyframe when the cache holds
-               "frame_states_computed": localizer.state_refreshes},
+               "frame_states_computed": localizer.state_refreshes,
+               # the likelihood temperature in use (0 in the params = the model's calibration)
+               "score_temperature": localizer.config.score_temperature},
     )
     keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "gps_median_error_m",
             "odometry_only_median_error_m", "ellipse95_coverage", "mean_latency_ms", "wall_s")
