@@ -358,7 +358,7 @@ def estimate_to_geo_pose_with_covariance(est, frame_id: str, stamp):
     "NaN if unspecified"). Orientation: the ENU yaw quaternion (rotation about Up by the
     estimate's yaw; roll and pitch 0, their variance UNKNOWN_VARIANCE); the identity with the
     yaw variance UNKNOWN_VARIANCE when the yaw is not finite. The yaw is the map frame's (ENU at
-    the datum); ENU at the position differs by the meridian convergence, under 0.01 deg per km
+    the datum); ENU at the position differs by the meridian convergence, about 0.01 deg per km
     east of the datum at mid latitudes, which is left out. Covariance: :func:`geo_covariance6`.
     """
     from geographic_msgs.msg import GeoPoseWithCovarianceStamped
