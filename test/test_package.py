@@ -106,6 +106,7 @@ def test_console_scripts_declared():
     assert set(scripts) == {
         "cvl-synth", "cvl-train", "cvl-eval", "cvl-ablate", "cvl-build-db", "cvl-build-tiles",
         "cvl-bench", "cvl-localize", "cvl-kitti2bag", "cvl-replay", "cvl-localize-bag",
+        "cvl-calibrate",
     }
     assert scripts["cvl-localize"] == "cvl_ros.ros.node:main"
     for name, target in scripts.items():
