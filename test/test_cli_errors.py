@@ -151,10 +151,6 @@ def C(cli, argv, *needles, marks=(), id=None):
                         id=id or f"{cli}:{' '.join(argv)[:60]}")
 
 
-_XFAIL_LB_CORRUPT = pytest.mark.xfail(
-    strict=True, reason="cvl_ros/cli/localize_bag.py only checks that metadata.yaml exists; "
-    "rosbags' ReaderError on a corrupt bag (storage or metadata) ends in a traceback")
-
 COMMON_DB = ["--checkpoint", "{t}/nope.safetensors", "--tiles", "{tree}", "--out", "{t}/db"]
 EVAL = ["--checkpoint", "{t}/nope.safetensors", "--data", "{tree}", "--json", "{t}/e.json"]
 ABL = ["--config", "{good_yaml}", "--data", "{tree}", "--out", "{t}/abl", "--steps", "1"]
@@ -363,10 +359,11 @@ CASES = [
     C("cvl-localize-bag", [*LB, "--params-file", "{t}/nope.yaml"], "nope.yaml"),
     C("cvl-localize-bag", [*LB, "--params-file", "{broken_params}"], "broken_params.yaml"),
     C("cvl-localize-bag", [*LB, "--heading-source", "compass"], "--heading-source"),
-    C("cvl-localize-bag", ["{garbage}", "--out", "{t}/lb"], "garbage",
-      marks=_XFAIL_LB_CORRUPT),
-    C("cvl-localize-bag", ["{badmeta}", "--out", "{t}/lb"], "badmeta",
-      marks=_XFAIL_LB_CORRUPT),
+    C("cvl-localize-bag", ["{garbage}", "--out", "{t}/lb"], "garbage"),
+    C("cvl-localize-bag", ["{badmeta}", "--out", "{t}/lb"], "badmeta"),
+    C("cvl-localize-bag", ["{bag}", "--out", "{bag}/report"], "--out", "input"),
+    C("cvl-localize-bag", ["{bag}", "--out", "{foreign}"], "--out", "foreign"),
+    C("cvl-localize-bag", [*LB, "--image-topic", "/nope"], "/nope"),
 ]
 
 
@@ -430,8 +427,7 @@ SUBPROCESS = [
     C("cvl-replay", ["{garbage}"], "garbage", marks=pytest.mark.ros),
     C("demo_report", ["--outputs", "{outputs}", "--bag", "{badmeta}", "--out", "{t}/rep"],
       "badmeta"),
-    C("cvl-localize-bag", ["{garbage}", "--out", "{t}/lb"], "garbage",
-      marks=_XFAIL_LB_CORRUPT),
+    C("cvl-localize-bag", ["{garbage}", "--out", "{t}/lb"], "garbage"),
 ]
 
 

@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and write estimates.csv, summary.json and plots.",
     )
     p.add_argument("bag", help="bag folder (e.g. written by cvl-kitti2bag)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True,
+                   help="output folder (new or empty; see --overwrite; never inside the bag)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a report this tool wrote at --out (never anything else)")
     p.add_argument("--checkpoint", default=None,
                    help="model checkpoint (.safetensors or its folder; default: the params "
                    "file's checkpoint)")
@@ -77,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TOOL = "cvl-localize-bag"
+#: Files a report folder of this tool holds (an earlier version wrote them without a marker).
+REPORT_FILES = {"estimates.csv", "summary.json", "trajectory.png", "error.png",
+                "error_vs_distance.png", "yaw_error.png", "heatmap.png"}
+
+
+def _earlier_report(folder: Path) -> set:
+    """The entries of a report folder written before the marker existed (exactly those)."""
+    entries = {p.name for p in folder.iterdir()}
+    if "summary.json" in entries and "estimates.csv" in entries and entries <= REPORT_FILES:
+        return entries
+    return set()
+
+
 def _fail(msg: str) -> int:
     print(f"cvl-localize-bag: error: {msg}", file=sys.stderr)
     return 2
@@ -84,11 +101,18 @@ def _fail(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``cvl-localize-bag``; returns the exit status."""
+    from cvl_ros.cli._args import CliError
+    from cvl_ros.cli._bags import READ_ERRORS, check_bag, read_error
+    from cvl_ros.outputs import OutputError, check_output, prepare_output
+
     args = build_parser().parse_args(argv)
     bag = Path(args.bag)
-    if not (bag / "metadata.yaml").is_file():
-        return _fail(f"{bag} is not a ROS 2 bag (no metadata.yaml); pass a bag folder written by "
-                     "cvl-kitti2bag or ros2 bag record")
+    try:  # everything about the bag and --out is checked before the model loads
+        check_bag(bag, "bag", topics=[args.image_topic, args.odom_topic])
+        check_output(args.out, tool=TOOL, inputs=[bag], overwrite=args.overwrite,
+                     recognise=_earlier_report)
+    except (CliError, OutputError) as exc:
+        return _fail(str(exc))
     overrides: dict[str, object] = {}
     if args.heading_source is not None:
         overrides["heading_source"] = args.heading_source
@@ -117,13 +141,28 @@ def main(argv: list[str] | None = None) -> int:
             localizer, bag, topics=topics, frontend=P.frontend_config(values),
             use_gps_prior=bool(values["use_gps_prior"]), progress=not args.quiet,
             max_images=args.max_images, gps_init_only=args.gps_init_only)
-    except ValueError as exc:
+    except READ_ERRORS as exc:  # a bag damaged past its metadata (ValueError included)
+        return _fail(read_error(bag, exc))
+    try:
+        with prepare_output(args.out, tool=TOOL, inputs=[bag], overwrite=args.overwrite,
+                            recognise=_earlier_report) as tmp:
+            summary = _report(args, values, bag, dbp, ckpt, localizer, result, tmp)
+    except OutputError as exc:
         return _fail(str(exc))
+    keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "gps_median_error_m",
+            "odometry_only_median_error_m", "ellipse95_coverage", "mean_latency_ms", "wall_s")
+    print(" ".join(f"{k}={summary.get(k)!s}" if not isinstance(summary.get(k), float)
+                   else f"{k}={summary[k]:.2f}" for k in keys))
+    print(f"wrote {args.out}/estimates.csv, summary.json, {', '.join(summary['plots'])}")
+    return 0
+
+
+def _report(args, values, bag, dbp, ckpt, localizer, result, out) -> dict:
     gt = ground_truth_from_bag(bag)
     source = bags.bag_custom_data(bag).get(bags.META_PREFIX + "source_drive")
     mosaic = Path(args.mosaic) if args.mosaic else find_mosaic(dbp, source)
-    summary = write_report(
-        result.rows, args.out, images=result.images, gt=gt, wall_s=result.wall_s,
+    return write_report(
+        result.rows, out, images=result.images, gt=gt, wall_s=result.wall_s,
         bag_duration_s=result.bag_duration_s, mosaic=mosaic, gps_track=gps_errors(bag, gt),
         odometry=odometry_from_bag(bag, args.odom_topic), start_ns=result.first_image_ns,
         extra={"bag": str(bag), "checkpoint": str(ckpt), "database": str(dbp),
@@ -137,12 +176,6 @@ def main(argv: list[str] | None = None) -> int:
                # the likelihood temperature in use (0 in the params = the model's calibration)
                "score_temperature": localizer.config.score_temperature},
     )
-    keys = ("images", "keyframes", "fixes", "median_error_m", "p90_error_m", "gps_median_error_m",
-            "odometry_only_median_error_m", "ellipse95_coverage", "mean_latency_ms", "wall_s")
-    print(" ".join(f"{k}={summary.get(k)!s}" if not isinstance(summary.get(k), float)
-                   else f"{k}={summary[k]:.2f}" for k in keys))
-    print(f"wrote {args.out}/estimates.csv, summary.json, {', '.join(summary['plots'])}")
-    return 0
 
 
 if __name__ == "__main__":
