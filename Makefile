@@ -4,8 +4,11 @@
 #   make lint    setup + ruff
 #   make demo    setup + scripts/demo.sh
 #   make field   setup + scripts/field.sh (the field benchmark; FIELD_ARGS=... passes flags)
+# ROS_DISTRO=kilted (default) | jazzy picks the ROS 2 distribution; one venv holds one, so the
+# default VENV is .venv for kilted and .venv-jazzy for jazzy (make test ROS_DISTRO=jazzy).
 SHELL := /bin/bash
-VENV ?= .venv
+ROS_DISTRO ?= kilted
+VENV ?= $(if $(filter jazzy,$(ROS_DISTRO)),.venv-jazzy,.venv)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
@@ -16,7 +19,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT
 .PHONY: setup test lint demo field
 
 setup:
-	@CVL_VENV="$(abspath $(VENV))" bash scripts/setup.sh
+	@CVL_VENV="$(abspath $(VENV))" CVL_ROS_DISTRO="$(ROS_DISTRO)" bash scripts/setup.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -2,10 +2,14 @@
 # One-command, idempotent setup of cvl_ros in the pip-only world (no ROS apt repository needed).
 #
 #   bash scripts/setup.sh          (what `make setup` runs)
+#   CVL_ROS_DISTRO=jazzy CVL_VENV=.venv-jazzy bash scripts/setup.sh
+#                                  (what `make setup ROS_DISTRO=jazzy` runs)
 #
 # Steps (each skipped when its stamp in .venv/.cvl-setup/ matches the hash of its inputs):
 #   1. venv        create .venv with Python 3.11 (the CPU torch wheel and the ros-* wheels are cp311)
-#   2. deps        pip install the pinned requirements (ROS 2 Kilted wheels, torch 2.13.0 CPU, ...)
+#   2. deps        pip install the pinned requirements (ROS 2 Kilted or Jazzy wheels, torch 2.13.0
+#                  CPU, ...): kilted: requirements.txt + constraints.txt; jazzy:
+#                  requirements-jazzy.txt + constraints-jazzy.txt. One venv holds one distribution.
 #   3. cmake-patch point the wheels' CMake exports at this Python's and numpy's include folders
 #   4. tf2_msgs    build the standard tf2_msgs interface when no tf2_msgs is importable
 #   4b. geographic_msgs  build the standard geographic_msgs/GeoPoseWithCovarianceStamped (and
@@ -13,7 +17,8 @@
 #   5. interfaces  build msg/ (cvl_ros/msg) with cmake + rosidl and install it into the venv
 #   6. package     pip install -e . (editable, with the ament index marker, package.xml, launch
 #                  and config files under .venv/share)
-# Environment: CVL_VENV (default <repo>/.venv), CVL_PYTHON (default python3.11),
+# Environment: CVL_ROS_DISTRO (kilted (default) | jazzy), CVL_VENV (default <repo>/.venv),
+#              CVL_PYTHON (default python3.11),
 #              CVL_SETUP_FORCE=1 (redo every step), CVL_JOBS (parallel build jobs).
 set -euo pipefail
 
@@ -31,6 +36,16 @@ log() { printf '[setup %3ds] %s\n' "$((SECONDS - T0))" "$*"; }
 # pip warns about each package missing from the machine's local extra indexes: drop that noise.
 quiet() { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# The ROS 2 distribution: which pinned requirement files step 2 installs.
+DISTRO="${CVL_ROS_DISTRO:-kilted}"
+case "$DISTRO" in
+  kilted) REQS=requirements.txt CONSTRAINTS=constraints.txt ;;
+  jazzy) REQS=requirements-jazzy.txt CONSTRAINTS=constraints-jazzy.txt ;;
+  *) die "unknown ROS_DISTRO '$DISTRO': cvl_ros sets up ROS 2 'kilted' or 'jazzy' \
+(e.g. make setup ROS_DISTRO=jazzy; make also takes ROS_DISTRO from the environment, where a \
+sourced ROS install sets it)" ;;
+esac
 
 # sha256 over file names and contents (missing files hash as missing, so adding one changes it).
 hash_files() {
@@ -63,20 +78,27 @@ mkdir -p "$STAMPS"
 exec 9>"$STAMPS/lock"
 if command -v flock >/dev/null 2>&1; then flock 9; fi
 
+# One venv holds one ROS 2 distribution (venvs set up before the distro stamp are Kilted).
+HAS="$(cat "$STAMPS/distro" 2>/dev/null || { [[ -f "$STAMPS/deps" ]] && echo kilted; } || true)"
+[[ -z "$HAS" || "$HAS" == "$DISTRO" ]] || die "$VENV holds ROS 2 $HAS, not $DISTRO: one venv \
+holds one distribution. Use another venv (make's default for ROS_DISTRO=jazzy is .venv-jazzy, \
+for kilted .venv) or remove $VENV."
+printf '%s\n' "$DISTRO" >"$STAMPS/distro"
+
 PIP=("$PY" -m pip --disable-pip-version-check)
 PIP_FIND=()
 [[ -d /opt/wheels ]] && PIP_FIND=(--find-links /opt/wheels)
 
 # ---------------------------------------------------------------------------------------------
 # 2. deps
-DEPS_KEY="$(hash_files requirements.txt constraints.txt requirements-nodeps.txt)"
+DEPS_KEY="$(hash_files "$REQS" "$CONSTRAINTS" requirements-nodeps.txt)"
 if stamp_ok deps "$DEPS_KEY"; then
-  log "deps: up to date"
+  log "deps: up to date (ROS 2 $DISTRO)"
 else
-  log "deps: installing pinned requirements (ROS 2 Kilted wheels, torch CPU, ...)"
+  log "deps: installing pinned requirements (ROS 2 $DISTRO wheels, torch CPU, ...)"
   # --no-compile: byte-compiling torch & co. at install time costs minutes on 2 cores; Python
   # compiles what is imported, once, on first use.
-  "${PIP[@]}" install -q --no-compile "${PIP_FIND[@]}" -r requirements.txt -c constraints.txt 2> >(quiet >&2) \
+  "${PIP[@]}" install -q --no-compile "${PIP_FIND[@]}" -r "$REQS" -c "$CONSTRAINTS" 2> >(quiet >&2) \
     || die "pip install failed (torch==2.13.0+cpu comes from a local wheel folder: /opt/wheels)"
   "${PIP[@]}" install -q --no-compile --no-deps -r requirements-nodeps.txt 2> >(quiet >&2)
   stamp_set deps "$DEPS_KEY"
@@ -182,4 +204,4 @@ assert cvl_ros.__file__.startswith(__import__("sys").argv[1]), cvl_ros.__file__'
   rm -f "$STAMPS/interfaces" "$STAMPS/package"
   die "import check failed; stamps cleared, run the setup again (CVL_SETUP_FORCE=1 redoes all)"
 fi
-log "done in $((SECONDS - T0)) s (venv: $VENV)"
+log "done in $((SECONDS - T0)) s (venv: $VENV, ROS 2 $DISTRO)"

@@ -193,6 +193,22 @@ class LocalizerNode(LifecycleNode):
         self.get_logger().warning(what, throttle_duration_sec=2.0)
 
     # ------------------------------------------------------------------ lifecycle
+    def _LifecycleNodeMixin__change_state(self, transition_id: int) -> TransitionCallbackReturn:
+        """Every lifecycle transition (trigger_* and the change_state service) passes here.
+
+        A transition that is not valid from the current state (e.g. activate while
+        unconfigured) answers ERROR and leaves the state as it is, as rclpy >= 8 (Kilted) does;
+        Jazzy's rclpy 7 raised RCLError out of the change_state service callback, which ended
+        the node's executor.
+        """
+        from rclpy.impl.implementation_singleton import rclpy_implementation
+
+        try:
+            return super()._LifecycleNodeMixin__change_state(transition_id)
+        except rclpy_implementation.RCLError as exc:
+            self.get_logger().error(f"lifecycle transition {transition_id} refused: {exc}")
+            return TransitionCallbackReturn.ERROR
+
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Validate the parameters, load the model and the tile database.
 
