@@ -50,7 +50,7 @@ for spec in $TOWNS; do
   fi
   RUNS+=(--run "$W/bag" "$W/db")
 done
-log "cvl-calibrate over ${#RUNS[@]} / 3 drives"
+log "cvl-calibrate over $(( ${#RUNS[@]} / 3 )) drives"
 OMP_NUM_THREADS=1 "$BIN/cvl-calibrate" --checkpoint "$MODEL" "${RUNS[@]}" --quiet "$@" \
   | tee "$OUT/calibrate.txt"
 log "done"
