@@ -10,6 +10,7 @@ database's datum); yaw is absolute (0 = east, CCW), taken from the frame's headi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 
 from cvl_ros.localizer.filter import GridFilter, PosteriorStats, TileScores
+from cvl_ros.localizer.heading import YawFilter, rotate_ground, yaw_log_likelihoods
 from cvl_ros.localizer.image_check import image_problem
 from cvl_ros.localizer.modes import (
     Evidence,
@@ -42,6 +44,10 @@ __all__ = [
     "compose_map_odom",
     "resolve_device",
 ]
+
+
+#: 1-sigma of the heading belief set from an initial pose's yaw when the heading is estimated.
+INITIAL_POSE_YAW_SIGMA_RAD = math.radians(5.0)
 
 
 class InvalidFrameError(ValueError):
@@ -115,6 +121,17 @@ class LocalizerConfig:
     odom_yaw_offset_rad: float = 0.0
     """ENU yaw of the odometry frame's x axis, used while frames carry no absolute heading (an
     initial pose with a yaw replaces it until the next reset)."""
+    estimate_heading: bool = False
+    """Estimate the heading from the images (``heading_source: estimate``): frames carry no
+    absolute heading; the odometry->ENU yaw offset is a belief (``cvl_ros.localizer.heading``)
+    updated by scoring the fused descriptor over yaw hypotheses every keyframe."""
+    yaw_hypotheses: int = 7
+    """Yaw hypotheses scored per keyframe once the heading is known (fine search)."""
+    yaw_drift_deg_per_100m: float = 1.0
+    """Odometry yaw drift the heading belief widens by (1-sigma per 100 m travelled)."""
+    initial_yaw_sigma_deg: float = 180.0
+    """1-sigma of the initial heading belief about ``odom_yaw_offset_rad`` (180 = unknown: a
+    search over the whole circle first)."""
     heading_sigma_rad: float = 0.05
     """1-sigma of the absolute heading (IMU/INS), reported as the yaw variance."""
     frame_state_rotation_tolerance_rad: float = 0.002
@@ -160,7 +177,8 @@ _POSITIVE_FIELDS = frozenset({
     "window_length", "camera_height_m", "tracking_search_radius_m", "search_radius_sigma_factor",
     "global_max_tiles", "global_topk", "tile_batch", "filter_cell_m", "tracking_grid_extent_m",
     "global_grid_max_cells", "score_temperature", "confidence_radius_m", "tracking_max_sigma_m",
-    "max_fix_sigma_m", "min_updates_to_track", "lost_after_updates"})
+    "max_fix_sigma_m", "min_updates_to_track", "lost_after_updates", "yaw_hypotheses",
+    "initial_yaw_sigma_deg"})
 _FRACTION_FIELDS = frozenset({"tracking_min_confidence", "max_second_mode_ratio",
                               "low_confidence_min"})
 _SIGNED_FIELDS = frozenset({"odom_yaw_offset_rad", "map_datum_lat_deg", "map_datum_lon_deg",
@@ -402,6 +420,10 @@ class Localizer:
             self._yaw_offset = float(self.config.odom_yaw_offset_rad)
             self._yaw_offset_known = False
             self._pending_yaw: float | None = None
+            self._yaw_filter = (YawFilter(self._yaw_offset,
+                                          math.radians(self.config.initial_yaw_sigma_deg),
+                                          self.config.yaw_hypotheses)
+                                if self.config.estimate_heading else None)
             self._mode = ModeState()  # global search (see cvl_ros.localizer.modes)
             self._grid_global = False  # the filter's grid covers the whole database
             self._pending_reset_reason = reason if reason != "init" else ""
@@ -470,6 +492,9 @@ class Localizer:
             if self._last_odom is not None:
                 self._yaw_offset = yaw_rad - yaw_of(self._last_odom)
                 self._yaw_offset_known = True
+                if self._yaw_filter is not None:  # a given yaw is a prior, not the truth
+                    self._yaw_filter = YawFilter(self._yaw_offset, INITIAL_POSE_YAW_SIGMA_RAD,
+                                                 self.config.yaw_hypotheses)
             else:
                 self._pending_yaw = yaw_rad
         # the belief refers to the body position now: predict from the newest odometry
@@ -537,7 +562,15 @@ class Localizer:
             T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)
                     if frame.T_body_cam is not None else _default_T_body_cam())
             self._last_odom = T_ob
-            if frame.heading_enu_rad is not None:
+            if self._yaw_filter is not None:  # estimated: frames' headings are not used
+                if self._pending_yaw is not None:
+                    self._yaw_filter = YawFilter(self._pending_yaw - yaw_of(T_ob),
+                                                 INITIAL_POSE_YAW_SIGMA_RAD,
+                                                 c.yaw_hypotheses)
+                    self._pending_yaw = None
+                self._yaw_offset = self._yaw_filter.mean
+                self._yaw_offset_known = not self._yaw_filter.coarse
+            elif frame.heading_enu_rad is not None:
                 self._yaw_offset = float(frame.heading_enu_rad) - yaw_of(T_ob)
                 self._yaw_offset_known = True
             elif self._pending_yaw is not None:
@@ -599,11 +632,14 @@ class Localizer:
             K_net = frame.camera.scaled_to(self._ground_hw[1], self._ground_hw[0]).K
             self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
             # ---- predict
-            R_off = rot_z(self._yaw_offset)
+            R_off = rot_z(self._heading_offset())
             travel_m = 0.0
             if self.filter.initialized and self._last_update_odom is not None:
                 d = (R_off @ np.append(T_ob[:3, 3] - self._last_update_odom[:3, 3], 0.0))[:2]
                 travel_m = float(np.hypot(*d))
+                if self._yaw_filter is not None:
+                    self._yaw_filter.predict(travel_m, math.radians(c.yaw_drift_deg_per_100m)
+                                             / 100.0)
                 sigma = c.process_noise_m + c.odom_noise_fraction * travel_m
                 self.filter.predict(d, sigma)
                 if self._grid_global:  # keep the whole-database grid on the database
@@ -637,7 +673,12 @@ class Localizer:
                 else:
                     self.filter.init_uniform(center, extent, cell)
                 self._grid_global = True
-            if len(idx):
+            heading_search = (self._yaw_filter is not None and len(idx) > 0
+                              and self.filter.initialized and not global_search)
+            if heading_search:
+                scores, disps, maps = self._match_headings(ground, idx, T_ob, T_bc)
+                R_off = rot_z(self._heading_offset())
+            elif len(idx):
                 scores, disps, maps = self._match(ground, idx)
             else:
                 scores, disps, maps = np.zeros(0), np.zeros((0, 2)), np.zeros((0, 1, 1))
@@ -652,7 +693,10 @@ class Localizer:
         # (an update that covered no cell leaves the grid as predicted: reuse its statistics)
         st = (prior if prior is not None and self.filter.prob is prob_before
               else self.filter.stats(c.confidence_radius_m))
-        decision = decide(self._mode, self._evidence(st, idx, scores, disps, travel_m), c)
+        evidence = self._evidence(st, idx, scores, disps, travel_m)
+        if self._yaw_filter is not None and self._yaw_filter.coarse:
+            evidence = dataclasses.replace(evidence, heading_known=False)
+        decision = decide(self._mode, evidence, c)
         self._mode = decision.state
         if decision.grid is GridAction.CONVERGE:  # continue on a fine grid around the peak
             self.filter.regrid(st.peak_en, c.tracking_grid_extent_m, c.filter_cell_m)
@@ -668,6 +712,39 @@ class Localizer:
                                   st, decision.status, cov, t0)
         self._pending_reset_reason = ""
         return est
+
+    def _heading_offset(self) -> float:
+        """ENU yaw - odometry yaw in use: the yaw belief's (its best whole-circle bin while the
+        search is coarse) when the heading is estimated, else the given offset."""  # noqa: D205, D209
+        if self._yaw_filter is not None:
+            return self._yaw_filter.heading_offset
+        return self._yaw_offset
+
+    def _match_headings(self, ground, idx: np.ndarray, T_ob, T_bc):
+        """Score the window's descriptor over the yaw belief's hypotheses (rotated about the
+        newest camera), update the yaw belief with the position belief's expectation of each
+        hypothesis's likelihood, and return the matches of the hypothesis nearest the new yaw."""  # noqa: D205, D209
+        c = self.config
+        yf = self._yaw_filter
+        deltas = yf.hypotheses()
+        rotated = rotate_ground(ground, deltas)
+        R_off = rot_z(self._yaw_offset)
+        lever_en = ((R_off @ T_ob @ T_bc)[:3, 3] - (R_off @ T_ob)[:3, 3])[:2]
+        per_k, grids, covered = [], [], []
+        for k in range(len(deltas)):
+            scores, disps, maps = self._match(rotated[k:k + 1], idx)
+            per_k.append((scores, disps, maps))
+            tiles = [TileScores(self._centers[i] - lever_en, maps[j], self._disp_cell_m)
+                     for j, i in enumerate(idx)]
+            g, cov = self.filter.measurement_grid(tiles)
+            grids.append(g)
+            covered.append(cov)
+        ll = yaw_log_likelihoods(self.filter.prob, grids, covered, c.score_temperature,
+                                 c.outlier_weight)
+        best = yf.update(deltas, ll)
+        self._yaw_offset = yf.mean  # the origin of the hypotheses while the search is coarse
+        self._yaw_offset_known = not yf.coarse
+        return per_k[best]
 
     def _evidence(self, st: PosteriorStats, idx, scores, disps, travel_m: float) -> Evidence:
         """The numbers the mode decision uses, read after the measurement update."""
@@ -716,7 +793,7 @@ class Localizer:
         c = self.config
         east, north = float(st.peak_en[0]), float(st.peak_en[1])
         lat, lon = self.map_to_latlon(east, north)
-        yaw_body = self._yaw_offset + yaw_of(T_ob)
+        yaw_body = self._heading_offset() + yaw_of(T_ob)
         yaw_body = float(math.atan2(math.sin(yaw_body), math.cos(yaw_body)))
         T_mb = R_off @ T_ob
         T_mb[0, 3], T_mb[1, 3] = east, north
@@ -728,7 +805,10 @@ class Localizer:
             cands.append(Candidate(self._tile_ids[idx[k]], la, lo, float(scores[k]),
                                    float(ce), float(cn)))
         best = int(order[0]) if len(order) else -1
-        yaw_var = c.heading_sigma_rad**2 if self._yaw_offset_known else math.pi**2
+        if self._yaw_filter is not None:
+            yaw_var = self._yaw_filter.var
+        else:
+            yaw_var = c.heading_sigma_rad**2 if self._yaw_offset_known else math.pi**2
         est = Estimate(
             stamp_ns=stamp, status=status, lat_deg=lat, lon_deg=lon, alt_m=float("nan"),
             east_m=east, north_m=north, yaw_rad=yaw_body, covariance_xy=cov,

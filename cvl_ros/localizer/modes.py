@@ -107,6 +107,9 @@ class Evidence:
     """Tiles matched in this update."""
     window_full: bool
     """The sliding window holds ``window_length`` keyframes."""
+    heading_known: bool = True
+    """The heading is known (given, or estimated past its whole-circle search): a position
+    matched under an unknown heading is never good enough to track on."""
 
     @property
     def sigma_local_m(self) -> float:
@@ -125,7 +128,8 @@ class Evidence:
     def is_good(self, config: LocalizerConfig) -> bool:
         """A consistent, peaked, unimodal belief: good enough to track on."""
         c = config
-        return (self.consistent(c) and self.mass_near_peak >= c.tracking_min_confidence
+        return (self.heading_known and self.consistent(c)
+                and self.mass_near_peak >= c.tracking_min_confidence
                 and self.sigma_local_m <= c.tracking_max_sigma_m
                 and self.second_mode_mass <= c.max_second_mode_ratio * self.mass_near_peak)
 
