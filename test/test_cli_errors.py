@@ -84,6 +84,15 @@ def w(tmp_path_factory):
     write_kitti_bag(drive, t / "bag", storage="mcap", progress=False)
     p["bag"] = str(t / "bag")
     p["mcapfile"] = str(next((t / "bag").glob("*.mcap")))
+    # ROS 1 bags of the kitti2bag tool: a good one, one without gps/vel, a cut one
+    from _kitti2bag_ros1 import write_kitti2bag_ros1
+
+    ros1 = write_kitti2bag_ros1(drive, t / "kitti.bag")
+    p["ros1bag"] = str(ros1)
+    p["ros1novel"] = str(write_kitti2bag_ros1(drive, t / "novel.bag",
+                                               skip_topics=("/kitti/oxts/gps/vel",)))
+    (t / "cut.bag").write_bytes(ros1.read_bytes()[: ros1.stat().st_size // 2])
+    p["ros1cut"] = str(t / "cut.bag")
     p["outputs"] = str(_outputs_bag(t / "outputs"))
     # broken bags
     (t / "notbag").mkdir()
@@ -307,6 +316,8 @@ CASES = [
     C("cvl-replay", ["{notbag}"], "notbag", "metadata.yaml"),
     C("cvl-replay", ["{mcapfile}"], ".mcap", "folder"),
     C("cvl-replay", ["{garbage}"], "garbage", "cannot read"),
+    C("cvl-replay", ["{ros1cut}"], "cut.bag", "cannot read"),
+    C("cvl-replay", ["{ros1bag}", "--start", "1000"], "--start", "kitti.bag"),
     C("cvl-replay", ["{badmeta}"], "badmeta", "cannot read"),
     C("cvl-replay", ["{nostorage}"], "nostorage", "cannot read"),
     # ---------------------------------------------------------------- record
@@ -350,6 +361,19 @@ CASES = [
     C("cvl-kitti2bag", [*K2B, "--seed", "-1"], "--seed"),
     C("cvl-kitti2bag", [*K2B, "--storage", "rosbag1"], "--storage"),
     C("cvl-kitti2bag", ["--drive", "{drive}", "--out", "{foreign}"], "--out", "foreign"),
+    C("cvl-kitti2bag", ["--from-bag", "{t}/nope.bag", "--out", "{t}/k2b"], "nope.bag"),
+    C("cvl-kitti2bag", ["--from-bag", "{mcapfile}", "--out", "{t}/k2b"], "--from-bag",
+      "ROS 1"),
+    C("cvl-kitti2bag", ["--from-bag", "{ros1novel}", "--out", "{t}/k2b"], "novel.bag",
+      "/kitti/oxts/gps/vel"),
+    C("cvl-kitti2bag", ["--from-bag", "{ros1cut}", "--out", "{t}/k2b"], "cut.bag",
+      "cannot read"),
+    C("cvl-kitti2bag", ["--from-bag", "{ros1bag}", "--out", "{ros1bag}"], "--out", "input"),
+    C("cvl-kitti2bag", ["--from-bag", "{ros1bag}", "--out", "{foreign}"], "--out", "foreign"),
+    C("cvl-kitti2bag", ["--from-bag", "{ros1bag}", "--drive", "{drive}", "--out", "{t}/k2b"],
+      "--drive", "--from-bag"),
+    C("cvl-kitti2bag", ["--from-bag", "{ros1bag}", "--frames", "2", "--out", "{t}/k2b"],
+      "--frames", "--from-bag"),
     # ---------------------------------------------------------------- cvl-localize-bag
     C("cvl-localize-bag", ["{t}/nowhere", "--out", "{t}/lb"], "nowhere"),
     C("cvl-localize-bag", ["{notbag}", "--out", "{t}/lb"], "notbag", "metadata.yaml"),
@@ -364,6 +388,9 @@ CASES = [
     C("cvl-localize-bag", ["{bag}", "--out", "{bag}/report"], "--out", "input"),
     C("cvl-localize-bag", ["{bag}", "--out", "{foreign}"], "--out", "foreign"),
     C("cvl-localize-bag", [*LB, "--image-topic", "/nope"], "/nope"),
+    C("cvl-localize-bag", ["{ros1novel}", "--out", "{t}/lb"], "novel.bag", "/kitti/oxts/gps/vel"),
+    C("cvl-localize-bag", ["{ros1cut}", "--out", "{t}/lb"], "cut.bag", "cannot read"),
+    C("cvl-localize-bag", ["{ros1bag}", "--out", "{ros1bag}"], "--out", "input"),
 ]
 
 

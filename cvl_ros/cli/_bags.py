@@ -21,10 +21,12 @@ def _read_errors() -> tuple:
     # lengths: OverflowError; a short record: struct.error / EOFError / IndexError)
     basic = (OSError, EOFError, ValueError, KeyError, IndexError, OverflowError, struct.error)
     try:
+        from rosbags.highlevel import AnyReaderError
+        from rosbags.rosbag1 import ReaderError as Ros1ReaderError
         from rosbags.rosbag2 import ReaderError
     except ImportError:  # pragma: no cover - rosbags is a dependency
         return basic
-    return (ReaderError, *basic)
+    return (ReaderError, Ros1ReaderError, AnyReaderError, *basic)
 
 
 #: What reading a corrupt or unreadable bag raises (rosbags' ReaderError, I/O and decoding
@@ -61,21 +63,52 @@ def read_error(path, exc: BaseException, what: str = "bag") -> str:
             "incomplete (a killed recording) or corrupt: record or convert it again")
 
 
-def check_bag(path, what: str = "bag", topics=()) -> BagInfo:
-    """Open the bag folder ``path`` (a CLI argument named ``what``) and list its topics.
+def _check_ros1(p: Path, what: str) -> BagInfo:
+    """A kitti2bag ROS 1 ``.bag``: opened as the layout of cvl-kitti2bag (docs/bags.md)."""
+    from cvl_ros.ros.kitti_ros1 import Ros1BagError, open_ros1_bag
 
-    ``topics``: topics the command needs; a missing one is an error naming the bag's topics.
+    try:
+        view = open_ros1_bag(p)
+    except Ros1BagError as exc:  # the bag's content (a missing topic, no static chain)
+        raise CliError(f"{what} {p}: {exc}") from None
+    except READ_ERRORS as exc:
+        raise CliError(read_error(p, exc, what)) from None
+    return BagInfo(p, dict(view.topics), int(view.start_ns), int(view.end_ns))
+
+
+def check_bag(path, what: str = "bag", topics=()) -> BagInfo:
+    """Open the bag ``path`` (a CLI argument named ``what``) and list its topics.
+
+    ``path`` is a ROS 2 bag folder or a ROS 1 ``.bag`` file of kitti2bag (read as the layout of
+    cvl-kitti2bag: :mod:`cvl_ros.ros.kitti_ros1`). ``topics``: topics the command needs; a
+    missing one is an error naming the bag's topics.
     """
-    from rosbags.rosbag2 import Reader
+    from cvl_ros.ros.kitti_ros1 import is_ros1_bag
 
     p = Path(path)
     if not p.exists():
         raise CliError(f"{what} {p}: no such folder; give a ROS 2 bag folder (written by "
-                       "cvl-kitti2bag or ros2 bag record)")
-    if not p.is_dir():
+                       "cvl-kitti2bag or ros2 bag record) or a ROS 1 .bag of kitti2bag")
+    if p.is_file() and is_ros1_bag(p):
+        info = _check_ros1(p, what)
+    elif not p.is_dir():
         hint = (f"; the bag is the folder holding it: {p.parent}"
-                if p.suffix in (".mcap", ".db3") else "")
+                if p.suffix in (".mcap", ".db3") else
+                " (a .bag file must be a ROS 1 bag: it has no '#ROSBAG V2.0' header)"
+                if p.suffix == ".bag" else "")
         raise CliError(f"{what} {p} is a file, not a bag folder{hint}")
+    else:
+        info = _check_ros2(p, what)
+    missing = [t for t in topics if t not in info.topics]
+    if missing:
+        raise CliError(f"{what} {p} has no topic {', '.join(missing)} (it has: "
+                       f"{_topic_list(info.topics)})")
+    return info
+
+
+def _check_ros2(p: Path, what: str) -> BagInfo:
+    from rosbags.rosbag2 import Reader
+
     if not (p / "metadata.yaml").is_file():
         raise CliError(f"{what} {p} is not a ROS 2 bag (no metadata.yaml); give a bag folder "
                        "written by cvl-kitti2bag or ros2 bag record")
@@ -89,8 +122,4 @@ def check_bag(path, what: str = "bag", topics=()) -> BagInfo:
                 info.start_ns, info.end_ns = int(reader.start_time), int(reader.end_time)
     except READ_ERRORS as exc:
         raise CliError(read_error(p, exc, what)) from None
-    missing = [t for t in topics if t not in info.topics]
-    if missing:
-        raise CliError(f"{what} {p} has no topic {', '.join(missing)} (it has: "
-                       f"{_topic_list(info.topics)})")
     return info

@@ -1,9 +1,12 @@
 """``cvl-kitti2bag``: convert a KITTI raw drive (real or synthetic) into a ROS 2 bag.
 
+``--drive DIR`` converts a raw ``_sync`` drive; ``--from-bag IN.bag`` converts a ROS 1 bag of
+the ``kitti2bag`` tool into the same layout (odometry dead-reckoned from its ``gps/vel`` speeds
+and IMU yaw rate, ground truth from its ``world -> base_link``: :mod:`cvl_ros.ros.kitti_ros1`).
 Inputs are checked first (what is dropped is counted and printed), then ``--out``, which follows
 the output-safety rule (``docs/output-safety.md``): a new or empty folder, or with
-``--overwrite`` a bag cvl-kitti2bag wrote; never the drive or a folder holding it. Errors are one
-line, ``cvl-kitti2bag: error: ...``, exit status 2.
+``--overwrite`` a bag cvl-kitti2bag wrote; never the input or a folder holding it. Errors are
+one line, ``cvl-kitti2bag: error: ...``, exit status 2.
 """
 
 from __future__ import annotations
@@ -25,9 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cvl-kitti2bag",
         description="KITTI raw drive (raw_data/<date>/<date>_drive_<NNNN>_sync, calibration in "
-        "its parent folder) -> ROS 2 bag written with rosbags (mcap or sqlite3).",
+        "its parent folder), or a ROS 1 bag of the kitti2bag tool, -> ROS 2 bag written with "
+        "rosbags (mcap or sqlite3).",
     )
-    p.add_argument("--drive", required=True, help="the drive folder (..._sync)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--drive", help="the drive folder (..._sync)")
+    src.add_argument("--from-bag", metavar="IN.bag",
+                     help="a ROS 1 bag written by kitti2bag (tomas789/kitti2bag) from a raw "
+                     "drive: odometry dead-reckoned from /kitti/oxts/gps/vel and the IMU yaw "
+                     "rate, ground truth from /tf world->base_link (docs/bags.md)")
     p.add_argument("--out", required=True,
                    help="output bag folder: new or empty (or, with --overwrite, a bag "
                    "cvl-kitti2bag wrote)")
@@ -49,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-odom-tf", action="store_true",
                    help="do not put odom->base_link on /tf (odometry only on /kitti/odom)")
     p.add_argument("--frames", type=number(int, 1, 10_000_000), default=None, metavar="N",
-                   help="convert only the first N frames")
+                   help="convert only the first N frames (--drive only)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a bag cvl-kitti2bag wrote (nothing else is ever replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,18 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``cvl-kitti2bag``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.from_bag is not None and args.frames is not None:
+        parser.error("argument --frames: not allowed with --from-bag (it converts the whole "
+                     "bag)")
     from cvl_ros.ros.kitti_bag import write_kitti_bag
+    from cvl_ros.ros.kitti_ros1 import write_kitti_bag_from_ros1
 
     t0 = time.monotonic()
+    options = dict(storage=args.storage, odom_drift_pct=args.odom_drift,
+                   odom_yaw_drift_deg_per_100m=args.odom_yaw_drift,
+                   odom_noise_pct=args.odom_noise, seed=args.seed, gt_tf=args.gt_tf,
+                   odom_tf=not args.no_odom_tf, overwrite=args.overwrite,
+                   progress=not args.quiet)
     try:
-        info = write_kitti_bag(
-            args.drive, args.out, storage=args.storage, odom_drift_pct=args.odom_drift,
-            odom_yaw_drift_deg_per_100m=args.odom_yaw_drift,
-            odom_noise_pct=args.odom_noise, seed=args.seed, gt_tf=args.gt_tf,
-            odom_tf=not args.no_odom_tf, max_frames=args.frames, overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        if args.from_bag is not None:
+            info = write_kitti_bag_from_ros1(args.from_bag, args.out, **options)
+        else:
+            info = write_kitti_bag(args.drive, args.out, max_frames=args.frames, **options)
     except (OSError, ValueError, KeyError) as exc:  # OutputError is a ValueError
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"cvl-kitti2bag: error: {msg}", file=sys.stderr)

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the node's Localizer over a bag offline (no DDS, as fast as possible) "
         "and write estimates.csv, summary.json and plots.",
     )
-    p.add_argument("bag", help="bag folder (e.g. written by cvl-kitti2bag)")
+    p.add_argument("bag", help="bag folder (e.g. written by cvl-kitti2bag), or a ROS 1 .bag of "
+                   "the kitti2bag tool (read as cvl-kitti2bag --from-bag converts it)")
     p.add_argument("--out", required=True,
                    help="output folder (new or empty; see --overwrite; never inside the bag)")
     p.add_argument("--overwrite", action="store_true",
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args, values, bag, dbp, ckpt, localizer, result, out) -> dict:
     gt = ground_truth_from_bag(bag)
-    source = bags.bag_custom_data(bag).get(bags.META_PREFIX + "source_drive")
+    custom = bags.bag_custom_data(bag)
+    source = (custom.get(bags.META_PREFIX + "source_drive")
+              or custom.get(bags.META_PREFIX + "source_bag"))  # a ROS 1 bag (--from-bag)
     mosaic = Path(args.mosaic) if args.mosaic else find_mosaic(dbp, source)
     return write_report(
         result.rows, out, images=result.images, gt=gt, wall_s=result.wall_s,

@@ -1,4 +1,8 @@
-"""``cvl-replay``: play a ROS 2 bag into a live graph with ``/clock`` (no ``ros2 bag play``)."""
+"""``cvl-replay``: play a ROS 2 bag into a live graph with ``/clock`` (no ``ros2 bag play``).
+
+A ROS 1 ``.bag`` of the kitti2bag tool is played as the layout cvl-kitti2bag writes
+(:mod:`cvl_ros.ros.kitti_ros1`).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         "message and stays alive after the last one so that the tail is not lost. Nodes "
         "should run with use_sim_time:=true.",
     )
-    p.add_argument("bag", help="bag folder")
+    p.add_argument("bag", help="bag folder, or a ROS 1 .bag of the kitti2bag tool (played as "
+                   "cvl-kitti2bag --from-bag converts it: docs/bags.md)")
     p.add_argument("--rate", type=number(float, 0.0, 1000.0, low_inclusive=False), default=1.0,
                    metavar="X", help="playback speed factor (> 0 and <= 1000; default: 1)")
     p.add_argument("--start", type=number(float, 0.0, 1e7, unit="s"), default=0.0, metavar="S",

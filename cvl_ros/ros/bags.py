@@ -155,10 +155,23 @@ class BagMessage:
     connection: Any = None
 
 
+def _ros1_view(bag: str | Path) -> Any:
+    """The layout view of a kitti2bag ROS 1 ``.bag`` file, None for anything else."""
+    from cvl_ros.ros.kitti_ros1 import is_ros1_bag, open_ros1_bag
+
+    return open_ros1_bag(bag) if is_ros1_bag(bag) else None
+
+
 def bag_custom_data(bag: str | Path) -> dict[str, str]:
-    """Return the bag's ``custom_data`` metadata (empty when absent)."""
+    """Return the bag's ``custom_data`` metadata (empty when absent).
+
+    A kitti2bag ROS 1 ``.bag`` gives what ``cvl-kitti2bag --from-bag`` would write.
+    """
     import yaml
 
+    view = _ros1_view(bag)
+    if view is not None:
+        return dict(view.custom_data)
     meta = Path(bag) / "metadata.yaml"
     if not meta.is_file():
         return {}
@@ -178,9 +191,17 @@ def bag_datum(bag: str | Path) -> tuple[float, float, float] | None:
 
 
 def iter_bag(bag: str | Path, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
-    """Yield the bag's messages in time order (serialized CDR bytes), optionally some topics."""
+    """Yield the bag's messages in time order (serialized CDR bytes), optionally some topics.
+
+    ``bag`` is a ROS 2 bag folder, or a ROS 1 ``.bag`` of kitti2bag, read as the layout
+    cvl-kitti2bag writes (:mod:`cvl_ros.ros.kitti_ros1`).
+    """
     from rosbags.rosbag2 import Reader
 
+    view = _ros1_view(bag)
+    if view is not None:
+        yield from view.messages(topics)
+        return
     wanted = set(topics) if topics is not None else None
     with Reader(Path(bag)) as reader:
         conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
@@ -191,9 +212,12 @@ def iter_bag(bag: str | Path, topics: Iterable[str] | None = None) -> Iterator[B
 
 
 def bag_topics(bag: str | Path) -> dict[str, tuple[str, int]]:
-    """Return ``{topic: (msgtype, message count)}`` of a bag."""
+    """Return ``{topic: (msgtype, message count)}`` of a bag (or of a ROS 1 ``.bag``'s view)."""
     from rosbags.rosbag2 import Reader
 
+    view = _ros1_view(bag)
+    if view is not None:
+        return dict(view.topics)
     with Reader(Path(bag)) as reader:
         out: dict[str, tuple[str, int]] = {}
         for c in reader.connections:

@@ -264,6 +264,20 @@ def _odometry_from_oxts(packets, stamps_ns, drift_pct: float, yaw_drift: float,
 
 
 
+def odometry_covariances(travelled_m: float, drift_pct: float,
+                         yaw_drift_deg_per_100m: float) -> tuple[np.ndarray, np.ndarray]:
+    """(pose, twist) covariances (36,) of the odometry after ``travelled_m`` metres.
+
+    Position sigma 2 cm + the drift's share of the distance, yaw sigma 0.1 deg + the yaw drift.
+    """
+    sig_xy = 0.02 + abs(drift_pct) / 100.0 * travelled_m
+    sig_yaw = math.radians(0.1 + abs(yaw_drift_deg_per_100m) * travelled_m / 100.0)
+    pose_cov = np.diag([sig_xy**2, sig_xy**2, (2 * sig_xy) ** 2, 1e-4, 1e-4,
+                        sig_yaw**2]).reshape(-1)
+    twist_cov = np.diag([0.01, 0.01, 0.01, 1e-4, 1e-4, 1e-4]).reshape(-1)
+    return pose_cov, twist_cov
+
+
 # --------------------------------------------------------------------------------------------
 # Output safety: bags of earlier versions (no marker)
 # --------------------------------------------------------------------------------------------
@@ -742,12 +756,8 @@ def _write_bag(bag: Path, src: _Drive, poses, storage: str, odom_drift_pct: floa
                     linear_acceleration_covariance=np.diag([1e-3] * 3).reshape(-1)))
             if keep["odom"][i]:
                 # Odometry odom -> base_link with drift; twist from the OXTS body velocities.
-                sig_xy = 0.02 + abs(odom_drift_pct) / 100.0 * travelled[i]
-                sig_yaw = math.radians(0.1 + abs(odom_yaw_drift_deg_per_100m) * travelled[i]
-                                       / 100.0)
-                pose_cov = np.diag([sig_xy**2, sig_xy**2, (2 * sig_xy) ** 2, 1e-4, 1e-4,
-                                    sig_yaw**2]).reshape(-1)
-                twist_cov = np.diag([0.01, 0.01, 0.01, 1e-4, 1e-4, 1e-4]).reshape(-1)
+                pose_cov, twist_cov = odometry_covariances(
+                    float(travelled[i]), odom_drift_pct, odom_yaw_drift_deg_per_100m)
                 put(c_odom, t_ox, T[MSG_ODOMETRY](
                     header=_header(store, t_ox, FRAME_ODOM), child_frame_id=FRAME_BASE,
                     pose=T["geometry_msgs/msg/PoseWithCovariance"](

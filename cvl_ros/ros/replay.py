@@ -1,5 +1,9 @@
 """Replay a ROS 2 bag into a live graph with ``/clock`` (``cvl-replay``; no ``ros2 bag play``).
 
+A ROS 1 ``.bag`` of the kitti2bag tool is replayed as the layout cvl-kitti2bag writes: its
+messages rebuilt as ROS 2 messages (CDR) by :mod:`cvl_ros.ros.kitti_ros1`, with dead-reckoned
+odometry and ground truth, and its ``/tf_static`` (re-sent with every frame) sent once.
+
 :class:`BagReplayer` deserializes the bag's messages with ``rclpy.serialization`` and publishes
 them with the QoS recorded in the bag; :func:`parse_remaps` parses ``FROM:=TO`` topic renames.
 
@@ -226,9 +230,13 @@ class BagReplayer:
     ) -> None:
         if not rate > 0:
             raise ValueError(f"rate must be > 0, got {rate}")
+        from cvl_ros.ros.kitti_ros1 import is_ros1_bag
+
         self.bag = Path(bag)
-        if not (self.bag / "metadata.yaml").is_file():
-            raise FileNotFoundError(f"{self.bag}: not a ROS 2 bag (no metadata.yaml)")
+        self._ros1 = is_ros1_bag(self.bag)
+        if not self._ros1 and not (self.bag / "metadata.yaml").is_file():
+            raise FileNotFoundError(f"{self.bag}: not a ROS 2 bag (no metadata.yaml) nor a "
+                                    "ROS 1 bag of kitti2bag")
         self.rate = float(rate)
         self.start_s = float(start_s)
         self.loop = bool(loop)
@@ -259,31 +267,39 @@ class BagReplayer:
     def _out(self, topic: str) -> str:
         return self.remaps.get(topic, topic)
 
-    def _setup(self) -> None:
+    def _connections(self) -> tuple[list, int, int]:
+        """(connections, start, end) of the bag: a ROS 2 bag's, or a ROS 1 bag's layout."""
+        if self._ros1:
+            from cvl_ros.ros.kitti_ros1 import open_ros1_bag
+
+            view = open_ros1_bag(self.bag)
+            return list(view.connections), int(view.start_ns), int(view.end_ns)
         from rosbags.rosbag2 import Reader
 
-        store = make_typestore()
         with Reader(self.bag) as reader:
-            self._start_ns = int(reader.start_time)
-            self._end_ns = int(reader.end_time)
-            for c in reader.connections:
-                if self.topics is not None and c.topic not in self.topics:
-                    continue
-                if c.topic in self._pubs or c.topic in self.skipped:
-                    continue
-                try:
-                    cls = rclpy_message_class(c.msgtype, store)
-                except ImportError as exc:
-                    LOG.warning("replay: skipping topic %s: %s", c.topic, exc)
-                    self.skipped[c.topic] = c.msgtype
-                    continue
-                qos = _rclpy_qos(c)
-                self._classes[c.topic] = cls
-                self._pubs[c.topic] = self.node.create_publisher(cls, self._out(c.topic), qos)
-                if qos.durability.name == "TRANSIENT_LOCAL":
-                    self._latched.add(c.topic)
-                if self.wait_for is None and c.msgtype == MSG_IMAGE:
-                    self._default_wait = getattr(self, "_default_wait", []) + [self._out(c.topic)]
+            return list(reader.connections), int(reader.start_time), int(reader.end_time)
+
+    def _setup(self) -> None:
+        store = make_typestore()
+        connections, self._start_ns, self._end_ns = self._connections()
+        for c in connections:
+            if self.topics is not None and c.topic not in self.topics:
+                continue
+            if c.topic in self._pubs or c.topic in self.skipped:
+                continue
+            try:
+                cls = rclpy_message_class(c.msgtype, store)
+            except ImportError as exc:
+                LOG.warning("replay: skipping topic %s: %s", c.topic, exc)
+                self.skipped[c.topic] = c.msgtype
+                continue
+            qos = _rclpy_qos(c)
+            self._classes[c.topic] = cls
+            self._pubs[c.topic] = self.node.create_publisher(cls, self._out(c.topic), qos)
+            if qos.durability.name == "TRANSIENT_LOCAL":
+                self._latched.add(c.topic)
+            if self.wait_for is None and c.msgtype == MSG_IMAGE:
+                self._default_wait = getattr(self, "_default_wait", []) + [self._out(c.topic)]
         if self.clock:
             from rclpy.qos import QoSProfile
             from rosgraph_msgs.msg import Clock
