@@ -5,8 +5,9 @@ A :class:`GeoMosaic` is a north-up RGB image on a local ENU plane about a WGS84 
 ``north in [n0 - (row+1)*m, n0 - row*m]`` where ``(e0, n0)`` is the ENU of the north-west corner
 of pixel (0, 0) and ``m`` is metres per pixel. It is stored as ``<name>.png`` plus a JSON
 sidecar ``<name>.geo.json``. A north-up web-mercator (EPSG:3857) image with an ESRI world file
-is read as a :class:`WebMercatorMosaic`, which offers the same interface (:func:`read_mosaic`
-picks the class from the geo-reference found).
+is read as a :class:`WebMercatorMosaic`, an orthophoto in its own CRS (GeoTIFF, COG, JPEG 2000,
+...) as a :class:`cvl_ros.orthophoto.RasterMosaic`; both offer the same interface
+(:func:`read_mosaic` picks the class from the geo-reference found).
 
 The tile builder cuts KITTI-CVL style satellite tiles from such a mosaic (the script the
 KITTI-CVL authors never released) and writes the split files; see docs/data.md.
@@ -459,8 +460,11 @@ def read_mosaic(path, georef=None, datum: GeoDatum | None = None) -> GeoMosaic:
 
     ``georef``: a ``.geo.json`` sidecar (:class:`GeoMosaic`) or an ESRI world file for a
     north-up EPSG:3857 image (:class:`WebMercatorMosaic`); default: ``<name>.geo.json`` if it
-    exists, else a world file beside the image. ``datum`` (world files only) sets the ENU
-    datum, i.e. the origin of the tile grid (default: the image centre).
+    exists, else a world file beside the image (unless GDAL finds a CRS other than EPSG:3857
+    for the image: an orthophoto's own ``.tfw``), else the image's own geo-reference: a GeoTIFF,
+    COG, JPEG 2000 or any raster GDAL reads with a CRS and a geotransform
+    (:class:`cvl_ros.orthophoto.RasterMosaic`). ``datum`` (world files and rasters only) sets
+    the ENU datum, i.e. the origin of the tile grid (default: the image centre).
     """
     path = Path(path)
     if not path.is_file():
@@ -468,18 +472,31 @@ def read_mosaic(path, georef=None, datum: GeoDatum | None = None) -> GeoMosaic:
     if georef is None:
         side = geo_sidecar_path(path)
         georef = side if side.is_file() else find_world_file(path)
+        if georef is not None and georef != side and _own_crs_not_webmercator(path):
+            georef = None
         if georef is None:
+            from cvl_ros.orthophoto import RasterMosaic
+
             names = ", ".join([side.name] + [c.name for c in world_file_candidates(path)[::2]])
-            raise FileNotFoundError(f"no geo-reference found for {path} (looked for {names})")
+            return RasterMosaic(path, datum, looked_for=names)
     georef = Path(georef)
     if not georef.is_file():
         raise FileNotFoundError(f"geo-reference not found: {georef}")
     if georef.name.lower().endswith(".json"):
         if datum is not None:
             raise ValueError(f"{georef} sets the mosaic's datum; a datum can only be given "
-                             "with a world file")
+                             "with a world file or an orthophoto in its own CRS")
         return GeoMosaic.read(path, georef)
     return WebMercatorMosaic.read(path, georef, datum)
+
+
+def _own_crs_not_webmercator(path) -> bool:
+    """Whether GDAL finds a CRS other than EPSG:3857 for the image (then its world file is
+    in that CRS, not web mercator)."""  # noqa: D205, D209
+    from cvl_ros.orthophoto import raster_crs
+
+    crs = raster_crs(path)
+    return crs is not None and crs.to_epsg() != 3857
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """``cvl-build-db``: run the satellite branch once over tiles and write a ``TileDatabase``.
 
 ``--tiles`` is either a KITTI-CVL root (tiles of ``--split``, default ``test2``: every test tile)
-or a georeferenced mosaic (``mosaic.png`` with ``mosaic.geo.json``, or a folder holding them):
-the mosaic is cut into tiles on a regular ENU grid of ``--spacing-m`` whose tiles lie inside
+or a georeferenced mosaic: ``mosaic.png`` with ``mosaic.geo.json`` (or a folder holding them),
+an image with a web-mercator world file, or an orthophoto with its own geo-reference in any
+projected or geographic CRS (GeoTIFF, COG, JPEG 2000, anything GDAL reads;
+:mod:`cvl_ros.orthophoto`, datum ``--datum``, default its centre). The mosaic is cut into
+north-up tiles on a regular ENU grid of ``--spacing-m`` about its datum whose tiles lie inside
 the mosaic (at most ``--max-tiles``). Under ``torchrun`` every rank encodes every WORLD_SIZE-th
 tile into a shard and rank 0 merges the shards into ``--out``.
 
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cvl_ros.cli._args import device, number
+from cvl_ros.cli.build_tiles import _datum
 
 PROG = "cvl-build-db"
 
@@ -35,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0][2:])
     p.add_argument("--checkpoint", required=True, help="model .safetensors (or its folder)")
     p.add_argument("--tiles", required=True,
-                   help="KITTI-CVL root, or a GeoMosaic PNG (with .geo.json) / folder with one")
+                   help="KITTI-CVL root, or a GeoMosaic PNG (with .geo.json) / folder with one, "
+                   "or a mosaic image with a world file, or an orthophoto (GeoTIFF/COG, "
+                   "JPEG 2000, ...) in its own CRS")
     p.add_argument("--out", required=True,
                    help="database folder to write (new or empty; see --overwrite)")
     p.add_argument("--overwrite", action="store_true",
@@ -44,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KITTI-CVL split whose tiles to encode (default test2)")
     p.add_argument("--spacing-m", type=number(float, 0.1, 10000.0, unit="m"), default=10.0,
                    metavar="M", help="mosaic tile grid spacing (0.1-10000 m; default 10)")
+    p.add_argument("--datum", type=_datum, default=None, metavar="LAT,LON[,ALT]",
+                   help="mosaic with a world file or orthophoto in its own CRS: ENU datum = "
+                   "origin of the tile grid (default: the image centre, altitude 0)")
     p.add_argument("--max-tiles", type=number(int, 1, 10_000_000), default=MAX_TILES,
                    metavar="N", help=f"refuse a mosaic grid of more tiles (default {MAX_TILES})")
     p.add_argument("--batch-size", type=number(int, 1, 4096), default=16, metavar="N")
@@ -57,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _find_mosaic(path: Path):
     from cvl_ros.tiles import geo_sidecar_path
 
-    if path.is_file() and path.suffix.lower() == ".png":
+    if path.is_file():  # a PNG with .geo.json, an image with a world file, an orthophoto
         return path
     if path.is_dir() and not any((path / f).is_file() for f in
                                  ("train_files.txt", "test1_files.txt", "test2_files.txt")):
@@ -115,8 +124,24 @@ def main(argv=None) -> int:
         if int(os.environ.get("RANK", 0)) == 0:  # checked again before writing
             check_output(args.out, tool=PROG, inputs=[args.checkpoint, args.tiles],
                          overwrite=args.overwrite, recognise=recognise_database)
+        mosaic_path = _find_mosaic(Path(args.tiles))
+        if args.datum is not None and mosaic_path is None:
+            raise CliError(f"--datum applies to a mosaic; {args.tiles} is a KITTI-CVL root, "
+                           "whose datum is its own")
     except (CliError, OutputError) as exc:
         return fail(PROG, exc)
+    mosaic = None
+    if mosaic_path is not None:  # read (and checked) before the model loads
+        from cvl_ros.tiles import read_mosaic
+
+        try:
+            mosaic = read_mosaic(mosaic_path, datum=args.datum)
+        except (OSError, ValueError) as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
+        note = mosaic.crs_note() if hasattr(mosaic, "crs_note") else None
+        if note and int(os.environ.get("RANK", 0)) == 0:
+            print(f"{PROG}: note: {mosaic_path}: {note}", file=sys.stderr)
     import torch
 
     from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint, resolve_checkpoint
@@ -135,17 +160,25 @@ def main(argv=None) -> int:
         return 2
     cfg = model.config
     src = Path(args.tiles)
-    mosaic_path = _find_mosaic(src)
     t0 = time.time()
     try:
-        if mosaic_path is not None:
-            from cvl_ros.tiles import GeoMosaic
-
-            mosaic = GeoMosaic.read(mosaic_path)
+        if mosaic is not None:
             count, tiles = mosaic_tiles(mosaic, cfg.coverage_m, cfg.sat_px, args.spacing_m,
                                         args.max_tiles)
             datum = mosaic.datum
             extra = {"source": str(mosaic_path), "kind": "mosaic", "spacing_m": args.spacing_m}
+            if hasattr(mosaic, "crs_note"):  # an orthophoto in its own CRS
+                g = mosaic.georef_dict()
+                extra["georef"] = {k: g[k] for k in (
+                    "format", "driver", "crs", "crs_operation", "crs_accuracy_m",
+                    "geotransform", "m_per_px", "width_px", "height_px")}
+            if count == 0:
+                e0, e1, n0, n1 = mosaic.extent_enu
+                raise ValueError(
+                    f"{mosaic_path}: the mosaic covers {e1 - e0:.1f} x {n1 - n0:.1f} m about "
+                    f"its datum, less than one {cfg.coverage_m:g} m tile of this model "
+                    f"(grid --spacing-m {args.spacing_m:g}); give a mosaic that covers at "
+                    "least one tile")
         else:
             from cvl_ros.datasets import KittiCVL
 

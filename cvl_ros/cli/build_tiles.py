@@ -2,10 +2,12 @@
 
 The tile builder KITTI-CVL's authors never released. Camera positions of KITTI raw drives
 (``<raw>/raw_data/<date>/<date>_drive_<NNNN>_sync/oxts`` with the date folder's calibration)
-are placed on a mosaic: an image with the project's ``<name>.geo.json`` sidecar, or a north-up
-web-mercator (EPSG:3857) image with an ESRI world file (``.pgw``/``.jgw``/``.tfw``/``.wld``).
-Tiles are cut on a regular ENU grid of ``--spacing-m`` about the mosaic's datum and written in
-the KITTI-CVL layout under ``--out``:
+are placed on a mosaic: an image with the project's ``<name>.geo.json`` sidecar, a north-up
+web-mercator (EPSG:3857) image with an ESRI world file (``.pgw``/``.jgw``/``.tfw``/``.wld``), or
+an orthophoto with its own geo-reference in any projected or geographic CRS (GeoTIFF, COG,
+JPEG 2000, anything GDAL reads; :mod:`cvl_ros.orthophoto`). Tiles are cut on a regular ENU grid
+of ``--spacing-m`` about the mosaic's datum, north-up on that plane, and written in the
+KITTI-CVL layout under ``--out``:
 
 - ``satmap/train_10mgap/<date>/<drive>/<frame>.png``: one tile per training frame, centred on
   the grid point nearest to the camera (KITTI-CVL's folder name, whatever the spacing);
@@ -72,13 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset root holding raw_data/<date>/<date>_drive_<NNNN>_sync (or "
                    "raw_data/ itself)")
     p.add_argument("--mosaic", required=True, metavar="IMAGE",
-                   help="mosaic image (PNG, JPEG, TIFF); geo-reference beside it: "
-                   "<name>.geo.json, else a world file (.pgw/.jgw/.tfw/.wld, EPSG:3857)")
+                   help="mosaic image; geo-reference beside it: <name>.geo.json, else a "
+                   "world file (.pgw/.jgw/.tfw/.wld, EPSG:3857), else the image's own: a "
+                   "GeoTIFF/COG, JPEG 2000 or other raster GDAL reads, in any projected or "
+                   "geographic CRS")
     p.add_argument("--georef", default=None, metavar="FILE",
                    help="explicit geo-reference: a .geo.json sidecar or an ESRI world file")
     p.add_argument("--datum", type=_datum, default=None, metavar="LAT,LON[,ALT]",
-                   help="world file only: ENU datum = origin of the tile grid (default: the "
-                   "image centre, altitude 0)")
+                   help="world file or orthophoto in its own CRS: ENU datum = origin of the "
+                   "tile grid (default: the image centre, altitude 0)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="KITTI-CVL root to write satmap/ and the split files into")
     p.add_argument("--train-drives", type=_drive_list, action="extend", default=[],
@@ -154,11 +158,15 @@ def _resolve_all(raw_data: Path, names) -> list:
     return out
 
 
-def _check_inside(mosaic, key: str, frames, pos) -> None:
+def _check_inside(mosaic, key: str, frames, pos, name: str = "") -> None:
     rows, cols = mosaic.enu_to_pixel(pos[:, 0], pos[:, 1])
     rows, cols = np.atleast_1d(rows), np.atleast_1d(cols)
     inside = ((rows >= -0.5) & (rows <= mosaic.height_px - 0.5)
               & (cols >= -0.5) & (cols <= mosaic.width_px - 0.5))
+    what = "outside the mosaic"
+    if inside.all() and getattr(mosaic, "masked", False):  # an orthophoto's nodata / alpha
+        inside = mosaic.valid_at(pos[:, 0], pos[:, 1])
+        what = "where the mosaic has no data (its nodata value, alpha or mask band)"
     if inside.all():
         return
     bad = np.flatnonzero(~inside)
@@ -167,9 +175,10 @@ def _check_inside(mosaic, key: str, frames, pos) -> None:
     la0, lo0, _ = mosaic.datum.to_geodetic(e0, n0, 0.0)
     la1, lo1, _ = mosaic.datum.to_geodetic(e1, n1, 0.0)
     raise _InputError(
-        f"drive {key}: {len(bad)} of {len(pos)} camera positions lie outside the mosaic "
+        f"drive {key}: {len(bad)} of {len(pos)} camera positions lie {what} {name}"
         f"(first: frame {int(frames[bad[0]])} at lat {lat:.7f}, lon {lon:.7f}); the mosaic "
-        f"covers about lat {la0:.7f}..{la1:.7f}, lon {lo0:.7f}..{lo1:.7f}")
+        f"covers about lat {la0:.7f}..{la1:.7f}, lon {lo0:.7f}..{lo1:.7f}; give a mosaic "
+        "that covers the drive, or leave the drive out")
 
 
 def _tile_dirs(out: Path, train, tests) -> list:
@@ -201,6 +210,7 @@ def _run(args) -> int:
         SPLIT_FILES,
         TILES_META,
         GeoMosaic,
+        WebMercatorMosaic,
         build_tiles,
         drive_camera_track,
         read_mosaic,
@@ -227,13 +237,18 @@ def _run(args) -> int:
         ref = args.georef or geo_sidecar_path(Path(args.mosaic))
         raise _InputError(f"geo-reference {ref} is not valid JSON ({exc}); fix or regenerate "
                           "it") from None
+    raster = type(mosaic) not in (GeoMosaic, WebMercatorMosaic)  # an orthophoto in its CRS
+    note = mosaic.crs_note() if raster else None
+    if note:
+        print(f"{PROG}: note: {args.mosaic}: {note}", file=sys.stderr)
     traj = {}
     for key in dict.fromkeys(train + test + (test2 or [])):
         frames, T = drive_camera_track(raw_data / key, mosaic.datum, args.cam)
         if len(frames) == 0:
             raise _InputError(f"drive {key}: no OXTS packets in {raw_data / key / 'oxts/data'}")
         pos = T[:, :2, 3]
-        _check_inside(mosaic, key, frames[::args.query_stride], pos[::args.query_stride])
+        _check_inside(mosaic, key, frames[::args.query_stride], pos[::args.query_stride],
+                      f"{args.mosaic} " if raster else "")
         traj[key] = (frames, pos)
     tests = test + (test2 or [])
     _check_tile_count(traj, train, tests, args.spacing_m,
@@ -250,6 +265,11 @@ def _run(args) -> int:
         "georef": "geo.json" if type(mosaic) is GeoMosaic else "world_file (EPSG:3857)",
         "mosaic_m_per_px": float(mosaic.m_per_px), "query_stride": args.query_stride,
         "cam": args.cam}
+    if raster:
+        g = mosaic.georef_dict()
+        source["georef"] = f"raster ({g['crs']})"
+        source.update({k: g[k] for k in ("driver", "crs", "crs_operation", "crs_accuracy_m",
+                                         "geotransform")})
     with prepare_members(out, members, tool=PROG, inputs=inputs, overwrite=args.overwrite,
                          recognise=recognise_tiles) as staging:
         stats = build_tiles(mosaic, traj, staging, train, test, spacing_m=args.spacing_m,
