@@ -100,12 +100,11 @@ _RAW: tuple[Param, ...] = (
           'odom_frame->base_frame transform on /tf',
           choices=("odom", "tf")),
     Param('heading_source', 'auto',
-          'imu | odom | auto | estimate [choices], absolute ENU heading of base_frame: imu = '
-          'yaw of `imu` (INS / compass); odom = odometry yaw + odom_yaw_offset_rad (odometry '
+          'imu | odom | auto [choices], absolute ENU heading of base_frame: imu = yaw of '
+          '`imu` (INS / compass); odom = odometry yaw + odom_yaw_offset_rad (odometry '
           'aligned with ENU); auto = imu when an IMU heading is near the image stamp, '
-          'else odom; estimate = from the images (the fused descriptor scored over yaw '
-          'hypotheses, odometry yaw between updates; no IMU used)',
-          choices=("auto", "imu", "odom", "estimate")),
+          'else odom',
+          choices=("auto", "imu", "odom")),
     Param('odom_yaw_offset_rad', 0.0,
           "ENU yaw of the odometry frame's x axis [rad] (used by heading_source odom/auto"
           ' without IMU; an initialpose yaw replaces it)'),
@@ -249,15 +248,6 @@ _RAW: tuple[Param, ...] = (
     Param('localizer.lost_after_updates', 8,
           'consecutive updates without a good fix after which a global relocalisation '
           'starts [count]'),
-    Param('localizer.yaw_hypotheses', 7,
-          'yaw hypotheses scored per keyframe with heading_source estimate once the heading '
-          'is known (36 over the circle before) [count]'),
-    Param('localizer.yaw_drift_deg_per_100m', 1.0,
-          'odometry yaw drift the estimated heading belief widens by, 1-sigma per 100 m '
-          '[deg] (per 100 m)'),
-    Param('localizer.initial_yaw_sigma_deg', 180.0,
-          '1-sigma of the initial heading belief about odom_yaw_offset_rad with '
-          'heading_source estimate [deg]; 180 = unknown (whole-circle search first)'),
     Param('localizer.heading_sigma_rad', 0.05,
           '1-sigma of the absolute heading (IMU/INS), reported as the yaw variance [rad]'),
     Param('localizer.frame_state_rotation_tolerance_rad', 0.002,
@@ -386,7 +376,6 @@ def localizer_config(values: Mapping[str, object], calibration=None):
         key = "localizer." + f.name
         if key in values:
             kw[f.name] = values[key]
-    kw["estimate_heading"] = values["heading_source"] == "estimate"
     if not kw.get("score_temperature"):
         kw["score_temperature"] = (float(calibration.score_temperature) if calibration is not None
                                    else UNCALIBRATED_SCORE_TEMPERATURE)

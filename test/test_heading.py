@@ -49,11 +49,12 @@ def test_rotation_masks_what_left_the_grid_and_round_trips_inside():
 
 # ------------------------------------------------------------------ yaw belief
 def test_fine_update_is_the_product_of_gaussians():
-    yf = YawFilter(0.2, math.radians(4.0), hypotheses=41)
+    """(Both sigmas above the 3 deg floors of one window's measurement and of the belief.)"""
+    yf = YawFilter(0.2, math.radians(8.0), hypotheses=41)
     deltas = yf.hypotheses()
-    z, r = math.radians(2.0), math.radians(3.0)  # measurement: offset +2 deg, sigma 3 deg
+    z, r = math.radians(4.0), math.radians(6.0)  # measurement: offset +4 deg, sigma 6 deg
     yf.update(deltas, -0.5 * (deltas - z) ** 2 / r**2)
-    p, q = math.radians(4.0) ** 2, r**2
+    p, q = math.radians(8.0) ** 2, r**2
     assert yf.mean == pytest.approx(0.2 + z * p / (p + q), abs=math.radians(0.1))
     assert yf.sigma == pytest.approx(math.sqrt(p * q / (p + q)), rel=0.05)
 

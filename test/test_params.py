@@ -39,7 +39,10 @@ def test_defaults_validate_and_equal_the_core_defaults():
                if "localizer." + f.name not in P.PARAMS}
     # the fields set from node parameters of another name
     assert skipped == {"camera_height_m", "odom_yaw_offset_rad", "map_datum_lat_deg",
-                       "map_datum_lon_deg", "map_datum_alt_m", "estimate_heading"}
+                       "map_datum_lon_deg", "map_datum_alt_m",
+                       # the experimental heading estimation: core API only (docs/node.md)
+                       "estimate_heading", "yaw_hypotheses", "yaw_drift_deg_per_100m",
+                       "initial_yaw_sigma_deg"}
 
 
 @pytest.mark.parametrize("name, value, words", [
