@@ -189,6 +189,22 @@ def test_two_processes(tmp_path, ros_executor, spin_until):
         assert time.monotonic() - t0 < 60
         spin_until(ros_executor, lambda: any(
             d.status[0].name.endswith("localization") for d in probe.diag), 5.0, "diagnostics")
+        # runtime parameter changes from another process (what `ros2 param set` does) go
+        # through the configure-time rules: refused with the reason, or applied
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        cli = probe.node.create_client(SetParameters, "/cvl_localizer/set_parameters")
+        assert cli.wait_for_service(timeout_sec=10.0)
+        for name, value, ok, words in [("heading_source", "IMU", False, "one of auto"),
+                                       ("transform_tolerance", -5.0, False, ">= 0"),
+                                       ("queue_size", 0, False, ">= 1"),
+                                       ("imu_tolerance_s", 0.5, True, "")]:
+            fut = cli.call_async(SetParameters.Request(
+                parameters=[Parameter(name, value=value).to_parameter_msg()]))
+            spin_until(ros_executor, fut.done, 10.0, f"set {name}")
+            res = fut.result().results[0]
+            assert res.successful is ok and words in res.reason, (name, res)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
