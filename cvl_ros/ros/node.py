@@ -828,6 +828,12 @@ def main(args=None) -> int:
             node.destroy_node()
         except Exception:
             pass
+        try:
+            # release the executor's guard conditions while the context is alive: left to the
+            # garbage collector at exit, Jazzy's rclpy printed an InvalidHandle traceback
+            executor.shutdown(timeout_sec=1.0)
+        except Exception:
+            pass
         if rclpy.ok():
             rclpy.shutdown()
     return 0
