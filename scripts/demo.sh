@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make demo: the whole product on one small synthetic town, from a fresh clone.
 #
-#   1. cvl-synth         a seeded synthetic town (satellite mosaic + tiles) and one drive
-#   2. cvl-build-db      the tile database, encoded with the shipped demo model
+#   1. cvl-synth         a seeded synthetic town (satellite mosaic) and one drive
+#   2. cvl-build-db      the tile database over the WHOLE mosaic (the area, not the route: what
+#                        a user has), encoded with the shipped demo model
 #   3. cvl-kitti2bag     the drive as a ROS 2 bag (camera, camera_info, GPS, IMU, odometry, TF)
 #   4. cvl-localize      the lifecycle node, as its own process, with use_sim_time
 #   5. recorder          records the node's outputs (~/geo_pose, ~/fix, ~/pose, ~/heatmap, /tf)
@@ -101,12 +102,12 @@ trap cleanup EXIT
 log "1/7 synthetic town and drive (seed $SEED, $FRAMES frames)"
 "$BIN/cvl-synth" --out "$OUT/town" --seed "$SEED" --style "$STYLE" --split test --drives 1 \
   --frames-per-drive "$FRAMES" --heading-noise-deg "$HEADING_NOISE" --image-size "$IMAGE_SIZE" \
-  >"$OUT/synth.log" 2>&1 || { tail -n 30 "$OUT/synth.log" >&2; die "cvl-synth failed"; }
+  --no-tiles >"$OUT/synth.log" 2>&1 || { tail -n 30 "$OUT/synth.log" >&2; die "cvl-synth failed"; }
 DRIVE="$(find "$OUT/town/raw_data" -mindepth 2 -maxdepth 2 -type d -name '*_sync' | sort | head -n 1)"
 [[ -n "$DRIVE" ]] || die "cvl-synth wrote no drive under $OUT/town/raw_data"
 
-log "2/7 tile database with $(basename "$(dirname "$MODEL")")"
-"$BIN/cvl-build-db" --checkpoint "$MODEL" --tiles "$OUT/town" --split test2 --out "$OUT/db" \
+log "2/7 tile database over the whole mosaic with $(basename "$(dirname "$MODEL")")"
+"$BIN/cvl-build-db" --checkpoint "$MODEL" --tiles "$OUT/town/mosaic.png" --out "$OUT/db" \
   --threads "$THREADS" --no-progress \
   >"$OUT/build_db.log" 2>&1 || { tail -n 30 "$OUT/build_db.log" >&2; die "cvl-build-db failed"; }
 

@@ -117,8 +117,11 @@ def node_run_report(outputs_bag: str | Path, input_bag: str | Path, out_dir: str
     if extra:
         info.update(extra)
     summary = report.write_report(rows, out_dir, images=len(image_stamps), gt=gt, mosaic=mosaic,
-                              heatmap=heat, heatmap_row=heat_row,
-                              gps_errors_m=report.gps_error_m(input_bag, gt), extra=info)
+                                  heatmap=heat, heatmap_row=heat_row,
+                                  gps_track=report.gps_errors(input_bag, gt),
+                                  odometry=report.odometry_from_bag(input_bag),
+                                  start_ns=image_stamps[0] if image_stamps else None,
+                                  extra=info)
     return summary
 
 
@@ -134,7 +137,13 @@ def format_summary(s: dict) -> str:
         f"(fix at {100 * s.get('keyframe_fix_rate', 0.0):.0f} % of keyframes)",
         f"median / p90 error   : {f(s.get('median_error_m'), ' m')} / "
         f"{f(s.get('p90_error_m'), ' m')}",
+        f"p95 / max error      : {f(s.get('p95_error_m'), ' m')} / "
+        f"{f(s.get('max_error_m'), ' m')}",
+        f"in the 95 % ellipse  : {f(s.get('ellipse95_coverage'))} of fixes (NEES "
+        f"{f(s.get('nees_mean'))}; 2 = consistent)",
         f"GPS fix median error : {f(s.get('gps_median_error_m'), ' m')} (the prior's input)",
+        f"dead reckoning median: {f(s.get('odometry_only_median_error_m'), ' m')} (odometry "
+        "from the true start)",
         f"mean latency         : {f(s.get('mean_latency_ms'), ' ms')}",
         f"map->odom TFs        : {s.get('tf_map_odom')}   heatmaps: {s.get('heatmaps')}",
         f"stamps = image stamps: {s.get('stamps_match_images')}",
