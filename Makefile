@@ -29,7 +29,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	bash scripts/demo.sh
+	CVL_VENV="$(abspath $(VENV))" bash scripts/demo.sh
 
 field: setup
-	bash scripts/field.sh $(FIELD_ARGS)
+	CVL_VENV="$(abspath $(VENV))" bash scripts/field.sh $(FIELD_ARGS)
