@@ -39,7 +39,7 @@ from cvl_ros.geo import (
     proj_to_enu,
     proj_to_geodetic,
 )
-from cvl_ros.tiles import GeoMosaic
+from cvl_ros.tiles import ProjectedMosaic
 
 #: Output pixels between two exactly converted control points of a crop.
 CONTROL_STEP_PX = 32
@@ -136,7 +136,7 @@ def _bands(ds, path: Path) -> tuple:
     return tuple(idx), lut
 
 
-class RasterMosaic(GeoMosaic):
+class RasterMosaic(ProjectedMosaic):
     """An orthophoto in its own CRS on the local ENU plane about ``datum``.
 
     ``datum`` (default: the image centre, altitude 0) is the origin of the tile grid.
@@ -256,14 +256,6 @@ class RasterMosaic(GeoMosaic):
         lon, lat = self.crs.to_lonlat(x, y)
         e, n, _ = proj_to_enu(self.datum, lat, lon, self.datum.alt_m)
         return e, n
-
-    def local_affine(self, east_m: float, north_m: float, step_m: float = 10.0) -> tuple:
-        """(row, col, J) at ENU (east, north): J = d(row, col)/d(east, north), (2,2) px/m."""
-        e, n, s = float(east_m), float(north_m), float(step_m)
-        r, c = self.enu_to_pixel(np.array([e, e + s, e - s, e, e]),
-                                 np.array([n, n, n, n + s, n - s]))
-        jac = np.array([[r[1] - r[2], r[3] - r[4]], [c[1] - c[2], c[3] - c[4]]]) / (2.0 * s)
-        return float(r[0]), float(c[0]), jac
 
     def _inscribed_extent(self, samples: int = 65) -> tuple:
         h, w = self.height_px, self.width_px

@@ -298,7 +298,20 @@ def check_webmercator_world(world, source="world file") -> tuple:
     return A, D, B, E, C, F
 
 
-class WebMercatorMosaic(GeoMosaic):
+class ProjectedMosaic(GeoMosaic):
+    """A mosaic whose pixels are not a linear map of ENU: ``local_affine`` by central
+    differences of ``enu_to_pixel`` (web mercator, orthophotos in any CRS)."""  # noqa: D205, D209
+
+    def local_affine(self, east_m: float, north_m: float, step_m: float = 10.0) -> tuple:
+        """(row, col, J) at ENU (east, north): J = d(row, col)/d(east, north), (2,2) px/m."""
+        e, n, s = float(east_m), float(north_m), float(step_m)
+        r, c = self.enu_to_pixel(np.array([e, e + s, e - s, e, e]),
+                                 np.array([n, n, n, n + s, n - s]))
+        jac = np.array([[r[1] - r[2], r[3] - r[4]], [c[1] - c[2], c[3] - c[4]]]) / (2.0 * s)
+        return float(r[0]), float(c[0]), jac
+
+
+class WebMercatorMosaic(ProjectedMosaic):
     """North-up image in EPSG:3857 (web-mercator metres) georeferenced by an ESRI world file.
 
     It offers the :class:`GeoMosaic` interface on the local ENU plane about ``datum`` (default:
@@ -368,14 +381,6 @@ class WebMercatorMosaic(GeoMosaic):
         lat, lon = webmercator_to_latlon(x, y)
         e, n, _ = self.datum.to_enu(lat, lon, self.datum.alt_m)
         return e, n
-
-    def local_affine(self, east_m: float, north_m: float, step_m: float = 10.0) -> tuple:
-        """(row, col, J) at ENU (east, north): J = d(row, col)/d(east, north), (2,2) px/m."""
-        e, n, s = float(east_m), float(north_m), float(step_m)
-        r, c = self.enu_to_pixel(np.array([e, e + s, e - s, e, e]),
-                                 np.array([n, n, n, n + s, n - s]))
-        jac = np.array([[r[1] - r[2], r[3] - r[4]], [c[1] - c[2], c[3] - c[4]]]) / (2.0 * s)
-        return float(r[0]), float(c[0]), jac
 
     def contains(self, east_m: float, north_m: float, half_size_m: float = 0.0) -> bool:
         """Whether the square of half side ``half_size_m`` about (east, north) lies inside."""
