@@ -359,7 +359,8 @@ class TileDatabase:
                                 "the database with cvl-build-db") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise DatabaseError(f"{mpath}: not a {FORMAT_NAME} manifest")
-        if int(manifest.get("version", -1)) != FORMAT_VERSION:
+        version = manifest.get("version")
+        if isinstance(version, bool) or version != FORMAT_VERSION:  # "1", 1.5, NaN, null...
             raise DatabaseError(f"{mpath}: format version {manifest.get('version')} is not "
                                 f"supported (expected {FORMAT_VERSION}); rebuild the database")
         for key in ("model_hash", "tile_ids", "centers_latlon", "centers_enu", "datum", "arrays"):

@@ -291,13 +291,24 @@ def _coerce(p: Param, value: object) -> object:
         if not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"must be a list of {len(p.default)} numbers, got {value!r}")
-        return [float(v) for v in value]
+        return [_to_float(v) for v in value]
     ok = _TRUE_KINDS[kind]
     if isinstance(value, bool) and kind != "bool" or not isinstance(value, ok):
         want = {"bool": "true or false", "int": "an integer", "float": "a number",
                 "str": "a string"}[kind]
         raise ValueError(f"must be {want}, got {value!r} ({type(value).__name__})")
-    return float(value) if kind == "float" else value
+    if kind == "int" and not -2**63 <= value < 2**63:  # a ROS 2 integer parameter is int64
+        raise ValueError(f"must be a 64-bit integer, got {value}")
+    return _to_float(value) if kind == "float" else value
+
+
+def _to_float(value: int | float) -> float:
+    """``float(value)``; ValueError (not OverflowError) for an integer beyond float range."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"must be a finite number, got an integer of {len(str(value))} "
+                         "digits") from None
 
 
 def _rule_errors(values: Mapping[str, object]) -> list[str]:
@@ -311,6 +322,11 @@ def _rule_errors(values: Mapping[str, object]) -> list[str]:
             errors.append(f"parameter {name} must be finite, got {v}")
         elif p.at_least is not None and v < p.at_least:
             errors.append(f"parameter {name} must be >= {p.at_least:g}, got {v}")
+    for name in ("diagnostics_rate_hz", "tf_publish_rate_hz"):  # timers of period 1 / rate
+        v = values[name]
+        if math.isfinite(v) and v > 0 and not 1e9 / v < 2**63:  # rclpy: int64 nanoseconds
+            errors.append(f"parameter {name} must be 0 (off) or a rate above "
+                          f"{1e9 / 2**63:.2g} Hz (a timer period rclpy can represent), got {v}")
     if not _DEVICE.match(str(values["device"])):
         errors.append(f"parameter device must be auto, cpu, cuda or cuda:<n>, got "
                       f"{values['device']!r}")

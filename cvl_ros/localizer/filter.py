@@ -122,7 +122,11 @@ class GridFilter:
             return
         self.center_en = self.center_en + np.asarray(delta_en, dtype=np.float64).reshape(2)
         s = float(sigma_m) / self.cell_m
-        if s > 0.05:
+        if not s <= 8.0 * self.prob.shape[0]:
+            # a blur this much wider than the grid (a huge odometry jump) leaves it uniform to
+            # 2 %; its Gaussian kernel (6 s + 1 taps) might not even fit in memory
+            self.prob[:] = 1.0 / self.prob.size
+        elif s > 0.05:
             self.prob = ndimage.gaussian_filter(self.prob, s, mode="constant", truncate=3.0)
             self._normalise()
 

@@ -149,8 +149,10 @@ class FrameAssembler:
         out = []
         for t in msg.transforms:
             try:
-                self.static_tf[t.child_frame_id.lstrip("/")] = (
-                    t.header.frame_id.lstrip("/"), convert.transform_to_matrix(t.transform))
+                T = convert.transform_to_matrix(t.transform)
+                if not np.all(np.isfinite(T)):  # a NaN/Inf translation
+                    raise ValueError(f"translation {T[:3, 3].tolist()} is not finite")
+                self.static_tf[t.child_frame_id.lstrip("/")] = (t.header.frame_id.lstrip("/"), T)
             except ValueError as exc:
                 out.append(Rejection("bad /tf_static",
                                      f"/tf_static {t.child_frame_id} rejected: {exc}"))

@@ -97,9 +97,10 @@ def image_to_rgb(msg) -> np.ndarray:
         raise ImageConversionError(
             f"image data has {data.size} bytes, {step * h} expected for {w}x{h} {enc} "
             f"(step {step})")
-    if data.size < step * h:  # last row unpadded: pad so the strided view is valid
-        data = np.concatenate([data, np.zeros(step * h - data.size, np.uint8)])
-    rows = data[: step * h].reshape(h, step)[:, : w * ch]
+    # a strided view of the rows (the last one may lack its padding): nothing is allocated
+    # for the padding, which a huge ``step`` would make huge
+    rows = np.lib.stride_tricks.as_strided(data, shape=(h, w * ch), strides=(step, 1),
+                                           writeable=False)
     img = rows.reshape(h, w, ch) if ch > 1 else rows.reshape(h, w)
     if conv is None:
         return np.ascontiguousarray(img).copy()
@@ -109,7 +110,10 @@ def image_to_rgb(msg) -> np.ndarray:
 def compressed_to_rgb(msg) -> np.ndarray:
     """``sensor_msgs/CompressedImage`` -> (H, W, 3) uint8 RGB."""
     buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    except cv2.error:  # some decoders raise on corrupt data instead of returning None
+        img = None
     if img is None:
         raise ImageConversionError(f"cannot decode compressed image (format '{msg.format}', "
                                    f"{buf.size} bytes)")
@@ -160,10 +164,14 @@ def camera_info_to_pinhole(msg) -> PinholeCamera:
 def quat_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     """Unit quaternion (x, y, z, w) -> 3x3 rotation; raises ValueError for a non-finite/zero q."""
     q = np.array([x, y, z, w], dtype=np.float64)
-    n = float(np.linalg.norm(q))
-    if not np.all(np.isfinite(q)) or n < 1e-9:
+    if not np.all(np.isfinite(q)):
         raise ValueError(f"invalid quaternion {q.tolist()}")
-    return Rotation.from_quat(q / n).as_matrix()
+    scale = float(np.abs(q).max())  # the norm of huge components would overflow to inf
+    n = float(np.linalg.norm(q / scale)) * scale if scale > 0.0 else 0.0
+    if n < 1e-9:
+        raise ValueError(f"invalid quaternion {q.tolist()}")
+    q = q / scale
+    return Rotation.from_quat(q / np.linalg.norm(q)).as_matrix()
 
 
 def matrix_to_quat(R: np.ndarray) -> tuple[float, float, float, float]:
@@ -204,9 +212,10 @@ def odometry_to_matrix(msg) -> np.ndarray:
     o = p.orientation
     T = np.full((4, 4), np.nan)
     T[3] = (0, 0, 0, 1)
-    q = np.array([o.x, o.y, o.z, o.w], dtype=np.float64)
-    if np.all(np.isfinite(q)) and np.linalg.norm(q) > 1e-9:
-        T[:3, :3] = quat_to_matrix(*q)
+    try:
+        T[:3, :3] = quat_to_matrix(o.x, o.y, o.z, o.w)
+    except ValueError:  # non-finite or zero quaternion: the rotation stays NaN
+        pass
     T[:3, 3] = (p.position.x, p.position.y, p.position.z)
     return T
 
