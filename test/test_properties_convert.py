@@ -9,7 +9,9 @@ ValueError), never another exception and never a silently wrong shape. Messages 
 from __future__ import annotations
 
 import math
+import struct
 import tracemalloc
+import zlib
 from types import SimpleNamespace as NS
 
 import cv2
@@ -146,6 +148,24 @@ def test_compressed_to_rgb_gives_an_rgb_image_or_a_conversion_error(msg):
         return
     assert isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.shape[0] > 0 and rgb.shape[1] > 0
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h RGB pixels, with almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("w, h", [(100_000, 100_000), (70_000, 70_000), (2**31 - 1, 1)])
+def test_a_png_claiming_too_many_pixels_is_a_conversion_error(w, h):
+    """OpenCV's pixel limit raised cv2.error out of imdecode, past the front end's
+    ``except ImageConversionError`` (the offline runner ended on it)."""
+    with pytest.raises(ImageConversionError, match="cannot decode"):
+        convert.compressed_to_rgb(NS(format="png", data=_png_header_only(w, h)))
 
 
 @settings(max_examples=50, deadline=None)
