@@ -41,6 +41,8 @@ ROSDEP_KEYS = {
     "torch": "python3-pytorch-pip",
     "rosbags": "python3-rosbags-pip",
     "safetensors": "python3-safetensors-pip",
+    "pyproj": "python3-pyproj-pip",
+    "rasterio": "python3-rasterio-pip",
 }
 FIRST_PARTY = {"cvl_ros"}
 
