@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cvl_ros.localizer.localizer import Frame
+from cvl_ros.localizer.types import Frame
 from cvl_ros.ros import convert
 from cvl_ros.ros.sync import PoseBuffer, ScalarBuffer, StampPairer, TimeWentBackwards
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from cvl_ros.localizer.localizer import LocalizerConfig
+    from cvl_ros.localizer.types import LocalizerConfig
 
 __all__ = [
     "CovarianceChoice",
