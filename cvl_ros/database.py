@@ -47,6 +47,9 @@ holds the marker ``.cvl-output.json``, and replaces an existing folder only with
 ``overwrite=True`` and only when that folder is a database the builder wrote (marker, or
 exactly the four files of a markerless database of an earlier version, see
 :func:`recognise_database`) holding nothing else. See ``docs/output-safety.md``.
+
+Longer than 700 lines: building, merging (torchrun shards), opening and validating a database share
+its manifest format and checks, which must stay in one place.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Formats follow the KITTI raw dataset (Geiger et al., IJRR 2013) byte for byte wh
 is fixed: OXTS packets are 30 space-separated values (floats as ``%.14g``, the last five as
 integers), timestamps ``YYYY-MM-DD HH:MM:SS.fffffffff``, calibration ``key: v v v`` with
 ``%e``-style floats. Poses use pykitti's Mercator formulas. Images are RGB uint8 in the core.
+
+Longer than 700 lines: the readers and writers of one format (calibration, OXTS packets, timestamps,
+drives) kept together so that a writer is always tested against its reader.
 """
 
 from __future__ import annotations

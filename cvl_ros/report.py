@@ -8,6 +8,10 @@ The field metrics (:func:`field_metrics`, docs/bags.md) measure the localizer as
 will: error percentiles, the honesty of the reported covariance (95 % ellipse coverage, NEES),
 confident-and-wrong fixes, the distance to the first TRACKING fix, and the baselines of the
 same run (dead reckoning from the true first pose, the single-window match, the GPS fix).
+
+Longer than 700 lines: one row type and the field-benchmark metrics (coverage, NEES, dead reckoning,
+yaw, first-TRACKING distance) that all read the same rows and ground truth; the plots live in
+cvl_ros/plots.py.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ is read as a :class:`WebMercatorMosaic`, an orthophoto in its own CRS (GeoTIFF, 
 
 The tile builder cuts KITTI-CVL style satellite tiles from such a mosaic (the script the
 KITTI-CVL authors never released) and writes the split files; see docs/data.md.
+
+Longer than 700 lines: the mosaic formats (project .geo.json, web mercator) and the tile builder
+share the cropping and resampling code; orthophotos in any CRS live in cvl_ros/orthophoto.py.
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ Checkpoints: ``<out_dir>/last.safetensors`` (``cvl_ros.model.cvlnet.save_checkpo
 training state is in its ``extra``) plus ``last.optim.safetensors`` (optimiser tensors, no
 pickle), after every epoch and when interrupted (Ctrl-C or SIGTERM); ``epoch<N>.safetensors``
 after each epoch; ``best.safetensors`` when a validation set is configured.
+
+Longer than 700 lines: the training loop's named steps, colour augmentation and the resumable
+checkpoint/optimiser state in one module, since resume must restore exactly what the steps save.
 """
 
 from __future__ import annotations

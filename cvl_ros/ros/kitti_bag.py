@@ -17,6 +17,9 @@ ground truth) and counted per reason (:data:`DROP_REASONS`, ``KittiBagInfo.dropp
 the drive, never a foreign non-empty folder; ``overwrite`` replaces only a bag cvl-kitti2bag
 wrote (marker, or recognised by :func:`recognise_kitti_bag`); written beside ``out`` and renamed
 into place at the end.
+
+Longer than 700 lines: the KITTI drive -> rosbag2 writer with its input checks, drop counting and
+the output-safety recognition of earlier bags, which must agree with one another.
 """
 
 from __future__ import annotations

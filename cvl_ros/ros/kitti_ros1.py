@@ -37,6 +37,10 @@ with the definitions stored in the bag (rosbags' ``AnyReader``) and rebuilt as R
 
 Everything but the image payloads is read and checked when the bag is opened (the result is
 cached per file and options); images are read, converted and checked as they stream.
+
+Longer than 700 lines: the whole ROS 1 kitti2bag layout -> this project's layout conversion
+(reading, checks, dead reckoning, ground truth, CDR rebuild) for the three tools that read .bag
+files.
 """
 
 from __future__ import annotations
