@@ -4,6 +4,7 @@
 #   make lint    setup + ruff
 #   make demo    setup + scripts/demo.sh
 #   make field   setup + scripts/field.sh (the field benchmark; FIELD_ARGS=... passes flags)
+#   make soak    setup + scripts/soak.sh (node on a looped bag, CVL_SOAK_MINUTES=20; runs/soak)
 # ROS_DISTRO=kilted (default) | jazzy picks the ROS 2 distribution; one venv holds one, so the
 # default VENV is .venv for kilted and .venv-jazzy for jazzy (make test ROS_DISTRO=jazzy).
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ PYTEST_ARGS ?= -q
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH),)
 
-.PHONY: setup test lint demo field
+.PHONY: setup test lint demo field soak
 
 setup:
 	@CVL_VENV="$(abspath $(VENV))" CVL_ROS_DISTRO="$(ROS_DISTRO)" bash scripts/setup.sh
@@ -33,3 +34,6 @@ demo: setup
 
 field: setup
 	CVL_VENV="$(abspath $(VENV))" bash scripts/field.sh $(FIELD_ARGS)
+
+soak: setup
+	CVL_VENV="$(abspath $(VENV))" bash scripts/soak.sh

@@ -147,7 +147,8 @@ class LocalizerNode(LifecycleNode):
 
     def _reset_state(self) -> None:
         self.rates = {k: _Rate() for k in ("image", "camera_info", "odom", "imu", "gps", "output")}
-        self.counters = {"dropped_images": 0, "processed_images": 0, "estimates": 0,
+        self.counters = {"received_images": 0, "dropped_images": 0, "processed_images": 0,
+                         "estimates": 0,
                          "input_errors": 0, "resets": 0, "odom_time_jumps": 0,
                          "frames_handled": 0}
         self.last_error = ""
@@ -486,6 +487,7 @@ class LocalizerNode(LifecycleNode):
     def _on_image(self, msg) -> None:
         self.rates["image"].tick()
         with self._cv:
+            self.counters["received_images"] += 1
             if len(self._queue) == self._queue.maxlen:
                 self.counters["dropped_images"] += 1
             self._queue.append((msg, time.monotonic()))
