@@ -6,6 +6,11 @@ parameters and TF, and nothing else. Callbacks only convert/buffer and hand the 
 a worker thread through a bounded latest-wins queue; the worker pairs it with camera_info and the
 odometry interpolated at its stamp, runs the localizer and publishes. See
 docs/node.md for topics, frames, parameters and diagnostics.
+
+Longer than 700 lines: the ROS side of one node (lifecycle with nav2 semantics and the configure
+retry, subscriptions with tf2's QoS, the worker, publishing with monotonic map->odom stamps,
+runtime parameter checks and /diagnostics); the parameter table is cvl_ros/params.py, the frame
+assembly cvl_ros/localizer/frontend.py, resource lookup cvl_ros/resources.py.
 """  # noqa: D205
 
 from __future__ import annotations
