@@ -829,6 +829,12 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT/SIGTERM shut the context down while the executor was building its wait set:
+        # rclpy then raises RCLError ("context is not valid") instead of
+        # ExternalShutdownException. That is a normal stop; anything else is a bug.
+        if rclpy.ok():
+            raise
     finally:
         try:
             executor.remove_node(node)
