@@ -394,18 +394,25 @@ class Localizer:
         return np.asarray(idx, dtype=np.int64).reshape(-1), False
 
     def _match(self, ground, idx: np.ndarray):
+        """Scores (T,), displacements (T,2) and score maps (T,k,k) of one ground vs tiles."""
+        scores, disps, maps = self._match_rows(ground, idx)
+        return scores[0], disps[0], maps[0]
+
+    def _match_rows(self, ground, idx: np.ndarray):
+        """Every row of a (B, ...) ground descriptor against the tiles ``idx``, each tile's
+        descriptor loaded once: (B,T), (B,T,2), (B,T,k,k)."""  # noqa: D205, D209
         torch = self._torch
         scores, disps, maps = [], [], []
         for s in range(0, len(idx), self.config.tile_batch):
             chunk = idx[s:s + self.config.tile_batch]
             sat = _to_device(self.db.descriptors(chunk), self.device)
             res = self.model.match(ground, sat, pairwise=True)
-            scores.append(res.score[0].detach().float().cpu())
-            disps.append(res.displacement_m[0].detach().float().cpu())
-            maps.append(res.score_map[0].detach().float().cpu())
-        return (torch.cat(scores).numpy().astype(np.float64),
-                torch.cat(disps).numpy().astype(np.float64),
-                torch.cat(maps).numpy().astype(np.float64))
+            scores.append(res.score.detach().float().cpu())
+            disps.append(res.displacement_m.detach().float().cpu())
+            maps.append(res.score_map.detach().float().cpu())
+        return (torch.cat(scores, 1).numpy().astype(np.float64),
+                torch.cat(disps, 1).numpy().astype(np.float64),
+                torch.cat(maps, 1).numpy().astype(np.float64))
 
     def _global_grid(self) -> tuple[np.ndarray, float, float]:
         c = self.config
@@ -522,10 +529,10 @@ class Localizer:
         rotated = rotate_ground(ground, deltas)
         R_off = rot_z(self._yaw_offset)
         lever_en = ((R_off @ T_ob @ T_bc)[:3, 3] - (R_off @ T_ob)[:3, 3])[:2]
-        per_k, grids, covered = [], [], []
+        scores_k, disps_k, maps_k = self._match_rows(rotated, idx)
+        grids, covered = [], []
         for k in range(len(deltas)):
-            scores, disps, maps = self._match(rotated[k:k + 1], idx)
-            per_k.append((scores, disps, maps))
+            maps = maps_k[k]
             tiles = [TileScores(self._centers[i] - lever_en, maps[j], self._disp_cell_m)
                      for j, i in enumerate(idx)]
             g, cov = self.filter.measurement_grid(tiles)
@@ -536,7 +543,7 @@ class Localizer:
         best = yf.update(deltas, ll)
         self._yaw_offset = yf.mean  # the origin of the hypotheses while the search is coarse
         self._yaw_offset_known = not yf.coarse
-        return per_k[best]
+        return scores_k[best], disps_k[best], maps_k[best]
 
     def _evidence(self, st: PosteriorStats, idx, scores, disps, travel_m: float) -> Evidence:
         """The numbers the mode decision uses, read after the measurement update."""
