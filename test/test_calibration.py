@@ -104,6 +104,12 @@ def test_cli_fits_writes_and_the_localizer_uses_it(tmp_path, capsys):
     # bad inputs: clear errors, exit 2
     assert calibrate.main(["--checkpoint", str(ckpt), "--run", str(tmp_path), str(db)]) == 2
     assert "not a ROS 2 bag" in capsys.readouterr().err
+    broken = tmp_path / "broken_bag"
+    broken.mkdir()
+    (broken / "metadata.yaml").write_text("rosbag2_bagfile_information: [\n")
+    assert calibrate.main(["--checkpoint", str(ckpt), "--run", str(broken), str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "broken_bag" in err and "Traceback" not in err, err
     with pytest.raises(SystemExit) as e:
         calibrate.main(["--checkpoint", str(ckpt), "--run", "a", "b", "--temperatures", "0"])
     assert e.value.code == 2

@@ -70,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         values = offline.load_params(args.params_file)
     except (CheckpointError, P.ParameterError) as exc:
         return fail(str(exc))
+    from cvl_ros.cli._args import CliError
+    from cvl_ros.cli._bags import READ_ERRORS, check_bag
+    from cvl_ros.offline import BagTopics
+
     for bag, db in args.run:
-        if not (Path(bag) / "metadata.yaml").is_file():
-            return fail(f"{bag} is not a ROS 2 bag (no metadata.yaml)")
+        try:  # corrupt storage, broken metadata, missing topics: one line naming the bag
+            check_bag(bag, "--run bag", topics=[BagTopics().image, BagTopics().odom])
+        except CliError as exc:
+            return fail(str(exc))
         if not (Path(db) / "manifest.json").is_file():
             return fail(f"{db} is not a tile database (no manifest.json); build it with "
                         "cvl-build-db")
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cal = fit_temperature(ckpt, [tuple(r) for r in args.run], args.temperatures, values,
                               progress=not args.quiet)
-    except (CalibrationError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (CalibrationError, FileNotFoundError, RuntimeError, *READ_ERRORS) as exc:
         return fail(str(exc))
     cal.date = datetime.date.today().isoformat()
     cal.command = "cvl-calibrate " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -97,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         path = save_calibration(cal, ckpt, overwrite=args.overwrite)
     except FileExistsError as exc:
         return fail(str(exc))
+    except OSError as exc:  # a read-only model folder: the fit is printed above, nothing lost
+        return fail(f"cannot write {target} ({exc.strerror}); copy the model to a writable "
+                    "folder and pass it as --checkpoint")
     print(f"wrote {path}")
     return 0
 
