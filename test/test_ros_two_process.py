@@ -26,6 +26,18 @@ _UNIT_TOKEN = re.compile(r"\[(m|s|rad|deg|Hz|m/s|px|%|count|unitless|bool|path|f
 _NAME_SUFFIX_UNIT = {"_m": "m", "_s": "s", "_rad": "rad", "_deg": "deg", "_hz": "Hz"}
 
 
+def _stop(proc, log) -> int:
+    """SIGINT the node process (kill after 15 s), close its log; its exit code."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        rc = proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    log.close()
+    return rc
+
+
 def _node_cmd():
     exe = shutil.which("cvl-localize", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "cvl_ros.ros.node"]
@@ -129,13 +141,7 @@ def test_cvl_localize_stays_up_unconfigured_with_the_reason(tmp_path, ros_execut
         assert "queue_size" in values["missing_resources"] and "retried" in st.message
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        log.close()
+        rc = _stop(proc, log)
     out = (tmp_path / "node.log").read_text()
     assert "Traceback" not in out and "queue_size" in out, out
     assert rc in (0, -signal.SIGINT), out
@@ -206,13 +212,7 @@ def test_two_processes(tmp_path, ros_executor, spin_until):
             res = fut.result().results[0]
             assert res.successful is ok and words in res.reason, (name, res)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        log.close()
+        rc = _stop(proc, log)
     out = (tmp_path / "node.log").read_text()
     assert "configured: model" in out, out
     assert rc in (0, -signal.SIGINT), out
