@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from cvl_ros.report import CHI2_2D_95, mahalanobis2
+
 #: Tool name written into calibration files (only such files are ever overwritten).
 TOOL = "cvl-calibrate"
 #: Density floor of the NLL [1/m^2]: a true position outside the posterior grid costs
 #: -log(1e-9) = 20.7 nats, so one lost update cannot dominate the mean without bound.
 MIN_DENSITY_PER_M2 = 1e-9
-#: Mahalanobis d^2 of the 95 % region of a 2-D Gaussian (chi-square, 2 dof).
-CHI2_95_2D = 5.991464547107979
 
 
 class CalibrationError(ValueError):
@@ -129,15 +129,6 @@ def posterior_nll(est, truth_en) -> float:
     return -math.log(max(p / (cell * cell), MIN_DENSITY_PER_M2))
 
 
-def mahalanobis2(est, truth_en) -> float:
-    """Squared Mahalanobis distance of the truth under the reported 2x2 covariance."""
-    d = np.asarray(truth_en, np.float64).reshape(2) - np.array([est.east_m, est.north_m])
-    cov = np.asarray(est.covariance_xy, np.float64).reshape(2, 2)
-    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(cov))):
-        return float("nan")
-    return float(d @ np.linalg.solve(cov, d))
-
-
 def score_run(localizer, estimates: list, truth_latlon: tuple[np.ndarray, np.ndarray]) -> dict:
     """NLL, 95 % coverage and errors of one run against the truth at the estimates' stamps."""
     nll, d2, err = [], [], []
@@ -149,12 +140,12 @@ def score_run(localizer, estimates: list, truth_latlon: tuple[np.ndarray, np.nda
         if math.isfinite(v):
             nll.append(v)
         if est.has_fix:
-            d2.append(mahalanobis2(est, (te, tn)))
+            d2.append(mahalanobis2((te - est.east_m, tn - est.north_m), est.covariance_xy))
             err.append(math.hypot(est.east_m - te, est.north_m - tn))
-    d2 = [v for v in d2 if math.isfinite(v)]
+    d2 = [v for v in d2 if not math.isnan(v)]  # inf (no positive-definite covariance): outside
     return {"estimates": len(estimates), "scored": len(nll),
             "nll_sum": float(np.sum(nll)) if nll else 0.0,
-            "fixes": len(err), "inside95": int(sum(v <= CHI2_95_2D for v in d2)),
+            "fixes": len(err), "inside95": int(sum(v <= CHI2_2D_95 for v in d2)),
             "errors_m": err}
 
 

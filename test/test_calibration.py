@@ -42,10 +42,23 @@ def test_posterior_nll_is_the_gaussian_density():
     assert math.isnan(C.posterior_nll(SimpleNamespace(posterior=None), (0.0, 0.0)))
 
 
-def test_mahalanobis_and_the_95_region():
-    est = _gaussian_estimate()
-    assert C.mahalanobis2(est, (10.0 + 3.0 * math.sqrt(C.CHI2_95_2D), -4.0)) == \
-        pytest.approx(C.CHI2_95_2D)
+def test_score_run_counts_the_95_region_and_the_nll():
+    from cvl_ros.report import CHI2_2D_95
+
+    class _Map:  # map frame = east/north as given
+        @staticmethod
+        def latlon_to_map(lat, lon):
+            return lat, lon
+
+    r = 3.0 * math.sqrt(CHI2_2D_95)  # the 95 % ellipse's radius for sigma 3 m
+    inside, outside = _gaussian_estimate(), _gaussian_estimate()
+    singular = _gaussian_estimate()
+    singular.covariance_xy = np.zeros((2, 2))  # claims certainty: never "inside"
+    out = C.score_run(_Map, [inside, outside, singular],
+                      (np.array([10.0 + 0.99 * r, 10.0 + 1.01 * r, 10.01]),
+                       np.array([-4.0, -4.0, -4.0])))
+    assert (out["fixes"], out["inside95"], out["scored"]) == (3, 1, 3)
+    assert out["errors_m"] == pytest.approx([0.99 * r, 1.01 * r, 0.01])
 
 
 def test_calibration_file_rules(tmp_path):
