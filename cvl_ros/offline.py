@@ -188,7 +188,7 @@ def run_localizer_on_bag(localizer: Any, bag: str | Path, *, topics: BagTopics |
             prior = fe.gps_prior(_deserialize(store, m))
             if isinstance(prior, GpsPrior):
                 priors += bool(localizer.set_gps_prior(prior.lat_deg, prior.lon_deg,
-                                                       prior.sigma_m))
+                                                       prior.sigma_m, prior.T_odom_body))
             else:
                 skip(prior)
         # images whose stamp the odometry now covers

@@ -100,11 +100,13 @@ _RAW: tuple[Param, ...] = (
           'odom_frame->base_frame transform on /tf',
           choices=("odom", "tf")),
     Param('heading_source', 'auto',
-          'imu | odom | auto [choices], absolute ENU heading of base_frame: imu = yaw of '
-          '`imu` (INS / compass); odom = odometry yaw + odom_yaw_offset_rad (odometry '
+          'imu | odom | auto | estimate [choices], absolute ENU heading of base_frame: imu = '
+          'yaw of `imu` (INS / compass); odom = odometry yaw + odom_yaw_offset_rad (odometry '
           'aligned with ENU); auto = imu when an IMU heading is near the image stamp, '
-          'else odom',
-          choices=("auto", "imu", "odom")),
+          'else odom; estimate = the heading is part of the filter\'s belief (track '
+          'consistency of odometry and matches; the IMU, when present, a time-correlated '
+          'measurement; started by the IMU, a GPS course or an initialpose yaw)',
+          choices=("auto", "imu", "odom", "estimate")),
     Param('odom_yaw_offset_rad', 0.0,
           "ENU yaw of the odometry frame's x axis [rad] (used by heading_source odom/auto"
           ' without IMU; an initialpose yaw replaces it)'),
@@ -194,6 +196,10 @@ _RAW: tuple[Param, ...] = (
           'global_max_tiles [count]'),
     Param('localizer.tile_batch', 128,
           'tiles matched per model call (memory bound) [count]'),
+    Param('localizer.match_upsample', 1,
+          'displacements are scored on a grid this many times finer than the model\'s '
+          'cells (both descriptors upsampled bilinearly), 1-4; 1 = the model\'s own cells '
+          '[count]'),
     Param('localizer.filter_cell_m', 1.0,
           'side of one cell of the position grid while tracking (its resolution; also the'
           ' smallest cell when relocalising) [m]'),
@@ -249,7 +255,36 @@ _RAW: tuple[Param, ...] = (
           'consecutive updates without a good fix after which a global relocalisation '
           'starts [count]'),
     Param('localizer.heading_sigma_rad', 0.05,
-          '1-sigma of the absolute heading (IMU/INS), reported as the yaw variance [rad]'),
+          '1-sigma of the absolute heading (IMU/INS), reported as the yaw variance [rad] '
+          '(heading_source imu/odom/auto)'),
+    Param('localizer.yaw_bins', 15,
+          'heading_source estimate: yaw bins of the belief, odd [count]'),
+    Param('localizer.yaw_bin_min_deg', 0.25,
+          'heading_source estimate: finest spacing of the yaw bins [deg]'),
+    Param('localizer.yaw_bin_max_deg', 2.0,
+          'heading_source estimate: widest spacing of the yaw bins [deg]; bins x this '
+          'bounds the heading uncertainty the belief holds'),
+    Param('localizer.yaw_drift_deg_per_100m', 1.0,
+          'heading_source estimate: odometry heading drift, 1-sigma random walk per 100 m '
+          'travelled [deg]'),
+    Param('localizer.initial_yaw_sigma_deg', 180.0,
+          'heading_source estimate: 1-sigma of the heading about odom_yaw_offset_rad at '
+          'start [deg]; more than the bins hold = unknown (wait for the IMU, a GPS course or '
+          'an initialpose yaw)'),
+    Param('localizer.imu_yaw_sigma_deg', 2.0,
+          'heading_source estimate: 1-sigma of the IMU heading [deg]'),
+    Param('localizer.imu_yaw_correlation_s', 20.0,
+          'heading_source estimate: time over which the IMU heading error is correlated [s]'
+          ' (one independent measurement per this time; 0 = every reading independent)',
+          at_least=0.0),
+    Param('localizer.imu_yaw_floor', 0.05,
+          'heading_source estimate: floor added to the IMU heading likelihood (a wrong IMU '
+          'cannot erase a heading) [unitless]', at_least=0.0),
+    Param('localizer.gps_course_baseline_m', 60.0,
+          'heading_source estimate without IMU: odometry travel over which GPS fixes give the'
+          ' initial heading [m]', at_least=0.0),
+    Param('localizer.tracking_max_yaw_sigma_deg', 5.0,
+          'heading_source estimate: largest heading 1-sigma accepted for TRACKING [deg]'),
     Param('localizer.frame_state_rotation_tolerance_rad', 0.002,
           "a keyframe's cached per-frame Q/K/V canvas (models with pcsf_frame_canvas) is "
           "recomputed when the window's heading turned it by more than this [rad]"),
@@ -267,7 +302,8 @@ _RAW: tuple[Param, ...] = (
 _TRUE_KINDS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 #: Node parameters that feed LocalizerConfig fields of another name (or need a rule).
-_NODE_TO_LOCALIZER = {"camera_height_m", "odom_yaw_offset_rad", "map_datum_latitude_deg",
+_NODE_TO_LOCALIZER = {"camera_height_m", "odom_yaw_offset_rad", "heading_source",
+                      "map_datum_latitude_deg",
                       "map_datum_longitude_deg", "map_datum_altitude_m", "use_database_datum"}
 
 PARAMS: dict[str, Param] = {p.name: p for p in _RAW}
@@ -398,6 +434,7 @@ def localizer_config(values: Mapping[str, object], calibration=None):
     h = float(values["camera_height_m"])
     kw["camera_height_m"] = h if h > 0 else None
     kw["odom_yaw_offset_rad"] = float(values["odom_yaw_offset_rad"])
+    kw["estimate_heading"] = values["heading_source"] == "estimate"
     if not values["use_database_datum"]:
         kw["map_datum_lat_deg"] = float(values["map_datum_latitude_deg"])
         kw["map_datum_lon_deg"] = float(values["map_datum_longitude_deg"])

@@ -1,4 +1,10 @@
-"""Heading from the images (cvl_ros.localizer.heading): rotation, yaw belief, rotated oracle."""
+"""Heading as part of the belief (heading_source: estimate): filter yaw axis, sources, oracle.
+
+References are slow and obvious: a product of Gaussians for an absolute heading, a least-squares
+rotation by brute force for the GPS course, an explicitly moved delta for a bin's track, and an
+oracle matcher (score maps peaked at the true camera whatever the heading) for the track-
+consistency evidence.
+"""
 
 from __future__ import annotations
 
@@ -7,185 +13,251 @@ import math
 import numpy as np
 import pytest
 import torch
-from _localizer_fakes import CAMERA, T_BODY_CAM, FakeDB, OracleConfig, image
-from scipy import ndimage
+from _localizer_fakes import CAMERA, T_BODY_CAM, FakeDB, OracleModel, drive_poses, image
 
 from cvl_ros.camera import invert_pose, pose_enu
-from cvl_ros.localizer import Frame, Localizer, LocalizerConfig, Status
-from cvl_ros.localizer.heading import COARSE_HYPOTHESES, YawFilter, rotate_ground, wrap
-from cvl_ros.model.matching import GroundDescriptor, SatelliteDescriptor, match_descriptors
+from cvl_ros.localizer import Frame, GridFilter, Localizer, LocalizerConfig, Status, TileScores
+from cvl_ros.localizer.heading import (
+    absolute_yaw_likelihood,
+    gps_course_offset,
+    inflated_imu_sigma,
+    max_yaw_sigma,
+    wrap,
+    yaw_bin_step,
+)
 
 torch.set_num_threads(1)
+DEG = math.pi / 180.0
 
 
-# ------------------------------------------------------------------ rotation
-def _hot_cell(s=17, r=8, c=12):
-    f = torch.zeros(1, 1, s, s)
-    f[0, 0, r, c] = 1.0
-    return GroundDescriptor(f, torch.ones(1, 1, s, s))
+# ------------------------------------------------------------------ filter yaw axis
+def _delta_filter(bins=5, step=1.0 * DEG):
+    f = GridFilter()
+    f.set_yaw_axis(0.3, 10.0 * DEG, bins, step)
+    f.init_uniform((0.0, 0.0), 101.0, 1.0)
+    f.prob = np.zeros_like(f.prob)
+    f.joint[:] = 0.0
+    c = f.joint.shape[-1] // 2
+    f.joint[:, c, c] = 1.0 / bins  # every bin: the body at (0, 0)
+    return f
 
 
-def test_rotation_is_counter_clockwise_in_enu_about_the_centre():
-    g = _hot_cell()  # 4 cells east of the centre (8, 8)
-    out = rotate_ground(g, [0.0, math.pi / 2, math.pi, -math.pi / 2])
-    peaks = [divmod(int(out.features[k, 0].argmax()), 17) for k in range(4)]
-    # 0: east stays east; +90 deg (CCW): north (row above); 180: west; -90: south
-    assert peaks == [(8, 12), (4, 8), (8, 4), (12, 8)]
+def test_each_yaw_bin_moves_by_the_odometry_rotated_by_its_yaw():
+    f = _delta_filter(bins=5, step=2.0 * DEG)
+    d = np.array([1.2, 0.0])
+    for _ in range(50):  # 60 m east under the centre bin's heading
+        f.predict(d, 0.0)
+    e, n = f.cell_coords()
+    for k, dyaw in enumerate(f.yaw_offsets() - f.yaw_center_rad):
+        g = f.joint[k] / f.joint[k].sum()
+        pe, pn = (g * e).sum(), (g * n).sum()
+        want = 60.0 * np.array([math.cos(dyaw), math.sin(dyaw)])  # slow reference: one rotation
+        assert abs(pe - want[0]) <= 0.5 + 1e-9 and abs(pn - want[1]) <= 0.5 + 1e-9, (k, pe, pn)
+    assert np.allclose(f.yaw_marginal(), 0.2)  # no yaw evidence: the marginal is unchanged
 
 
-def test_rotation_masks_what_left_the_grid_and_round_trips_inside():
-    rng = np.random.default_rng(0)
-    f = torch.from_numpy(ndimage.gaussian_filter(rng.normal(size=(2, 33, 33)), (0, 2, 2)))
-    g = GroundDescriptor(f[None].float(), torch.ones(1, 1, 33, 33))
-    out = rotate_ground(g, [math.radians(30)])
-    assert out.mask[0, 0, 0, 0] == 0 and out.mask[0, 0, 16, 16] == 1  # corners came from outside
-    back = rotate_ground(GroundDescriptor(out.features, out.mask), [math.radians(-30)])
-    inner = (back.mask[0, 0] > 0)
-    inner[:8] = inner[-8:] = False
-    inner[:, :8] = inner[:, -8:] = False
-    err = (back.features[0][:, inner] - g.features[0][:, inner]).abs().max()
-    assert err < 0.25 * g.features.abs().max()  # two bilinear resamplings
+def test_single_bin_filter_is_the_position_filter():
+    a, b = GridFilter(), GridFilter()
+    b.set_yaw_axis(0.0, 1.0, 1, 0.0)
+    for f in (a, b):
+        f.init_gaussian((3.0, -2.0), 4.0, 60.0, 1.0)
+        f.predict((1.5, 0.5), 0.7)
+        sm = np.zeros((5, 5))
+        sm[1, 3] = 1.0
+        f.update([TileScores(np.array([4.0, -1.0]), sm, 3.0)], 0.2, None, 0.05)
+    assert np.array_equal(a.prob, b.prob)
+    assert b.yaw_stats() == (0.0, 0.0)
 
 
-# ------------------------------------------------------------------ yaw belief
-def test_fine_update_is_the_product_of_gaussians():
-    """(Both sigmas above the 3 deg floors of one window's measurement and of the belief.)"""
-    yf = YawFilter(0.2, math.radians(8.0), hypotheses=41)
-    deltas = yf.hypotheses()
-    z, r = math.radians(4.0), math.radians(6.0)  # measurement: offset +4 deg, sigma 6 deg
-    yf.update(deltas, -0.5 * (deltas - z) ** 2 / r**2)
-    p, q = math.radians(8.0) ** 2, r**2
-    assert yf.mean == pytest.approx(0.2 + z * p / (p + q), abs=math.radians(0.1))
-    assert yf.sigma == pytest.approx(math.sqrt(p * q / (p + q)), rel=0.05)
+def test_position_evidence_selects_the_yaw_whose_track_agrees():
+    # odometry says "1.2 m east" per step; the truth drives at +3 deg: only the +3 deg bin's
+    # track stays under the (oracle) position likelihood
+    f = GridFilter()
+    f.set_yaw_axis(0.0, 3.0 * DEG, 7, 1.0 * DEG)
+    f.init_gaussian((0.0, 0.0), 1.0, 120.0, 1.0)
+    true_yaw = 3.0 * DEG
+    truth = np.zeros(2)
+    for _ in range(60):
+        f.predict((1.2, 0.0), 0.3)
+        truth += 1.2 * np.array([math.cos(true_yaw), math.sin(true_yaw)])
+        e, n = f.cell_coords()
+        lik = np.exp(-0.5 * ((e - truth[0]) ** 2 + (n - truth[1]) ** 2) / 1.5**2)
+        f.joint *= lik[None]
+        f._normalise()
+    mean, var = f.yaw_stats()
+    assert abs(mean - true_yaw) < 0.5 * DEG, math.degrees(mean)
+    assert abs(mean - true_yaw) < 3.0 * math.sqrt(var)
 
 
-def test_coarse_search_finds_the_heading_anywhere_on_the_circle():
-    yf = YawFilter(0.0, math.pi)
-    assert yf.coarse and len(yf.hypotheses()) == COARSE_HYPOTHESES
-    deltas = yf.hypotheses()
-    truth = math.radians(-130.0)
-    ll = -0.5 * wrap(deltas - truth) ** 2 / math.radians(8.0) ** 2
-    yf.update(deltas, ll)
-    assert abs(wrap(yf.mean - truth)) < math.radians(5.0)
-    assert not yf.coarse
-    yf.predict(100.0, math.radians(1.0) / 100.0)  # 1 deg per 100 m of drift
-    assert yf.var > math.radians(1.0) ** 2
+def test_absolute_heading_is_a_product_of_gaussians():
+    f = GridFilter()
+    f.set_yaw_axis(0.0, 2.0 * DEG, 801, 0.025 * DEG)  # fine bins over +-10 deg: Gaussian algebra
+    lik = absolute_yaw_likelihood(f.yaw_offsets(), 1.0 * DEG, 1.5 * DEG, 0.0)
+    f.update_yaw(lik)
+    mean, var = f.yaw_stats()
+    var_want = 1.0 / (1.0 / (2.0 * DEG) ** 2 + 1.0 / (1.5 * DEG) ** 2)
+    mean_want = var_want * (1.0 * DEG / (1.5 * DEG) ** 2)
+    assert abs(mean - mean_want) < 1e-3 * DEG
+    assert abs(var - var_want) / var_want < 0.01
 
 
-# ------------------------------------------------------------------ rotated oracle
-CELL_M = OracleConfig.coverage_m / OracleConfig.grid_cells
-TEMPERATURE = 0.2  # the oracle's NCC scores span about [-1, 1]
+def test_a_wrong_absolute_heading_cannot_erase_the_belief():
+    lik = absolute_yaw_likelihood(np.array([0.0]), math.pi / 2, 2.0 * DEG, 0.05)
+    assert lik[0] >= 0.05  # the floor bounds what one reading takes away
+    assert abs(float(wrap(3 * math.pi / 2)) + math.pi / 2) < 1e-12
 
 
-class _World:
-    """A smooth random feature field over the area (what a perfect network would see)."""
-
-    def __init__(self, seed=0, lo=(-120.0, -100.0), size_m=340.0, res_m=1.0, dim=4):
-        rng = np.random.default_rng(seed)
-        n = int(size_m / res_m)
-        self.f = ndimage.gaussian_filter(rng.normal(size=(dim, n, n)), (0, 4, 4)) * 10.0
-        self.lo, self.res = np.asarray(lo), res_m
-
-    def sample(self, east, north):
-        """(dim, *shape) bilinear samples at world east/north."""
-        cols = (np.asarray(east) - self.lo[0]) / self.res
-        rows = (np.asarray(north) - self.lo[1]) / self.res
-        return np.stack([ndimage.map_coordinates(ch, [rows, cols], order=1) for ch in self.f])
-
-    def crop(self, center_en, rot_rad=0.0, s=16):
-        """North-up S x S grid around ``center_en``, the content rotated CCW by ``rot_rad``."""
-        idx = np.arange(s) - (s - 1) / 2
-        e, n = np.meshgrid(idx * CELL_M, -idx * CELL_M)  # row 0 = north
-        c, si = math.cos(rot_rad), math.sin(rot_rad)
-        src_e, src_n = c * e + si * n, -si * e + c * n  # R(-rot) of each output cell
-        return self.sample(center_en[0] + src_e, center_en[1] + src_n)
+def test_time_correlated_imu_readings_count_once_per_correlation_time():
+    s = 2.0 * DEG
+    assert inflated_imu_sigma(s, None, 20.0) == s
+    assert inflated_imu_sigma(s, 30.0, 20.0) == s
+    eff = inflated_imu_sigma(s, 0.1, 20.0)
+    # 200 readings 0.1 s apart carry the information of one reading
+    assert abs(1.0 / (200 / eff**2) - s**2) / s**2 < 1e-9
+    assert inflated_imu_sigma(s, 0.1, 0.0) == s
 
 
-class _RotatedOracleDB(FakeDB):
-    def __init__(self, world):
-        super().__init__(spacing_m=10.0, east=(-60, 160), north=(-50, 50))
-        self.world = world
-
-    def descriptors(self, indices):
-        feats = np.stack([self.world.crop(self.centers_enu[i]) for i in np.asarray(indices)])
-        t = torch.from_numpy(feats).float()
-        return SatelliteDescriptor(t, torch.ones(t.shape[0], 1, *t.shape[-2:]))
-
-
-class _RotatedOracleModel(torch.nn.Module):
-    """Projects the true surroundings of the camera with the heading the localizer believes:
-    a heading error of d rotates the whole overhead view by d about the camera."""
-
-    frame_state_uses_rotation = False
-
-    def __init__(self, world):
-        super().__init__()
-        self.config = OracleConfig()
-        self.world = world
-        self.truth_cam_en = np.zeros(2)
-        self.truth_cam_yaw = 0.0
-        self._dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def encode_ground(self, images):
-        return torch.zeros(images.shape[0], 2, 4, 8)
-
-    def frame_states(self, frame_feats, K, T_grid_cams, camera_height_m=None):
-        return frame_feats
-
-    def fuse_frame_states(self, states, K, T_grid_cams, camera_height_m=None):
-        z = T_grid_cams[0, 0, :3, 2].double().numpy()  # optical axis of the newest camera, ENU
-        believed = math.atan2(z[1], z[0])
-        err = float(wrap(believed - self.truth_cam_yaw))
-        f = torch.from_numpy(self.world.crop(self.truth_cam_en, err)).float()[None]
-        return GroundDescriptor(f, torch.ones(1, 1, 16, 16))
-
-    def match(self, ground, sat, pairwise=True):
-        return match_descriptors(ground, sat, CELL_M, self.config.search_cells)
+def test_recentring_follows_the_mean_and_resizes_the_bins():
+    f = GridFilter()
+    f.set_yaw_axis(0.0, 1.0 * DEG, 15, 0.25 * DEG)
+    f.init_uniform((0.0, 0.0), 21.0, 1.0)
+    f.update_yaw(absolute_yaw_likelihood(f.yaw_offsets(), 1.5 * DEG, 0.5 * DEG, 0.0))
+    mean0, _ = f.yaw_stats()
+    for _ in range(5):
+        f.recenter_yaw(0.25 * DEG, 2.0 * DEG)
+    mean1, var1 = f.yaw_stats()
+    assert abs(f.yaw_center_rad - mean1) <= f.yaw_step_rad
+    assert abs(mean1 - mean0) < 0.3 * DEG
+    f2 = GridFilter()
+    f2.set_yaw_axis(0.0, 0.3 * DEG, 15, 0.25 * DEG)
+    f2.init_uniform((0.0, 0.0), 21.0, 1.0)
+    f2.predict((0.0, 0.0), 0.0, 3.0 * DEG)  # the belief widens: the bins must span it
+    f2.recenter_yaw(0.25 * DEG, 2.0 * DEG)
+    assert f2.yaw_step_rad == pytest.approx(0.5 * DEG)
 
 
-def _run_heading(offset_error_rad, initial_sigma_deg, n=40, yaw=0.3):
-    world = _World()
-    db = _RotatedOracleDB(world)
-    model = _RotatedOracleModel(world)
-    true_offset = 0.0  # odometry frame = ENU; the localizer is told otherwise
-    cfg = LocalizerConfig(window_length=2, estimate_heading=True,
-                          odom_yaw_offset_rad=true_offset + offset_error_rad,
-                          initial_yaw_sigma_deg=initial_sigma_deg, global_min_travel_m=0.0,
-                          score_temperature=TEMPERATURE, reject_uninformative_images=False)
-    loc = Localizer(model, db, cfg)
-    poses = [pose_enu(i * 1.5 * math.cos(yaw), i * 1.5 * math.sin(yaw), 0.0, yaw)
-             for i in range(n)]
-    T0_inv = invert_pose(poses[0])
-    first = poses[0] @ T_BODY_CAM
-    loc.set_initial_pose(first[0, 3], first[1, 3], None, 3.0)
-    ests = []
-    for i, Twb in enumerate(poses):
-        Twc = Twb @ T_BODY_CAM
-        model.truth_cam_en = Twc[:2, 3]
-        model.truth_cam_yaw = math.atan2(Twc[1, 2], Twc[0, 2])
-        est = loc.add_frame(Frame(i * 100_000_000, image(i), CAMERA, T0_inv @ Twb, None,
-                                  T_BODY_CAM))
-        if est is not None:
-            ests.append((est, Twb))
-    return ests, yaw
+def test_bin_spacing_and_capacity():
+    assert yaw_bin_step(1.0 * DEG, 15, 0.25 * DEG, 2.0 * DEG) == pytest.approx(3.0 / 7.0 * DEG)
+    assert yaw_bin_step(0.01 * DEG, 15, 0.25 * DEG, 2.0 * DEG) == pytest.approx(0.25 * DEG)
+    assert yaw_bin_step(50 * DEG, 15, 0.25 * DEG, 2.0 * DEG) == pytest.approx(2.0 * DEG)
+    assert max_yaw_sigma(15, 2.0 * DEG) == pytest.approx(7 * 2.0 / 3.0 * DEG)
 
 
-@pytest.mark.parametrize("error_deg, sigma_deg", [(6.0, 10.0), (-4.0, 10.0), (120.0, 180.0)])
-def test_rotated_oracle_heading_is_recovered(error_deg, sigma_deg):
-    ests, yaw = _run_heading(math.radians(error_deg), sigma_deg)
-    last = [e for e, _ in ests[-10:]]
-    errs = [abs(math.degrees(wrap(e.yaw_rad - yaw))) for e in last]
-    assert max(errs) < 1.5, errs
-    # the reported yaw variance covers the error (1.96 sigma) and is no longer "unknown"
-    for e in last:
-        assert abs(wrap(e.yaw_rad - yaw)) <= 1.96 * math.sqrt(e.yaw_var_rad2) + math.radians(0.5)
-        assert e.yaw_var_rad2 < math.radians(5.0) ** 2
-    # positions follow once the heading is known
-    pos = [math.hypot(e.east_m - T[0, 3], e.north_m - T[1, 3]) for e, T in ests[-10:]]
-    assert np.median(pos) < 3.0, pos
+# ------------------------------------------------------------------ GPS course
+def _brute_force_rotation(p, o):
+    best, arg = np.inf, 0.0
+    for a in np.linspace(-math.pi, math.pi, 72001):
+        c, s = math.cos(a), math.sin(a)
+        r = (o - o.mean(0)) @ np.array([[c, s], [-s, c]]) - (p - p.mean(0))
+        cost = float((r**2).sum())
+        if cost < best:
+            best, arg = cost, a
+    return arg
 
 
-def test_unknown_heading_never_tracks_before_the_circle_search_settles():
-    ests, _ = _run_heading(math.radians(120.0), 180.0, n=6)
-    first = ests[0][0]
-    assert first.status != Status.TRACKING and first.yaw_var_rad2 > math.radians(20) ** 2
+def test_gps_course_is_the_least_squares_rotation_of_the_track():
+    rng = np.random.default_rng(3)
+    s = np.linspace(0.0, 80.0, 40)
+    odom = np.stack([s, 0.002 * s**2], axis=1)  # a gentle curve in the odometry frame
+    theta = 0.7
+    R = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    gps = odom @ R.T + (100.0, -20.0) + rng.normal(0.0, 1.0, odom.shape)
+    offset, sigma = gps_course_offset(gps, odom, np.full(40, 1.0), 60.0)
+    assert abs(offset - _brute_force_rotation(gps, odom)) < 2e-4
+    assert abs(offset - theta) < 3.0 * sigma
+    assert sigma == pytest.approx(math.sqrt(2.0) / np.hypot(*(odom[-1] - odom[0])))
+    assert gps_course_offset(gps[:10], odom[:10], np.ones(10), 60.0) is None  # short baseline
+
+
+# ------------------------------------------------------------------ localizer, oracle matcher
+def _drive(loc, model, Twb, imu_yaw=None, dt_ns=100_000_000):
+    """Odometry starts at identity (odom frame = the first pose); ``imu_yaw`` (per frame) or
+    None for no absolute heading."""  # noqa: D205, D209
+    T0_inv = invert_pose(Twb[0])
+    out = []
+    for i, T in enumerate(Twb):
+        model.truth_cam_en = (T @ T_BODY_CAM)[:2, 3]
+        h = None if imu_yaw is None else float(imu_yaw[i])
+        out.append(loc.add_frame(Frame(i * dt_ns, image(i), CAMERA, T0_inv @ T, h, T_BODY_CAM)))
+    return out
+
+
+def _config(**kw):
+    return LocalizerConfig(window_length=2, estimate_heading=True, **kw)
+
+
+def test_no_heading_source_gives_no_fix():
+    db = FakeDB()
+    model = OracleModel(db)
+    loc = Localizer(model, db, _config())
+    ests = [e for e in _drive(loc, model, drive_poses(20, 1.5, (0.0, 0.0), 0.2)) if e]
+    assert ests and all(e.status == Status.INITIALIZING and not e.has_fix for e in ests)
+    assert all(e.yaw_var_rad2 == pytest.approx(math.pi**2) for e in ests)
+    assert not loc.heading_known
+
+
+@pytest.mark.parametrize("error_deg", [-4.0, 4.0])
+def test_wrong_initial_yaw_is_corrected_by_track_consistency(error_deg):
+    # rotated oracle: the matcher sees the true camera whatever the heading, so the heading
+    # can only be learnt from how the odometry track agrees with the matches
+    db = FakeDB()
+    model = OracleModel(db, sigma_m=2.0)
+    loc = Localizer(model, db, _config())
+    yaw = 0.1
+    Twb = drive_poses(110, 1.5, (-40.0, -15.0), yaw)
+    T0_inv = invert_pose(Twb[0])
+    model.truth_cam_en = (Twb[0] @ T_BODY_CAM)[:2, 3]
+    loc.add_frame(Frame(0, image(0), CAMERA, T0_inv @ Twb[0], None, T_BODY_CAM))
+    loc.set_initial_pose(Twb[0][0, 3], Twb[0][1, 3], yaw + error_deg * DEG, 3.0)
+    ests = [e for e in _drive(loc, model, Twb[1:]) if e]
+    last = ests[-1]
+    err = float(wrap(last.yaw_rad - yaw))
+    assert abs(err) < 1.0 * DEG, math.degrees(err)
+    assert abs(err) < 3.0 * math.sqrt(last.yaw_var_rad2)
+    assert last.yaw_var_rad2 < (2.0 * DEG) ** 2
+    assert last.status == Status.TRACKING
+    assert np.hypot(last.east_m - Twb[-1][0, 3], last.north_m - Twb[-1][1, 3]) < 2.0
+
+
+def test_imu_heading_starts_the_belief_and_is_a_measurement():
+    db = FakeDB()
+    model = OracleModel(db)
+    loc = Localizer(model, db, _config(imu_yaw_sigma_deg=2.0))
+    yaw = -0.2
+    Twb = drive_poses(30, 1.5, (0.0, 10.0), yaw)
+    bias = 1.0 * DEG
+    ests = [e for e in _drive(loc, model, Twb, imu_yaw=np.full(len(Twb), yaw + bias)) if e]
+    assert loc.heading_known
+    assert ests[0].yaw_var_rad2 < (2.5 * DEG) ** 2
+    assert loc.abs_yaw_inconsistent == 0
+    # a reading far from the belief is counted, and moves the belief only a little
+    mean_before, _ = loc.yaw_offset_belief
+    T0_inv = invert_pose(Twb[0])
+    T = pose_enu(Twb[-1][0, 3] + 1.5, Twb[-1][1, 3], 0.0, yaw)
+    model.truth_cam_en = (T @ T_BODY_CAM)[:2, 3]
+    loc.add_frame(Frame(31 * 100_000_000, image(31), CAMERA, T0_inv @ T, yaw + 0.5,
+                        T_BODY_CAM))
+    assert loc.abs_yaw_inconsistent == 1
+    assert abs(loc.yaw_offset_belief[0] - mean_before) < 0.5 * DEG
+
+
+def test_gps_course_starts_heading_and_position():
+    db = FakeDB()
+    model = OracleModel(db)
+    loc = Localizer(model, db, _config(gps_course_baseline_m=30.0))
+    yaw = 0.25
+    Twb = drive_poses(40, 1.5, (-40.0, -20.0), yaw)
+    T0_inv = invert_pose(Twb[0])
+    used = []
+    for i, T in enumerate(Twb):
+        model.truth_cam_en = (T @ T_BODY_CAM)[:2, 3]
+        loc.add_frame(Frame(i * 100_000_000, image(i), CAMERA, T0_inv @ T, None, T_BODY_CAM))
+        lat, lon = loc.map_to_latlon(T[0, 3], T[1, 3])
+        used.append(loc.set_gps_prior(lat, lon, 1.0, T0_inv @ T))
+    first = used.index(True)
+    assert 1.5 * first >= 30.0 - 1.5 and not any(used[first + 1:])  # after the baseline, once
+    assert loc.heading_known
+    mean, var = loc.yaw_offset_belief
+    assert abs(float(wrap(mean - yaw))) < 3.0 * math.sqrt(var)
+    assert math.sqrt(var) < 5.0 * DEG
+    assert loc.filter.initialized

@@ -40,13 +40,19 @@ def test_defaults_validate_and_equal_the_core_defaults():
     # the fields set from node parameters of another name
     assert skipped == {"camera_height_m", "odom_yaw_offset_rad", "map_datum_lat_deg",
                        "map_datum_lon_deg", "map_datum_alt_m",
-                       # the experimental heading estimation: core API only (docs/node.md)
-                       "estimate_heading", "yaw_hypotheses", "yaw_drift_deg_per_100m",
-                       "initial_yaw_sigma_deg"}
+                       "estimate_heading"}  # heading_source: estimate
+
+
+def test_heading_source_estimate_sets_the_core_flag():
+    assert P.localizer_config(P.validate({"heading_source": "estimate"})).estimate_heading
+    for source in ("auto", "imu", "odom"):
+        assert not P.localizer_config(P.validate({"heading_source": source})).estimate_heading
+    errors = _errors(**{"localizer.yaw_bins": 4})
+    assert any("yaw_bins" in e and "odd" in e for e in errors), errors
 
 
 @pytest.mark.parametrize("name, value, words", [
-    ("heading_source", "IMU", "one of auto, imu, odom"),
+    ("heading_source", "IMU", "one of auto, imu, odom, estimate"),
     ("odom_source", "wheel", "one of odom, tf"),
     ("heatmap_source", "x", "one of"),
     ("queue_size", 0, ">= 1"),

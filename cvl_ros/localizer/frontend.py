@@ -13,9 +13,10 @@ Rules (each the node's documented parameter, see docs/parameters.md):
 - odometry: interpolated at the image stamp (held at most ``odom_max_extrapolation_s`` beyond
   the buffered span); a stamp going backwards clears the buffer (a looping bag);
 - heading: the absolute ENU yaw of ``base_frame`` from the IMU, interpolated within
-  ``imu_tolerance_s`` when ``heading_source`` is imu/auto. REP-145 orientations are those of
-  the IMU's own frame (``header.frame_id``): they are rotated into ``base_frame`` through the
-  /tf_static tree (an empty frame_id or ``base_frame`` itself is taken as is). An IMU whose
+  ``imu_tolerance_s`` when ``heading_source`` is imu/auto/estimate (estimate: a measurement,
+  not the truth). REP-145 orientations are those of the IMU's own frame
+  (``header.frame_id``): they are rotated into ``base_frame`` through the /tf_static tree
+  (an empty frame_id or ``base_frame`` itself is taken as is). An IMU whose
   frame has no /tf_static connection to ``base_frame`` is **no heading source** (its yaw would
   be the sensor's, not the body's): it is said once per frame (a Rejection) and shown by
   ``imu_heading_frame``; the heading is used as soon as the transform arrives. An IMU without
@@ -77,6 +78,8 @@ class GpsPrior:
     lat_deg: float
     lon_deg: float
     sigma_m: float
+    T_odom_body: np.ndarray | None = None
+    """Odometry pose at the fix's stamp, when buffered (the GPS course of an estimated heading)."""
 
 
 @dataclass
@@ -250,7 +253,12 @@ class FrameAssembler:
             c = np.asarray(msg.position_covariance, dtype=np.float64)
             known = msg.position_covariance_type and np.all(np.isfinite(c[[0, 4]]))
             sigma = math.sqrt(max(c[0], c[4], 0.0)) if known else GPS_UNKNOWN_SIGMA_M
-        return GpsPrior(lat, lon, sigma)
+        try:
+            T_ob = self.odom.lookup(convert.stamp_to_ns(msg.header.stamp),
+                                    self.config.odom_max_extrapolation_s)
+        except LookupError:
+            T_ob = None
+        return GpsPrior(lat, lon, sigma, T_ob)
 
     # ------------------------------------------------------------------ time
     def note_image_stamp(self, stamp_ns: int) -> str | None:
@@ -306,7 +314,7 @@ class FrameAssembler:
         except LookupError as exc:
             return Rejection("no odometry", f"image dropped: no odometry at its stamp ({exc})")
         heading = None
-        if self.config.heading_source in ("imu", "auto"):
+        if self.config.heading_source in ("imu", "auto", "estimate"):
             heading = self.heading.lookup(stamp_ns, self.config.imu_tolerance_s)
             if heading is None and self.config.heading_source == "imu":
                 why = f"; imu frame {self.imu_heading_frame}" if self._imu_unusable else ""

@@ -1,27 +1,29 @@
-"""Heading from the images: the fused overhead descriptor scored over yaw hypotheses.
+"""Heading as part of the localizer's belief (``heading_source: estimate``): the pure parts.
 
-A heading error of the window rotates everything the window projected about the newest camera
-(the window's relative poses are odometry rotated into ENU by one yaw offset). So scoring the
-north-up ground descriptor rotated by ``delta`` about its centre against the satellite tiles is
-scoring the heading hypothesis ``yaw + delta``. :func:`rotate_ground` makes the K rotated
-descriptors in one ``grid_sample``; :class:`YawFilter` keeps the belief over the yaw offset of
-the odometry frame (ENU yaw = offset + odometry yaw):
+The estimated quantity is the yaw offset of the odometry frame, ``theta = ENU yaw - odometry
+yaw``: it changes only as the odometry's heading drifts, and the position filter
+(:class:`cvl_ros.localizer.filter.GridFilter` with a yaw axis) carries it as K bins beside the
+position grid. Evidence about it, each counted once:
 
-- predict: the variance grows with the distance travelled (odometry yaw drift,
-  ``yaw_drift_rad_per_m``);
-- hypotheses: 36 over the whole circle while the heading is unknown (sigma above
-  ``COARSE_SIGMA_RAD``), else K evenly over mean +- 3 sigma (at least +- ``MIN_HALF_WIDTH_RAD``);
-- update: the likelihood of hypothesis k is the position belief's expectation of the score
-  likelihood, ``sum_cells p(cell) * (outlier + exp((s_k(cell) - s_max) / T))`` (the position and
-  the yaw share one temperature and one outlier weight). While the heading is unknown, the
-  posterior over the 36 hypotheses is summarised by its best one and its wrapped spread; after
-  that, a parabola through the log-likelihood's peak gives a Gaussian measurement (offset and
-  variance, sub-hypothesis) that is Kalman-fused with the prior.
+- **track consistency** (every image update): each yaw bin predicts the odometry track rotated
+  by its own offset; the matches multiply every bin's position belief alike, so the bins whose
+  track agrees with the map gain mass. 1 deg of heading error moves a track 1.7 m sideways
+  over 100 m, which the matcher sees.
+- **an absolute heading** (IMU / INS yaw, when present): a Gaussian likelihood over the bins
+  (:func:`absolute_yaw_likelihood`) whose variance is inflated for the IMU's time-correlated
+  error (one independent measurement per ``correlation_s``), plus a floor, so a wrong or biased
+  IMU cannot overrule the track for long; readings beyond 3 sigma of the belief are counted.
+- **a GPS course** (to initialise without IMU or initial pose): the rotation that best aligns
+  the odometry track with the GPS fixes over ``baseline_m`` of travel
+  (:func:`gps_course_offset`).
+- **an initial pose yaw** (RViz ``initialpose``): a Gaussian prior of
+  :data:`INITIAL_POSE_YAW_SIGMA_RAD`.
 
-This factorises the 3-DoF (east, north, yaw) belief into the position grid and a Gaussian over
-yaw, each updated with the other's current belief: a 3-D histogram would cost K times the grid
-in memory and time on every update, and the yaw belief is unimodal once the coarse search has
-settled. The position update then uses the score maps of the hypothesis nearest the new yaw.
+Why a histogram over yaw and not a Gaussian beside the position grid: the track-consistency
+evidence is a correlation between heading and position (a wrong heading shows as a sideways
+offset of the predicted track), which a factorised belief loses; K bins of the position grid keep
+it exactly, at K times the grid's cost (15 bins of a 200 x 200 grid: about 10 ms per keyframe on
+one CPU thread).
 """
 
 from __future__ import annotations
@@ -29,160 +31,74 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-from cvl_ros.model.matching import GroundDescriptor
-
-#: Above this yaw sigma the heading counts as unknown: hypotheses cover the whole circle.
-COARSE_SIGMA_RAD = math.radians(20.0)
-#: Hypotheses of the coarse search (10 deg apart).
-COARSE_HYPOTHESES = 36
-#: Floor of the heading belief's 1-sigma: never more certain than one window's measurement
-#: (MIN_MEASUREMENT_SIGMA_RAD), since consecutive windows share N-1 frames and their heading
-#: errors are correlated (sequential fusion would count the same evidence again and again).
-MIN_SIGMA_RAD = math.radians(3.0)
-#: Floor of one update's heading measurement 1-sigma (consecutive windows share most frames).
-MIN_MEASUREMENT_SIGMA_RAD = math.radians(3.0)
-#: Smallest half-width of the fine search.
-MIN_HALF_WIDTH_RAD = math.radians(1.5)
+#: 1-sigma of the heading belief set from an initial pose's yaw when the heading is estimated.
+INITIAL_POSE_YAW_SIGMA_RAD = math.radians(5.0)
 
 
 def wrap(a):
     """Angle(s) wrapped to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % (2.0 * np.pi) - np.pi
+    return (np.asarray(a, dtype=np.float64) + np.pi) % (2.0 * np.pi) - np.pi
 
 
-def rotate_ground(ground: GroundDescriptor, deltas_rad) -> GroundDescriptor:
-    """K copies of a (1, D, S, S) north-up descriptor rotated counter-clockwise (ENU) by
-    ``deltas_rad`` about the grid centre (bilinear; cells from outside the grid are empty)."""  # noqa: D205, D209
-    d = torch.as_tensor(np.asarray(deltas_rad, dtype=np.float64), dtype=ground.features.dtype,
-                        device=ground.features.device)
-    c, s = torch.cos(d), torch.sin(d)
-    z = torch.zeros_like(d)
-    # output cell (x = east, y = south, normalised) samples the input at R(-delta) of it
-    theta = torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1)], 1)
-    k = d.shape[0]
-    feats = ground.features.expand(k, *ground.features.shape[1:])
-    mask = ground.mask.expand(k, *ground.mask.shape[1:])
-    grid = F.affine_grid(theta, list(feats.shape), align_corners=False)
-    f = F.grid_sample(feats, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    m = F.grid_sample(mask, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    m = (m > 0.999).to(m.dtype)  # only cells fully inside the rotated footprint
-    return GroundDescriptor(f * m, m)
+def yaw_bin_step(sigma_rad: float, bins: int, min_step_rad: float, max_step_rad: float) -> float:
+    """Bin spacing whose range (bins - 1) * step spans +-3 sigma, within the bounds."""
+    half = max((int(bins) - 1) / 2.0, 1.0)
+    return float(np.clip(3.0 * float(sigma_rad) / half, min_step_rad, max_step_rad))
 
 
-class YawFilter:
-    """Gaussian belief over the yaw offset of the odometry frame (ENU yaw - odometry yaw)."""
-
-    def __init__(self, mean_rad: float, sigma_rad: float, hypotheses: int = 7,
-                 min_sigma_rad: float = MIN_SIGMA_RAD) -> None:
-        self.mean = float(wrap(mean_rad))
-        self.var = float(sigma_rad) ** 2
-        self.k = int(hypotheses)
-        self.min_var = float(min_sigma_rad) ** 2
-        # while the heading is unknown: log-posterior over COARSE_HYPOTHESES fixed headings
-        # (mean + hypotheses()), accumulated over updates; the mean stays their origin
-        self.log_hist = np.zeros(COARSE_HYPOTHESES)
-        self.best_offset = 0.0
-        """Offset from ``mean`` of the heading in use (the best bin while coarse, else 0)."""
-
-    @property
-    def heading_offset(self) -> float:
-        """The yaw offset to use now: the mean, or the best bin of the whole-circle search."""
-        return float(wrap(self.mean + self.best_offset))
-
-    @property
-    def sigma(self) -> float:
-        """1-sigma [rad]."""
-        return math.sqrt(self.var)
-
-    @property
-    def coarse(self) -> bool:
-        """Whether the heading is still unknown (hypotheses over the whole circle)."""
-        return self.sigma > COARSE_SIGMA_RAD
-
-    def predict(self, travel_m: float, drift_rad_per_m: float) -> None:
-        """Odometry yaw drift over ``travel_m`` widens the belief (capped at the circle)."""
-        if not self.coarse:
-            self.var = min(self.var + (drift_rad_per_m * travel_m) ** 2, math.pi ** 2)
-
-    def hypotheses(self) -> np.ndarray:
-        """Offsets from the mean to score [rad]."""
-        if self.coarse:
-            return np.arange(COARSE_HYPOTHESES) * (2.0 * np.pi / COARSE_HYPOTHESES) - np.pi
-        half = max(3.0 * self.sigma, MIN_HALF_WIDTH_RAD)
-        return np.linspace(-half, half, self.k)
-
-    def update(self, deltas: np.ndarray, log_lik: np.ndarray) -> int:
-        """Posterior over ``mean + deltas`` given the hypotheses' log-likelihoods.
-
-        Returns the index of the hypothesis nearest the new mean (its score maps are the ones
-        the position update should use).
-        """
-        deltas = np.asarray(deltas, np.float64)
-        ll = np.asarray(log_lik, np.float64)
-        if not np.all(np.isfinite(ll)) or len(ll) != len(deltas):
-            return int(np.argmin(np.abs(deltas)))
-        if self.coarse:  # whole circle: evidence accumulates until one heading stands out
-            self.log_hist = self.log_hist + ll
-            w = np.exp(self.log_hist - self.log_hist.max())
-            w /= w.sum()
-            step = 2.0 * np.pi / len(deltas)
-            best = int(np.argmax(w))
-            rel = wrap(deltas - deltas[best])
-            m = float(np.sum(w * rel))
-            var = float(np.sum(w * (rel - m) ** 2)) + step ** 2 / 12.0
-            if var <= COARSE_SIGMA_RAD ** 2:  # settled: a Gaussian about the best heading
-                self.mean = float(wrap(self.mean + deltas[best] + m))
-                self.var = max(var, self.min_var)
-                self.best_offset = 0.0
-            else:
-                self.best_offset = float(deltas[best])
-            return best
-        else:  # a Gaussian measurement from the log-likelihood's peak, Kalman-fused
-            z, r2 = _peak_fit(deltas, ll, self.var)
-            r2 = max(r2, MIN_MEASUREMENT_SIGMA_RAD ** 2)
-            gain = self.var / (self.var + r2)
-            shift = gain * z
-            var = (1.0 - gain) * self.var
-        self.mean = float(wrap(self.mean + shift))
-        self.var = float(min(max(var, self.min_var), math.pi ** 2))
-        return int(np.argmin(np.abs(wrap(deltas - shift))))
+def max_yaw_sigma(bins: int, max_step_rad: float) -> float:
+    """Largest heading 1-sigma the bins can hold (+-3 sigma inside the widest range)."""
+    return (int(bins) - 1) / 2.0 * float(max_step_rad) / 3.0
 
 
-def _peak_fit(deltas: np.ndarray, ll: np.ndarray, prior_var: float) -> tuple[float, float]:
-    """(offset, variance) of a parabola through the log-likelihood's peak and its neighbours.
+def absolute_yaw_likelihood(offsets_rad: np.ndarray, measured_rad: float, sigma_rad: float,
+                            floor: float) -> np.ndarray:
+    """Likelihood of every bin's yaw offset given an absolute heading (as an offset).
 
-    A peak at the edge of the hypotheses (or a flat/convex neighbourhood) says only "that way":
-    the measurement is then the edge with the prior's variance (a half step of the prior).
+    ``floor + exp(-0.5 * (wrap(offset - measured) / sigma)^2)``: the floor bounds how much one
+    reading can take away from any bin (an IMU pointing the wrong way is not the truth).
     """
-    k = int(np.argmax(ll))
-    if 0 < k < len(ll) - 1:
-        h = float(deltas[k + 1] - deltas[k])
-        curv = float(ll[k - 1] - 2.0 * ll[k] + ll[k + 1])
-        if curv < -1e-12:
-            off = 0.5 * h * float(ll[k - 1] - ll[k + 1]) / curv
-            return float(deltas[k]) + off, -h * h / curv
-    return float(deltas[k]), float(prior_var)
+    d = wrap(np.asarray(offsets_rad, dtype=np.float64) - float(measured_rad))
+    return float(floor) + np.exp(-0.5 * (d / max(float(sigma_rad), 1e-9)) ** 2)
 
 
-def yaw_log_likelihoods(prob: np.ndarray, score_grids: list[np.ndarray], covered: list,
-                        temperature: float, outlier_weight: float) -> np.ndarray:
-    """Log sum_cells p(cell) (outlier + exp((s_k - s_max) / T)) for each hypothesis k.
+def inflated_imu_sigma(sigma_rad: float, dt_s: float | None, correlation_s: float) -> float:
+    """1-sigma to apply to one IMU heading ``dt_s`` after the previous one applied.
 
-    ``score_grids[k]`` is hypothesis k's score sampled on the position grid (``-inf`` where no
-    tile covers a cell, as ``GridFilter.measurement_grid`` returns it); cells no hypothesis
-    covers carry the same floor for all (they do not tell the hypotheses apart).
+    An error correlated over ``correlation_s`` carries one independent measurement per
+    ``correlation_s``; applying every reading with variance ``sigma^2 * correlation_s / dt``
+    keeps that information rate (and never below ``sigma``). ``dt_s`` None: the first reading.
     """
-    finite = [g[c] for g, c in zip(score_grids, covered) if c.any()]
-    if not finite:
-        return np.zeros(len(score_grids))
-    s_max = max(float(v.max()) for v in finite)
-    floor = min(float(v.min()) for v in finite)
-    out = []
-    for g, c in zip(score_grids, covered):
-        s = np.where(c, g, floor)
-        lik = outlier_weight + np.exp(np.minimum(s - s_max, 0.0) / max(temperature, 1e-9))
-        out.append(math.log(max(float(np.sum(prob * lik)), 1e-300)))
-    return np.asarray(out)
+    if dt_s is None or correlation_s <= 0.0:
+        return float(sigma_rad)
+    return float(sigma_rad) * math.sqrt(max(1.0, float(correlation_s) / max(float(dt_s), 1e-3)))
+
+
+def gps_course_offset(map_en: np.ndarray, odom_xy: np.ndarray, sigma_m: np.ndarray,
+                      baseline_m: float) -> tuple[float, float] | None:
+    """Yaw offset (ENU yaw - odometry yaw) that rotates the odometry track onto GPS fixes.
+
+    ``map_en`` (N,2) GPS positions in the map frame, ``odom_xy`` (N,2) odometry positions at the
+    same stamps, ``sigma_m`` (N,) the fixes' 1-sigma. None until the odometry spans
+    ``baseline_m`` between the first and the newest fix. Otherwise the least-squares rotation
+    about the centroids (2-D Procrustes) and a conservative 1-sigma: the two end fixes' errors
+    across the baseline, ``sqrt(s_first^2 + s_last^2) / baseline`` (GPS errors are correlated
+    in time, so the N fixes are not N independent measurements).
+    """
+    p = np.asarray(map_en, dtype=np.float64).reshape(-1, 2)
+    o = np.asarray(odom_xy, dtype=np.float64).reshape(-1, 2)
+    s = np.asarray(sigma_m, dtype=np.float64).reshape(-1)
+    if len(p) < 2 or len(o) != len(p) or len(s) != len(p):
+        return None
+    base = float(np.hypot(*(o[-1] - o[0])))
+    if not base >= baseline_m or base <= 0.0:
+        return None
+    pc, oc = p - p.mean(axis=0), o - o.mean(axis=0)
+    dot = float((oc * pc).sum())
+    cross = float((oc[:, 0] * pc[:, 1] - oc[:, 1] * pc[:, 0]).sum())
+    if dot == 0.0 and cross == 0.0:
+        return None
+    offset = math.atan2(cross, dot)
+    sigma = math.sqrt(float(s[0]) ** 2 + float(s[-1]) ** 2) / base
+    return offset, sigma

@@ -19,7 +19,15 @@ import cv2
 import numpy as np
 
 from cvl_ros.localizer.filter import GridFilter, PosteriorStats, TileScores
-from cvl_ros.localizer.heading import YawFilter, rotate_ground, yaw_log_likelihoods
+from cvl_ros.localizer.heading import (
+    INITIAL_POSE_YAW_SIGMA_RAD,
+    absolute_yaw_likelihood,
+    gps_course_offset,
+    inflated_imu_sigma,
+    max_yaw_sigma,
+    wrap,
+    yaw_bin_step,
+)
 from cvl_ros.localizer.image_check import image_problem
 from cvl_ros.localizer.modes import (
     Evidence,
@@ -51,10 +59,6 @@ __all__ = [
     "compose_map_odom",
     "resolve_device",
 ]
-
-
-#: 1-sigma of the heading belief set from an initial pose's yaw when the heading is estimated.
-INITIAL_POSE_YAW_SIGMA_RAD = math.radians(5.0)
 
 
 def resolve_device(device: str) -> tuple[str, str]:
@@ -111,6 +115,7 @@ class Localizer:
         mc = model.config
         self._ground_hw = tuple(int(v) for v in mc.ground_hw)
         self._disp_cell_m = float(mc.coverage_m) / float(mc.grid_cells)
+        self._score_cell_m = self._disp_cell_m / self.config.match_upsample
         self._coverage_m = float(mc.coverage_m)
         self._cam_h = float(self.config.camera_height_m if self.config.camera_height_m is not None
                             else mc.camera_height_m)
@@ -212,14 +217,73 @@ class Localizer:
             self._yaw_offset = float(self.config.odom_yaw_offset_rad)
             self._yaw_offset_known = False
             self._pending_yaw: float | None = None
-            self._yaw_filter = (YawFilter(self._yaw_offset,
-                                          math.radians(self.config.initial_yaw_sigma_deg),
-                                          self.config.yaw_hypotheses)
-                                if self.config.estimate_heading else None)
+            # heading estimated (estimate_heading): the filter's yaw axis, its sources
+            self.filter.drop_yaw_axis()
+            self._heading_known = False
+            self._gps_track: list[tuple[float, float, float, float, float]] = []
+            self._last_abs_yaw_ns: int | None = None
+            self.abs_yaw_inconsistent = 0
+            """Absolute headings (IMU) more than 3 sigma from the estimated heading."""
+            if self.config.estimate_heading:
+                sigma = math.radians(self.config.initial_yaw_sigma_deg)
+                if sigma <= self._max_yaw_sigma():
+                    self._set_yaw_belief(self._yaw_offset, sigma)
             self._mode = ModeState()  # global search (see cvl_ros.localizer.modes)
             self._grid_global = False  # the filter's grid covers the whole database
             self._pending_reset_reason = reason if reason != "init" else ""
             self.last_reset_reason = reason
+
+    # ------------------------------------------------------------------ heading belief
+    def _max_yaw_sigma(self) -> float:
+        c = self.config
+        return max_yaw_sigma(c.yaw_bins, math.radians(c.yaw_bin_max_deg))
+
+    def _set_yaw_belief(self, offset_rad: float, sigma_rad: float) -> None:
+        """(Re)start the heading belief: a Gaussian over the yaw bins (position kept)."""
+        c = self.config
+        sigma = min(max(float(sigma_rad), math.radians(c.yaw_bin_min_deg)), self._max_yaw_sigma())
+        step = yaw_bin_step(sigma, c.yaw_bins, math.radians(c.yaw_bin_min_deg),
+                            math.radians(c.yaw_bin_max_deg))
+        self.filter.set_yaw_axis(float(wrap(offset_rad)), sigma, c.yaw_bins, step)
+        self._heading_known = True
+        self._yaw_offset = self.filter.yaw_center_rad
+        self._yaw_offset_known = True
+
+    @property
+    def heading_known(self) -> bool:
+        """Whether there is a heading (given, or an estimated belief)."""
+        if self.config.estimate_heading:
+            return self._heading_known
+        return self._yaw_offset_known
+
+    @property
+    def yaw_offset_belief(self) -> tuple[float, float]:
+        """(mean, variance) of the odometry->ENU yaw offset [rad, rad^2] (estimate mode), or the
+        given offset and the configured heading variance."""  # noqa: D205, D209
+        if self.config.estimate_heading and self._heading_known:
+            mean, var = self.filter.yaw_stats()
+            return float(wrap(mean)), var
+        var = self.config.heading_sigma_rad**2 if self._yaw_offset_known else math.pi**2
+        return self._yaw_offset, var
+
+    def _absolute_heading(self, stamp_ns: int, offset_rad: float) -> None:
+        """Fuse an absolute heading (as an odometry->ENU offset) into the estimated heading."""
+        c = self.config
+        sigma = math.radians(c.imu_yaw_sigma_deg)
+        if not self._heading_known:
+            self._set_yaw_belief(offset_rad, sigma)
+            self._last_abs_yaw_ns = stamp_ns
+            return
+        dt = None if self._last_abs_yaw_ns is None else (stamp_ns - self._last_abs_yaw_ns) * 1e-9
+        if dt is not None and dt <= 0.0:
+            return
+        mean, var = self.filter.yaw_stats()
+        if float(wrap(offset_rad - mean)) ** 2 > 9.0 * (var + sigma**2):
+            self.abs_yaw_inconsistent += 1
+        eff = inflated_imu_sigma(sigma, dt, c.imu_yaw_correlation_s)
+        self.filter.update_yaw(absolute_yaw_likelihood(self.filter.yaw_offsets(), offset_rad,
+                                                       eff, c.imu_yaw_floor))
+        self._last_abs_yaw_ns = stamp_ns
 
     def _run_or_defer(self, request) -> bool:
         """Run ``request()`` now when no update holds the lock (True), else queue it for the
@@ -282,25 +346,34 @@ class Localizer:
         self._mode = self._mode.at_initial_pose()
         if yaw_rad is not None:
             if self._last_odom is not None:
-                self._yaw_offset = yaw_rad - yaw_of(self._last_odom)
-                self._yaw_offset_known = True
-                if self._yaw_filter is not None:  # a given yaw is a prior, not the truth
-                    self._yaw_filter = YawFilter(self._yaw_offset, INITIAL_POSE_YAW_SIGMA_RAD,
-                                                 self.config.yaw_hypotheses)
+                if self.config.estimate_heading:  # a given yaw is a prior, not the truth
+                    self._set_yaw_belief(yaw_rad - yaw_of(self._last_odom),
+                                         INITIAL_POSE_YAW_SIGMA_RAD)
+                else:
+                    self._yaw_offset = yaw_rad - yaw_of(self._last_odom)
+                    self._yaw_offset_known = True
             else:
                 self._pending_yaw = yaw_rad
         # the belief refers to the body position now: predict from the newest odometry
         self._last_update_odom = None if self._last_odom is None else self._last_odom.copy()
 
-    def set_gps_prior(self, lat_deg: float, lon_deg: float, sigma_m: float) -> bool:
+    def set_gps_prior(self, lat_deg: float, lon_deg: float, sigma_m: float,
+                      T_odom_body: np.ndarray | None = None) -> bool:
         """Use a coarse GNSS fix to initialise when there is no belief.
 
         Returns True if accepted (applied now, or at the start of the next frame when an update
         is running, if there is still no belief then); False if ignored (a belief exists, or
         the fix is not finite).
+
+        When the heading is estimated and still unknown, fixes are collected with the odometry
+        pose at their stamp (``T_odom_body``; default the newest frame's) until the odometry
+        spans ``gps_course_baseline_m``: the course of the track then starts the heading belief
+        and the newest fix the position (True); until then nothing is initialised (False).
         """
         if not (math.isfinite(lat_deg) and math.isfinite(lon_deg)):
             return False
+        if self.config.estimate_heading and not self._heading_known:
+            return self._gps_course(lat_deg, lon_deg, sigma_m, T_odom_body)
         if self.filter.initialized and not self._mode.global_search:
             return False
         sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0,
@@ -311,6 +384,35 @@ class Localizer:
                 return  # a belief appeared meanwhile
             e, n = self.latlon_to_map(lat_deg, lon_deg)
             self._set_initial_pose_now(e, n, None, sigma)
+
+        self._run_or_defer(apply)
+        return True
+
+    def _gps_course(self, lat_deg: float, lon_deg: float, sigma_m: float,
+                    T_odom_body: np.ndarray | None) -> bool:
+        odom = self._last_odom if T_odom_body is None else np.asarray(T_odom_body, np.float64)
+        if odom is None or odom.shape != (4, 4) or not np.all(np.isfinite(odom)):
+            return False
+        sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0, 0.5)
+        e, n = self.latlon_to_map(lat_deg, lon_deg)
+        self._gps_track.append((e, n, float(odom[0, 3]), float(odom[1, 3]), sigma))
+        tr = np.asarray(self._gps_track)
+        course = gps_course_offset(tr[:, 0:2], tr[:, 2:4], tr[:, 4],
+                                   self.config.gps_course_baseline_m)
+        if course is None or course[1] > self._max_yaw_sigma():
+            return False
+        offset, yaw_sigma = course
+
+        def apply() -> None:
+            if self._heading_known:
+                return
+            self._set_yaw_belief(offset, yaw_sigma)
+            self._gps_track = []
+            if not self.filter.initialized or self._mode.global_search:
+                self._set_initial_pose_now(e, n, None, max(sigma,
+                                                           self.config.gps_prior_min_sigma_m))
+                # the fix refers to the odometry pose at its stamp
+                self._last_update_odom = odom.copy()
 
         self._run_or_defer(apply)
         return True
@@ -354,14 +456,13 @@ class Localizer:
             T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)
                     if frame.T_body_cam is not None else _default_T_body_cam())
             self._last_odom = T_ob
-            if self._yaw_filter is not None:  # estimated: frames' headings are not used
+            if c.estimate_heading:  # frames' headings are measurements, not the truth
                 if self._pending_yaw is not None:
-                    self._yaw_filter = YawFilter(self._pending_yaw - yaw_of(T_ob),
-                                                 INITIAL_POSE_YAW_SIGMA_RAD,
-                                                 c.yaw_hypotheses)
+                    self._set_yaw_belief(self._pending_yaw - yaw_of(T_ob),
+                                         INITIAL_POSE_YAW_SIGMA_RAD)
                     self._pending_yaw = None
-                self._yaw_offset = self._yaw_filter.mean
-                self._yaw_offset_known = not self._yaw_filter.coarse
+                if frame.heading_enu_rad is not None:
+                    self._absolute_heading(stamp, float(frame.heading_enu_rad) - yaw_of(T_ob))
             elif frame.heading_enu_rad is not None:
                 self._yaw_offset = float(frame.heading_enu_rad) - yaw_of(T_ob)
                 self._yaw_offset_known = True
@@ -406,7 +507,9 @@ class Localizer:
         for s in range(0, len(idx), self.config.tile_batch):
             chunk = idx[s:s + self.config.tile_batch]
             sat = _to_device(self.db.descriptors(chunk), self.device)
-            res = self.model.match(ground, sat, pairwise=True)
+            up = self.config.match_upsample
+            res = self.model.match(ground, sat, pairwise=True,
+                                   **({"upsample": up} if up != 1 else {}))
             scores.append(res.score.detach().float().cpu())
             disps.append(res.displacement_m.detach().float().cpu())
             maps.append(res.score_map.detach().float().cpu())
@@ -431,20 +534,25 @@ class Localizer:
             K_net = frame.camera.scaled_to(self._ground_hw[1], self._ground_hw[0]).K
             self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
             # ---- predict
-            R_off = rot_z(self._heading_offset())
+            estimating = c.estimate_heading
+            if estimating and not self._heading_known:
+                return self._no_heading_estimate(frame, stamp, T_ob, t0)
+            R_off = rot_z(self.filter.yaw_center_rad if estimating else self._heading_offset())
             travel_m = 0.0
             if self.filter.initialized and self._last_update_odom is not None:
                 d = (R_off @ np.append(T_ob[:3, 3] - self._last_update_odom[:3, 3], 0.0))[:2]
                 travel_m = float(np.hypot(*d))
-                if self._yaw_filter is not None:
-                    self._yaw_filter.predict(travel_m, math.radians(c.yaw_drift_deg_per_100m)
-                                             / 100.0)
                 sigma = c.process_noise_m + c.odom_noise_fraction * travel_m
-                self.filter.predict(d, sigma)
+                yaw_sigma = (math.radians(c.yaw_drift_deg_per_100m) * math.sqrt(travel_m / 100.0)
+                             if estimating else 0.0)
+                self.filter.predict(d, sigma, yaw_sigma)
                 if self._grid_global:  # keep the whole-database grid on the database
                     center, extent, cell = self._global_grid()
                     self.filter.regrid(center, extent, cell)
             self._last_update_odom = T_ob.copy()
+            if estimating:  # the window is rotated into ENU by the heading belief's mean
+                self._yaw_offset = self.yaw_offset_belief[0]
+            R_off = rot_z(self._heading_offset())
             # ---- fused ground descriptor of the window
             kfs = self.window.frames()
             Ks = torch.from_numpy(np.stack([k.K_net for k in kfs])).float()
@@ -472,19 +580,14 @@ class Localizer:
                 else:
                     self.filter.init_uniform(center, extent, cell)
                 self._grid_global = True
-            heading_search = (self._yaw_filter is not None and len(idx) > 0
-                              and self.filter.initialized and not global_search)
-            if heading_search:
-                scores, disps, maps = self._match_headings(ground, idx, T_ob, T_bc)
-                R_off = rot_z(self._heading_offset())
-            elif len(idx):
+            if len(idx):
                 scores, disps, maps = self._match(ground, idx)
             else:
                 scores, disps, maps = np.zeros(0), np.zeros((0, 2)), np.zeros((0, 1, 1))
         # lever arm: camera optical centre relative to the body, horizontal, in the map frame
         lever = (R_off @ T_ob @ T_bc)[:3, 3] - (R_off @ T_ob)[:3, 3]
         lever_en = lever[:2]
-        tiles = [TileScores(self._centers[i] - lever_en, maps[k], self._disp_cell_m)
+        tiles = [TileScores(self._centers[i] - lever_en, maps[k], self._score_cell_m)
                  for k, i in enumerate(idx)]
         prob_before = self.filter.prob
         self.filter.update(tiles, c.score_temperature, None, c.outlier_weight)
@@ -492,8 +595,12 @@ class Localizer:
         # (an update that covered no cell leaves the grid as predicted: reuse its statistics)
         st = (prior if prior is not None and self.filter.prob is prob_before
               else self.filter.stats(c.confidence_radius_m))
+        if estimating:  # keep the yaw bins on the belief
+            self.filter.recenter_yaw(math.radians(c.yaw_bin_min_deg),
+                                     math.radians(c.yaw_bin_max_deg))
         evidence = self._evidence(st, idx, scores, disps, travel_m)
-        if self._yaw_filter is not None and self._yaw_filter.coarse:
+        if estimating and (self.yaw_offset_belief[1]
+                           > math.radians(c.tracking_max_yaw_sigma_deg) ** 2):
             evidence = dataclasses.replace(evidence, heading_known=False)
         decision = decide(self._mode, evidence, c)
         self._mode = decision.state
@@ -513,37 +620,36 @@ class Localizer:
         return est
 
     def _heading_offset(self) -> float:
-        """ENU yaw - odometry yaw in use: the yaw belief's (its best whole-circle bin while the
-        search is coarse) when the heading is estimated, else the given offset."""  # noqa: D205, D209
-        if self._yaw_filter is not None:
-            return self._yaw_filter.heading_offset
+        """ENU yaw - odometry yaw in use: the heading belief's mean when it is estimated, else
+        the given offset."""  # noqa: D205, D209
         return self._yaw_offset
 
-    def _match_headings(self, ground, idx: np.ndarray, T_ob, T_bc):
-        """Score the window's descriptor over the yaw belief's hypotheses (rotated about the
-        newest camera), update the yaw belief with the position belief's expectation of each
-        hypothesis's likelihood, and return the matches of the hypothesis nearest the new yaw."""  # noqa: D205, D209
+    def _no_heading_estimate(self, frame: Frame, stamp: int, T_ob, t0) -> Estimate:
+        """An estimate without a fix while the estimated heading has no source yet (the
+        keyframe still enters the window; the position belief, if any, only widens)."""  # noqa: D205, D209
         c = self.config
-        yf = self._yaw_filter
-        deltas = yf.hypotheses()
-        rotated = rotate_ground(ground, deltas)
-        R_off = rot_z(self._yaw_offset)
-        lever_en = ((R_off @ T_ob @ T_bc)[:3, 3] - (R_off @ T_ob)[:3, 3])[:2]
-        scores_k, disps_k, maps_k = self._match_rows(rotated, idx)
-        grids, covered = [], []
-        for k in range(len(deltas)):
-            maps = maps_k[k]
-            tiles = [TileScores(self._centers[i] - lever_en, maps[j], self._disp_cell_m)
-                     for j, i in enumerate(idx)]
-            g, cov = self.filter.measurement_grid(tiles)
-            grids.append(g)
-            covered.append(cov)
-        ll = yaw_log_likelihoods(self.filter.prob, grids, covered, c.score_temperature,
-                                 c.outlier_weight)
-        best = yf.update(deltas, ll)
-        self._yaw_offset = yf.mean  # the origin of the hypotheses while the search is coarse
-        self._yaw_offset_known = not yf.coarse
-        return scores_k[best], disps_k[best], maps_k[best]
+        torch = self._torch
+        with torch.inference_mode():
+            feats = self._encode(frame.image_rgb)
+        K_net = frame.camera.scaled_to(self._ground_hw[1], self._ground_hw[0]).K
+        T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)
+                if frame.T_body_cam is not None else _default_T_body_cam())
+        self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
+        if self.filter.initialized and self._last_update_odom is not None:
+            travel = float(np.linalg.norm(T_ob[:2, 3] - self._last_update_odom[:2, 3]))
+            self.filter.predict(np.zeros(2), c.process_noise_m + travel)  # direction unknown
+        self._last_update_odom = T_ob.copy()
+        nan = float("nan")
+        est = Estimate(
+            stamp_ns=stamp, status=Status.INITIALIZING, lat_deg=nan, lon_deg=nan, alt_m=nan,
+            east_m=nan, north_m=nan, yaw_rad=nan, covariance_xy=np.full((2, 2), nan),
+            yaw_var_rad2=math.pi**2, confidence=0.0, score=nan, tile_id="",
+            displacement_m=np.full(2, nan), window_len=len(self.window), tiles_searched=0,
+            latency_s=time.perf_counter() - t0, T_odom_body=T_ob.copy(),
+            datum_lat_deg=self.datum.lat_deg, datum_lon_deg=self.datum.lon_deg,
+            datum_alt_m=self.datum.alt_m, reset_reason=self._pending_reset_reason)
+        self._pending_reset_reason = ""
+        return est
 
     def _evidence(self, st: PosteriorStats, idx, scores, disps, travel_m: float) -> Evidence:
         """The numbers the mode decision uses, read after the measurement update."""
@@ -604,10 +710,7 @@ class Localizer:
             cands.append(Candidate(self._tile_ids[idx[k]], la, lo, float(scores[k]),
                                    float(ce), float(cn)))
         best = int(order[0]) if len(order) else -1
-        if self._yaw_filter is not None:
-            yaw_var = self._yaw_filter.var
-        else:
-            yaw_var = c.heading_sigma_rad**2 if self._yaw_offset_known else math.pi**2
+        yaw_var = self.yaw_offset_belief[1]
         est = Estimate(
             stamp_ns=stamp, status=status, lat_deg=lat, lon_deg=lon, alt_m=float("nan"),
             east_m=east, north_m=north, yaw_rad=yaw_body, covariance_xy=cov,

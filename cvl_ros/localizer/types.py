@@ -45,6 +45,9 @@ class LocalizerConfig:
     """Tiles kept by ``TileDatabase.global_topk`` when the database exceeds global_max_tiles."""
     tile_batch: int = 128
     """Tiles matched per model call (memory bound)."""
+    match_upsample: int = 1
+    """Displacements are scored on a grid this many times finer than the model's cells
+    (``match_descriptors(upsample=...)``); 1 = the model's own cells (the paper's)."""
     filter_cell_m: float = 1.0
     """Resolution of the position grid while tracking."""
     tracking_grid_extent_m: float = 200.0
@@ -91,16 +94,33 @@ class LocalizerConfig:
     """ENU yaw of the odometry frame's x axis, used while frames carry no absolute heading (an
     initial pose with a yaw replaces it until the next reset)."""
     estimate_heading: bool = False
-    """Estimate the heading from the images (``heading_source: estimate``): frames carry no
-    absolute heading; the odometry->ENU yaw offset is a belief (``cvl_ros.localizer.heading``)
-    updated by scoring the fused descriptor over yaw hypotheses every keyframe."""
-    yaw_hypotheses: int = 7
-    """Yaw hypotheses scored per keyframe once the heading is known (fine search)."""
+    """Estimate the heading (``heading_source: estimate``): the odometry->ENU yaw offset is part
+    of the filter's belief (``cvl_ros.localizer.heading``), learnt from how the odometry track
+    agrees with the matches, with a frame's absolute heading (IMU) as a time-correlated
+    measurement and a GPS course or an initial pose yaw to start from."""
+    yaw_bins: int = 15
+    """Yaw bins of the belief when the heading is estimated (odd)."""
+    yaw_bin_min_deg: float = 0.25
+    """Finest spacing of the yaw bins [deg]."""
+    yaw_bin_max_deg: float = 2.0
+    """Widest spacing of the yaw bins [deg] (bins x this bounds the heading uncertainty held)."""
     yaw_drift_deg_per_100m: float = 1.0
-    """Odometry yaw drift the heading belief widens by (1-sigma per 100 m travelled)."""
+    """Odometry yaw drift: the heading belief's random walk, 1-sigma per 100 m travelled."""
     initial_yaw_sigma_deg: float = 180.0
-    """1-sigma of the initial heading belief about ``odom_yaw_offset_rad`` (180 = unknown: a
-    search over the whole circle first)."""
+    """1-sigma of the initial heading belief about ``odom_yaw_offset_rad`` when the heading is
+    estimated; more than the bins hold (e.g. 180) = unknown: wait for an IMU, a GPS course or
+    an initial pose with a yaw."""
+    imu_yaw_sigma_deg: float = 2.0
+    """1-sigma of a frame's absolute heading (IMU/INS) when the heading is estimated [deg]."""
+    imu_yaw_correlation_s: float = 20.0
+    """Time over which the absolute heading's error is correlated [s]: its readings count as
+    one independent measurement per this time (0 = every reading independent)."""
+    imu_yaw_floor: float = 0.05
+    """Floor added to an absolute heading's likelihood (a wrong IMU cannot erase a bin)."""
+    gps_course_baseline_m: float = 60.0
+    """Odometry travel over which GPS fixes give the initial heading (estimate, no IMU) [m]."""
+    tracking_max_yaw_sigma_deg: float = 5.0
+    """Largest heading 1-sigma accepted for TRACKING when the heading is estimated [deg]."""
     heading_sigma_rad: float = 0.05
     """1-sigma of the absolute heading (IMU/INS), reported as the yaw variance."""
     frame_state_rotation_tolerance_rad: float = 0.002
@@ -138,16 +158,27 @@ class LocalizerConfig:
                 errors.append(f"{name} = {value!r} must lie in [0, 1]")
             elif name not in _SIGNED_FIELDS and value < 0:
                 errors.append(f"{name} = {value!r} must be >= 0")
+        if isinstance(self.match_upsample, (int, float)) and self.match_upsample > 4:
+            errors.append(f"match_upsample = {self.match_upsample!r} must be at most 4")
+        if isinstance(self.yaw_bins, int) and self.yaw_bins % 2 == 0:
+            errors.append(f"yaw_bins = {self.yaw_bins!r} must be odd")
+        if (isinstance(self.yaw_bin_min_deg, (int, float))
+                and isinstance(self.yaw_bin_max_deg, (int, float))
+                and self.yaw_bin_min_deg > self.yaw_bin_max_deg):
+            errors.append(f"yaw_bin_min_deg = {self.yaw_bin_min_deg!r} must not exceed "
+                          f"yaw_bin_max_deg = {self.yaw_bin_max_deg!r}")
         if errors:
             raise ValueError("invalid localizer parameters: " + "; ".join(errors))
 
 
 _POSITIVE_FIELDS = frozenset({
     "window_length", "camera_height_m", "tracking_search_radius_m", "search_radius_sigma_factor",
-    "global_max_tiles", "global_topk", "tile_batch", "filter_cell_m", "tracking_grid_extent_m",
+    "global_max_tiles", "global_topk", "tile_batch", "match_upsample", "filter_cell_m",
+    "tracking_grid_extent_m",
     "global_grid_max_cells", "score_temperature", "confidence_radius_m", "tracking_max_sigma_m",
-    "max_fix_sigma_m", "min_updates_to_track", "lost_after_updates", "yaw_hypotheses",
-    "initial_yaw_sigma_deg"})
+    "max_fix_sigma_m", "min_updates_to_track", "lost_after_updates", "yaw_bins",
+    "yaw_bin_min_deg", "yaw_bin_max_deg", "initial_yaw_sigma_deg", "imu_yaw_sigma_deg",
+    "tracking_max_yaw_sigma_deg"})
 _FRACTION_FIELDS = frozenset({"tracking_min_confidence", "max_second_mode_ratio",
                               "low_confidence_min"})
 _SIGNED_FIELDS = frozenset({"odom_yaw_offset_rad", "map_datum_lat_deg", "map_datum_lon_deg",

@@ -421,13 +421,14 @@ class CVLNet(nn.Module):
         return SatelliteDescriptor(desc, unc)
 
     def match(self, ground: GroundDescriptor, sat: SatelliteDescriptor,
-              pairwise: bool = True, search_cells: int | None = None) -> MatchResult:
+              pairwise: bool = True, search_cells: int | None = None,
+              upsample: int = 1) -> MatchResult:
         """Score grounds vs tiles; ``search_cells`` overrides r (a wider window over each
         tile); a region descriptor (``encode_satellite(..., region=True)``) searches all of
-        it."""  # noqa: D205, D209
+        it; ``upsample`` evaluates displacements on a finer grid (``match_descriptors``)."""  # noqa: D205, D209
         r = self.config.search_cells if search_cells is None else int(search_cells)
         return match_descriptors(ground, sat, self.config.cell_m, r, self.config.use_ssm,
-                                 self.config.use_uncertainty, pairwise)
+                                 self.config.use_uncertainty, pairwise, upsample)
 
     # ------------------------------------------------------------------ training API
     def encode_ground_sequence(self, images: torch.Tensor) -> torch.Tensor:

@@ -168,6 +168,16 @@ def uncertainty_at_shifts(u: torch.Tensor, radius: int) -> torch.Tensor:
     return up[:, 0, c - r:c + r + 1, c - r:c + r + 1]
 
 
+def _upsampled(ground: GroundDescriptor, sat: SatelliteDescriptor,
+               factor: int) -> tuple[GroundDescriptor, SatelliteDescriptor]:
+    """Both descriptors on a grid ``factor`` times finer (bilinear, half-pixel centres)."""
+    def up(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+
+    return (GroundDescriptor(up(ground.features), up(ground.mask.to(ground.features.dtype))),
+            SatelliteDescriptor(up(sat.features), up(sat.uncertainty)))
+
+
 def match_descriptors(
     ground: GroundDescriptor,
     sat: SatelliteDescriptor,
@@ -176,8 +186,16 @@ def match_descriptors(
     use_ssm: bool = True,
     use_uncertainty: bool = True,
     pairwise: bool = True,
+    upsample: int = 1,
 ) -> MatchResult:
     """Score every ground against every tile (``pairwise``) or row i against tile i.
+
+    ``upsample`` > 1 evaluates the displacements on a grid ``upsample`` times finer: both
+    descriptors, the ground mask and U are bilinearly upsampled (cell edges kept, so cell
+    centres stay where the convention puts them), the shift window keeps its extent in metres
+    (r * upsample fine cells) and ``cell_m`` becomes ``cell_m / upsample``. Both sides are
+    smoothed alike, so no shift is favoured for lying on the coarse lattice (a coarse score map
+    sampled bilinearly peaks only on its nodes: the quantisation floor of the localizer).
 
     ``use_ssm=False`` evaluates the centre-aligned shift only (radius 0, displacement 0);
     ``use_uncertainty=False`` uses U = 1. ``sat`` may be a region of R > S cells around each
@@ -185,6 +203,12 @@ def match_descriptors(
     r + (R - S) / 2 cells each way and displacements are from the region's centre.
     """
     r = int(radius) if use_ssm else 0
+    up = int(upsample)
+    if up < 1:
+        raise ValueError(f"upsample must be >= 1, got {upsample}")
+    if up > 1:
+        ground, sat = _upsampled(ground, sat, up)
+        r, cell_m = r * up, float(cell_m) / up
     d0 = ncc_maps(ground.features, ground.mask, sat.features, r, pairwise)
     # a satellite region larger than the ground grid widens the shift window (dense search)
     r = r + (sat.features.shape[-1] - ground.features.shape[-1]) // 2

@@ -552,7 +552,7 @@ class LocalizerNode(LifecycleNode):
         if not isinstance(prior, GpsPrior):
             self._rejected(prior)
             return
-        if loc.set_gps_prior(prior.lat_deg, prior.lon_deg, prior.sigma_m):
+        if loc.set_gps_prior(prior.lat_deg, prior.lon_deg, prior.sigma_m, prior.T_odom_body):
             self.get_logger().info(f"GPS prior used: {prior.lat_deg:.7f}, {prior.lon_deg:.7f} "
                                    f"(sigma {prior.sigma_m:.1f} m)")
 
