@@ -172,7 +172,7 @@ def test_gps_course_is_the_least_squares_rotation_of_the_track():
 # ------------------------------------------------------------------ localizer, oracle matcher
 def _drive(loc, model, Twb, imu_yaw=None, dt_ns=100_000_000):
     """Odometry starts at identity (odom frame = the first pose); ``imu_yaw`` (per frame) or
-    None for no absolute heading."""  # noqa: D205, D209
+    None for no absolute heading."""
     T0_inv = invert_pose(Twb[0])
     out = []
     for i, T in enumerate(Twb):
