@@ -264,7 +264,7 @@ _RAW: tuple[Param, ...] = (
     Param('localizer.yaw_bin_max_deg', 2.0,
           'heading_source estimate: widest spacing of the yaw bins [deg]; bins x this '
           'bounds the heading uncertainty the belief holds'),
-    Param('localizer.yaw_drift_deg_per_100m', 1.0,
+    Param('localizer.yaw_drift_deg_per_100m', 3.0,
           'heading_source estimate: odometry heading drift, 1-sigma random walk per 100 m '
           'travelled [deg]'),
     Param('localizer.initial_yaw_sigma_deg', 180.0,

@@ -104,7 +104,7 @@ class LocalizerConfig:
     """Finest spacing of the yaw bins [deg]."""
     yaw_bin_max_deg: float = 2.0
     """Widest spacing of the yaw bins [deg] (bins x this bounds the heading uncertainty held)."""
-    yaw_drift_deg_per_100m: float = 1.0
+    yaw_drift_deg_per_100m: float = 3.0
     """Odometry yaw drift: the heading belief's random walk, 1-sigma per 100 m travelled."""
     initial_yaw_sigma_deg: float = 180.0
     """1-sigma of the initial heading belief about ``odom_yaw_offset_rad`` when the heading is
