@@ -22,18 +22,18 @@ from cvl_ros.ros.kitti_bag import write_kitti_bag
 class _OracleLocalizer:
     """Sets the oracle's true camera position at each frame's stamp, then runs the Localizer."""
 
-    def __init__(self, drive_dir, db):
+    def __init__(self, drive_dir, db, config=None):
         drive = KittiDrive(drive_dir)
         self.stamps = np.asarray(drive.timestamps_ns)
         T_wb = oxts_to_enu_poses(drive.oxts, db.datum)
         T_bc = kitti_T_imu_cam2(drive.calib_dir)
         self.cam_en = (T_wb @ T_bc)[:, :2, 3]
         self.model = OracleModel(db, noise=0.0)
-        self.loc = Localizer(self.model, db, LocalizerConfig(window_length=2))
+        self.loc = Localizer(self.model, db, config or LocalizerConfig(window_length=2))
         self.frames = []
 
-    def set_gps_prior(self, lat, lon, sigma):
-        return self.loc.set_gps_prior(lat, lon, sigma)
+    def set_gps_prior(self, lat, lon, sigma, T_odom_body=None):
+        return self.loc.set_gps_prior(lat, lon, sigma, T_odom_body)
 
     def add_frame(self, frame):
         i = int(np.argmin(np.abs(self.stamps - frame.stamp_ns)))
@@ -85,6 +85,27 @@ def test_run_localizer_on_bag_with_oracle(bag_and_db, tmp_path):
     back = report.read_csv(tmp_path / "out" / "estimates.csv")
     assert [r.stamp_ns for r in back] == [r.stamp_ns for r in res.rows]
     assert all(math.isfinite(r.error_m) for r in back if r.has_fix)
+
+
+def test_estimated_heading_over_a_bag_reports_yaw_and_its_variance(bag_and_db, tmp_path):
+    # heading_source estimate: the IMU heading of the bag is a measurement that starts the yaw
+    # belief; every estimate carries the belief's yaw and a variance that holds the truth
+    drive, bag, db = bag_and_db
+    cfg = P.localizer_config(P.validate({"heading_source": "estimate",
+                                         "localizer.window_length": 2}))
+    assert cfg.estimate_heading
+    loc = _OracleLocalizer(drive, db, cfg)
+    res = offline.run_localizer_on_bag(loc, bag, progress=False)
+    gt = report.ground_truth_from_bag(bag)
+    report.attach_ground_truth(res.rows, gt)
+    fixes = [r for r in res.rows if r.has_fix]
+    assert len(fixes) >= 0.8 * len(res.rows)
+    assert loc.loc.heading_known
+    for r in fixes:
+        assert math.isfinite(r.yaw_var_rad2) and r.yaw_var_rad2 < math.radians(5.0) ** 2
+        assert abs(r.yaw_error_deg) < 3.0 * math.degrees(math.sqrt(r.yaw_var_rad2)) + 1e-6
+    summary = report.field_metrics(res.rows, gt)
+    assert summary["yaw_coverage95"] >= 0.9
 
 
 def test_report_without_ground_truth_and_mosaic(tmp_path):

@@ -364,7 +364,7 @@ class LocalizerNode(LifecycleNode):
         src = str(self.p("odom_source"))
         # /tf_static: the camera extrinsics, and the IMU frame's rotation into base_frame
         want_static = (bool(self.p("use_tf_static_extrinsics"))
-                       or str(self.p("heading_source")) in ("imu", "auto"))
+                       or str(self.p("heading_source")) in ("imu", "auto", "estimate"))
         if src == "tf" or want_static:
             try:
                 from tf2_msgs.msg import TFMessage
@@ -390,7 +390,7 @@ class LocalizerNode(LifecycleNode):
                 self.missing.append("tf2_msgs is not installed: /tf input unavailable")
         if src != "tf":
             self._subscribe(Odometry, "odom", self._on_odom, sensor)
-        if str(self.p("heading_source")) in ("imu", "auto"):
+        if str(self.p("heading_source")) in ("imu", "auto", "estimate"):
             self._subscribe(Imu, "imu", self._on_imu, sensor)
         if bool(self.p("use_gps_prior")):
             self._subscribe(NavSatFix, "gps/fix", self._on_gps, sensor)
@@ -757,6 +757,12 @@ class LocalizerNode(LifecycleNode):
             "missing_resources": " | ".join(self.missing),
             "extrinsics_source": self.extrinsics_source,
             "imu_heading_frame": self.assembler.imu_heading_frame,
+            "heading_known": (str(self.localizer.heading_known).lower()
+                              if self.localizer else "false"),
+            "yaw_sigma_deg": (f"{math.degrees(math.sqrt(self.localizer.yaw_offset_belief[1])):.2f}"
+                              if self.localizer else "nan"),
+            "imu_yaw_inconsistent": (str(self.localizer.abs_yaw_inconsistent)
+                                     if self.localizer else "0"),
         }
         for k, r in self.rates.items():
             values[f"{k}_rate_hz"] = f"{r.hz():.2f}"
