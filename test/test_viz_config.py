@@ -49,8 +49,15 @@ def test_ekf_example_is_wired_to_the_node_outputs_and_frames():
     # pose0: the node's map pose (a type robot_localization takes as poseN)
     assert p["pose0"] == f"/{NODE}/pose" and p["pose0"] in _outputs()
     assert NODE_OUTPUTS["pose"] == "geometry_msgs/msg/PoseWithCovarianceStamped"
-    # x, y only: the node's yaw is the heading it was given (IMU/odometry), not estimated
-    assert _fused(p["pose0_config"]) == {"x", "y"}
+    # x, y and yaw: the example runs heading_source estimate, so the node's yaw is its own
+    # estimate with its variance; the IMU's yaw is then not fused a second time
+    assert _fused(p["pose0_config"]) == {"x", "y", "yaw"}
+    text0 = (CONFIG / "ekf_gps_denied.yaml").read_text()
+    assert "heading_source: estimate" in text0
+    imu0 = [ln for ln in text0.splitlines() if ln.strip().startswith("#") and "false," in ln]
+    assert imu0  # the commented imu0 block
+    block = text0[text0.index("# imu0_config"):].splitlines()[:2]
+    assert "false, false, false" in block[1]  # imu0 yaw (6th entry) false
     assert p["pose0_differential"] is False and p["pose0_relative"] is False
     # odom0: the odometry the node reads, velocities only
     assert p["odom0"] == "/odom" and p["odom0"] in NODE_INPUTS
