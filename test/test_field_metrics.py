@@ -343,7 +343,7 @@ class _CountingLocalizer:
     def __init__(self):
         self.offered = 0
 
-    def set_gps_prior(self, lat, lon, sigma):
+    def set_gps_prior(self, lat, lon, sigma, T_odom_body=None):
         self.offered += 1
         return True
 
