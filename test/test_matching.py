@@ -231,3 +231,31 @@ def test_dense_search_over_a_larger_satellite_region_matches_a_slow_loop():
     assert small.score[0, 0] < res.score[0, 0] - 0.2
     with pytest.raises(ValueError, match="R - S even"):
         ncc_maps(g, m, torch.randn(2, D, R + 1, R + 1), r)
+
+
+def _blob(S, row, col, sigma=2.0):
+    r, c = torch.meshgrid(torch.arange(S, dtype=torch.float32),
+                          torch.arange(S, dtype=torch.float32), indexing="ij")
+    return torch.exp(-0.5 * ((r - row) ** 2 + (c - col) ** 2) / sigma**2)[None, None]
+
+
+@pytest.mark.parametrize("east_cells,north_cells", [(0.5, 0.0), (-1.5, 0.5), (1.0, -1.0)])
+def test_upsampled_matching_recovers_half_cell_shifts(east_cells, north_cells):
+    # a smooth scene (bilinear upsampling is near exact): the camera half a cell off the coarse
+    # lattice is found at upsample 2 and only rounded at upsample 1
+    S, cell = 16, 6.25
+    sat = _blob(S, 7.5, 7.5)
+    ground = _blob(S, 7.5 + north_cells, 7.5 - east_cells)  # G[r, c] = F[r - north, c + east]
+    g = GroundDescriptor(ground, torch.ones(1, 1, S, S))
+    f = SatelliteDescriptor(sat, torch.ones(1, 1, S, S))
+    fine = match_descriptors(g, f, cell_m=cell, radius=2, use_uncertainty=False, upsample=2)
+    assert fine.score_map.shape[-2:] == (9, 9)  # +-2 coarse cells in half cells
+    np.testing.assert_allclose(fine.displacement_m[0, 0].numpy(),
+                               [east_cells * cell, north_cells * cell], atol=1e-6)
+    coarse = match_descriptors(g, f, cell_m=cell, radius=2, use_uncertainty=False)
+    d = coarse.displacement_m[0, 0].numpy() / cell
+    assert np.all(np.abs(d - [east_cells, north_cells]) <= 0.5 + 1e-6)
+    assert np.allclose(d, np.round(d))  # the coarse lattice only
+    assert match_descriptors(g, f, cell_m=cell, radius=2, upsample=1).score_map.shape[-1] == 5
+    with pytest.raises(ValueError, match="upsample"):
+        match_descriptors(g, f, cell_m=cell, radius=2, upsample=0)
