@@ -100,16 +100,17 @@ _RAW: tuple[Param, ...] = (
           'odom_frame->base_frame transform on /tf',
           choices=("odom", "tf")),
     Param('heading_source', 'auto',
-          'imu | odom | auto | estimate [choices], absolute ENU heading of base_frame: imu = '
-          'yaw of `imu` (INS / compass); odom = odometry yaw + odom_yaw_offset_rad (odometry '
-          'aligned with ENU); auto = imu when an IMU heading is near the image stamp, '
-          'else odom; estimate = the heading is part of the filter\'s belief (track '
-          'consistency of odometry and matches; the IMU, when present, a time-correlated '
-          'measurement; started by the IMU, a GPS course or an initialpose yaw)',
-          choices=("auto", "imu", "odom", "estimate")),
+          'auto | estimate | imu | odom [choices], the ENU heading of base_frame: auto = '
+          'estimate = the heading is part of the filter\'s belief (learnt from how the '
+          'odometry track agrees with the matches; the IMU, when present, a time-correlated '
+          'measurement, never taken as given; started by the IMU, a GPS course or an '
+          'initialpose yaw; none of them = no fix); imu = the yaw of `imu` (INS / compass) '
+          'taken as given; odom = odometry yaw + odom_yaw_offset_rad taken as given',
+          choices=("auto", "estimate", "imu", "odom")),
     Param('odom_yaw_offset_rad', 0.0,
-          "ENU yaw of the odometry frame's x axis [rad] (used by heading_source odom/auto"
-          ' without IMU; an initialpose yaw replaces it)'),
+          "ENU yaw of the odometry frame's x axis [rad]: heading_source odom takes it as "
+          'given (an initialpose yaw replaces it); auto/estimate start the heading belief there'
+          ' when localizer.initial_yaw_sigma_deg is small enough for the yaw bins'),
     Param('imu_tolerance_s', 0.2,
           'largest gap between an image and the IMU heading used [s]',
           at_least=0.0),
@@ -434,7 +435,7 @@ def localizer_config(values: Mapping[str, object], calibration=None):
     h = float(values["camera_height_m"])
     kw["camera_height_m"] = h if h > 0 else None
     kw["odom_yaw_offset_rad"] = float(values["odom_yaw_offset_rad"])
-    kw["estimate_heading"] = values["heading_source"] == "estimate"
+    kw["estimate_heading"] = values["heading_source"] in ("auto", "estimate")
     if not values["use_database_datum"]:
         kw["map_datum_lat_deg"] = float(values["map_datum_latitude_deg"])
         kw["map_datum_lon_deg"] = float(values["map_datum_longitude_deg"])

@@ -120,7 +120,7 @@ def test_offline_runner_refuses_what_the_node_refuses(tmp_path, capsys):
 
     drive = tiny_drive(tmp_path, n=2)
     write_kitti_bag(drive, tmp_path / "bag", odom_drift_pct=0.0, odom_yaw_drift_deg_per_100m=0.0)
-    cases = {"heading_source: IMU": "heading_source must be one of auto, imu, odom",
+    cases = {"heading_source: IMU": "heading_source must be one of auto, estimate, imu, odom",
              'use_gps_prior: "false"': "use_gps_prior must be true or false",
              "localizer:\n      window_length: true": "window_length must be an integer"}
     for line, words in cases.items():

@@ -44,15 +44,16 @@ def test_defaults_validate_and_equal_the_core_defaults():
 
 
 def test_heading_source_estimate_sets_the_core_flag():
-    assert P.localizer_config(P.validate({"heading_source": "estimate"})).estimate_heading
-    for source in ("auto", "imu", "odom"):
+    for source in ("auto", "estimate"):  # auto: the IMU is a measurement, never the truth
+        assert P.localizer_config(P.validate({"heading_source": source})).estimate_heading
+    for source in ("imu", "odom"):
         assert not P.localizer_config(P.validate({"heading_source": source})).estimate_heading
     errors = _errors(**{"localizer.yaw_bins": 4})
     assert any("yaw_bins" in e and "odd" in e for e in errors), errors
 
 
 @pytest.mark.parametrize("name, value, words", [
-    ("heading_source", "IMU", "one of auto, imu, odom, estimate"),
+    ("heading_source", "IMU", "one of auto, estimate, imu, odom"),
     ("odom_source", "wheel", "one of odom, tf"),
     ("heatmap_source", "x", "one of"),
     ("queue_size", 0, ">= 1"),

@@ -387,8 +387,9 @@ def test_real_tiny_model_end_to_end(ros_executor, spin_until, resources):
 
     ckpt, db = resources
     drive = Drive(n=4, start=(0.0, 0.0), yaw=0.0, odom_yaw=0.0)
+    # no IMU and odometry aligned with ENU: the heading is the odometry's, taken as given
     node = _make_node(ros_executor.context, checkpoint_path=str(ckpt), database_path=str(db),
-                      device="auto")
+                      device="auto", heading_source="odom")
     ex, probe = _setup(ros_executor, spin_until, node)
     node.trigger_configure()
     node.trigger_activate()
@@ -588,7 +589,7 @@ def test_runtime_parameter_changes_are_validated_like_configure(ros_context, res
         node.trigger_configure()
         assert node.localizer is not None, node.missing
         assert node.localizer.config.keyframe_distance_m == 2.0
-        for name, value, words in [("heading_source", "IMU", "one of auto, imu, odom"),
+        for name, value, words in [("heading_source", "IMU", "one of auto, estimate, imu, odom"),
                                    ("transform_tolerance", -5.0, ">= 0"),
                                    ("queue_size", 0, ">= 1"),
                                    ("use_gps_prior", "false", "true or false")]:

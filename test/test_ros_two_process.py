@@ -161,7 +161,9 @@ def test_two_processes(tmp_path, ros_executor, spin_until):
                          "-p", f"checkpoint_path:={ckpt}", "-p", f"database_path:={db}",
                          "-p", "device:=cpu", "-p", "use_tf_static_extrinsics:=false",
                          "-p", f"camera_extrinsics_xyz_rpy:=[{xyz}]",
-                         "-p", "odom_wait_s:=1.0"]
+                         "-p", "odom_wait_s:=1.0",
+                         # no IMU, odometry aligned with ENU: its heading taken as given
+                         "-p", "heading_source:=odom"]
     log = open(tmp_path / "node.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
