@@ -149,10 +149,25 @@ def score_run(localizer, estimates: list, truth_latlon: tuple[np.ndarray, np.nda
             "errors_m": err}
 
 
+#: Mean NLLs within this fraction of the smallest are not told apart by the validation drives:
+#: the largest temperature among them is kept. A sharper likelihood than the data can justify
+#: is what makes a global search lock onto a look-alike place (measured: docs/calibration.md).
+NLL_TIE_FRACTION = 0.01
+
+
+def choose(table: list[dict]) -> dict:
+    """The row of the largest temperature whose mean NLL is within ``NLL_TIE_FRACTION`` of
+    the smallest."""  # noqa: D205, D209
+    best = min(r["mean_nll"] for r in table)
+    tied = [r for r in table if r["mean_nll"] <= best + NLL_TIE_FRACTION * abs(best)]
+    return max(tied, key=lambda r: r["score_temperature"])
+
+
 def fit_temperature(checkpoint, runs: list[tuple[str, str]], temperatures: list[float],
                     values: dict, progress: bool = True) -> Calibration:
     """Run the offline pipeline for every temperature over every (bag, database) and keep the
-    temperature of smallest mean posterior NLL (ties: the larger temperature, the humbler)."""  # noqa: D205, D209
+    temperature of smallest mean posterior NLL; temperatures within :data:`NLL_TIE_FRACTION`
+    of it count as ties, and the largest of them (the humblest) is kept (:func:`choose`)."""  # noqa: D205, D209
     from cvl_ros import offline
     from cvl_ros import params as P
     from cvl_ros.report import ground_truth_from_bag
@@ -186,6 +201,6 @@ def fit_temperature(checkpoint, runs: list[tuple[str, str]], temperatures: list[
         agg["coverage95"] = agg["inside95"] / agg["fixes"] if agg["fixes"] else None
         agg["median_error_m"] = float(np.median(errs)) if errs else None
         table.append(agg)
-    best = min(table, key=lambda r: (r["mean_nll"], -r["score_temperature"]))
+    best = choose(table)
     return Calibration(score_temperature=best["score_temperature"], model_hash=model_hash,
                        fitted_on=[str(b) for b, _ in runs], table=table)

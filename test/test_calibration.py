@@ -126,3 +126,16 @@ def test_cli_fits_writes_and_the_localizer_uses_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         calibrate.main(["--checkpoint", str(ckpt), "--run", "a", "b", "--temperatures", "0"])
     assert e.value.code == 2
+
+
+def test_choice_keeps_the_humblest_temperature_the_data_cannot_tell_apart():
+    from cvl_ros.calibration import NLL_TIE_FRACTION, choose
+
+    rows = [{"score_temperature": t, "mean_nll": v}
+            for t, v in [(0.4, 3.98), (0.7, 3.659), (1.0, 3.685), (1.5, 4.40)]]
+    assert NLL_TIE_FRACTION == 0.01
+    assert choose(rows)["score_temperature"] == 1.0  # 0.7 % worse than 0.7: a tie
+    rows[2]["mean_nll"] = 3.659 * 1.02  # 2 % worse: 0.7 wins
+    assert choose(rows)["score_temperature"] == 0.7
+    rows.append({"score_temperature": 2.5, "mean_nll": 3.659})  # an exact tie: the larger
+    assert choose(rows)["score_temperature"] == 2.5
