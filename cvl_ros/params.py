@@ -248,7 +248,7 @@ _RAW: tuple[Param, ...] = (
           'floor of the reported position 1-sigma [m]'),
     Param('localizer.min_updates_to_track', 2,
           'updates needed after (re)initialisation before TRACKING is reported [count]'),
-    Param('localizer.global_min_travel_m', 25.0,
+    Param('localizer.global_min_travel_m', 100.0,
           'travel (odometry) a global search must accumulate before it may converge [m]: '
           'along one straight road several places match, so a short stretch can lock onto'
           ' a look-alike place; 0 converges as soon as the belief is peaked'),

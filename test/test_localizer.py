@@ -85,7 +85,8 @@ def test_sliding_window_keyframes_and_relative_poses():
 def test_converges_from_global_search_and_tracks_with_honest_covariance():
     db = FakeDB()
     model = OracleModel(db)
-    loc = Localizer(model, db, LocalizerConfig(window_length=3))
+    # a 45 m drive: the global search may converge after 25 m (the default waits 100 m)
+    loc = Localizer(model, db, LocalizerConfig(window_length=3, global_min_travel_m=25.0))
     Twb = drive_poses(30, step_m=1.5, start=(12.0, 7.0), yaw=0.3)
     ests = [e for e in _run(loc, model, Twb) if e is not None]
     assert ests[0].global_search and ests[0].tiles_searched == len(db)
@@ -128,7 +129,7 @@ def test_look_alike_place_seen_first_does_not_lock_in():
     # global initialisation: the first updates match a place 60 m away cleanly, then the truth
     db = FakeDB()
     model = OracleModel(db, decoy_en=(60.0, 0.0), decoy_calls=6)
-    loc = Localizer(model, db, LocalizerConfig(window_length=2))
+    loc = Localizer(model, db, LocalizerConfig(window_length=2, global_min_travel_m=25.0))
     Twb = drive_poses(30, 1.5, (0.0, 0.0), 0.0)
     errs = [(e.status, float(np.hypot(e.east_m - T[0, 3], e.north_m - T[1, 3])))
             for e, T in zip(_run(loc, model, Twb), Twb) if e is not None]
