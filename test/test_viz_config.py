@@ -53,7 +53,7 @@ def test_ekf_example_is_wired_to_the_node_outputs_and_frames():
     # estimate with its variance; the IMU's yaw is then not fused a second time
     assert _fused(p["pose0_config"]) == {"x", "y", "yaw"}
     text0 = (CONFIG / "ekf_gps_denied.yaml").read_text()
-    assert "heading_source: estimate" in text0
+    assert "heading_source auto (= estimate)" in text0
     imu0 = [ln for ln in text0.splitlines() if ln.strip().startswith("#") and "false," in ln]
     assert imu0  # the commented imu0 block
     block = text0[text0.index("# imu0_config"):].splitlines()[:2]
