@@ -110,6 +110,34 @@ def test_lost_after_consecutive_bad_updates_then_relocalizing():
     assert nxt.status == Status.RELOCALIZING and nxt.covariance is CovarianceChoice.ABOUT_PEAK
 
 
+def test_a_narrowing_belief_the_matches_agree_with_is_given_longer():
+    # LOW_CONFIDENCE fixes the measurements agree with (a GPS-initialised belief still
+    # narrowing) are not lost after lost_after_updates, only after WEAK_UPDATES_FACTOR times it;
+    # the same fixes with a contradicting measurement count as bad at once
+    from cvl_ros.localizer.modes import WEAK_UPDATES_FACTOR
+
+    cfg = LocalizerConfig(lost_after_updates=3)
+    weak = _ev(mass_near_peak=0.5)  # a fix, below tracking_min_confidence, consistent
+    prior = ModeState().at_initial_pose()
+    ds = _run(prior, [weak] * (WEAK_UPDATES_FACTOR * 3 - 1), cfg)
+    assert all(d.status == Status.LOW_CONFIDENCE for d in ds)
+    assert not any(d.state.global_search for d in ds) and ds[-1].state.bad_updates == 0
+    assert decide(ds[-1].state, weak, cfg).state.global_search
+    contradicted = _ev(mass_near_peak=0.5, score_gap=10.0, mismatch_m2=400.0)
+    ds = _run(prior, [contradicted] * 3, cfg)
+    assert [d.state.bad_updates for d in ds[:2]] == [1, 2] and ds[-1].state.global_search
+    # a weak spell between bad updates does not restart the bad count; a good fix does
+    ds = _run(prior, [contradicted, weak, contradicted], cfg)
+    assert ds[-1].state.bad_updates == 2 and ds[1].state.weak_updates == 1
+    assert ds[-1].state.weak_updates == 0
+    assert _run(prior, [weak, _ev()], cfg)[-1].state.weak_updates == 0
+    # after its first TRACKING (or without a prior: a global convergence) weak fixes count as bad
+    tracked = _run(prior, [_ev(), _ev()], cfg)[-1]
+    assert tracked.status == Status.TRACKING and not tracked.state.from_prior
+    assert _run(tracked.state, [weak] * 3, cfg)[-1].state.global_search
+    assert _run(LOCAL, [weak] * 3, cfg)[-1].state.global_search
+
+
 def test_no_tile_near_a_bad_belief_is_lost_at_once():
     cfg = LocalizerConfig(lost_after_updates=8)
     d = decide(LOCAL, _ev(mass_near_peak=0.05, tiles_searched=0), cfg)

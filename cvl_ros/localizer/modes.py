@@ -46,6 +46,14 @@ __all__ = [
 ]
 
 
+#: A belief set from a prior (initial pose, GPS) that the measurements agree with but that is not
+#: yet peaked enough for TRACKING (LOW_CONFIDENCE fixes, e.g. after a 5 m GPS prior) is given
+#: this many times lost_after_updates before a global relocalisation (which must then travel
+#: global_min_travel_m). Only until its first TRACKING: a belief that tracked and then weakens
+#: may have locked onto a look-alike place, and is lost after lost_after_updates as before.
+WEAK_UPDATES_FACTOR = 4
+
+
 class Status(enum.IntEnum):
     """Localisation state; values equal the constants of ``cvl_ros/GeoPoseEstimate``."""
 
@@ -71,17 +79,23 @@ class ModeState:
     updates_since_init: int = 0
     """Updates since the belief was (re)initialised (an initial pose, convergence: 1)."""
     bad_updates: int = 0
-    """Consecutive local updates without a good fix."""
+    """Consecutive local updates without a good fix (weak ones excepted, below)."""
+    weak_updates: int = 0
+    """Consecutive local updates with a LOW_CONFIDENCE fix the measurement agrees with, while the
+    belief comes from a prior (``from_prior``): still narrowing, lost only after
+    WEAK_UPDATES_FACTOR times lost_after_updates."""
+    from_prior: bool = False
+    """The belief was set from an initial pose or a GPS prior and has not tracked since."""
 
     def relocalized(self) -> ModeState:
         """State after an explicit relocalisation request (the belief is forgotten)."""
         return replace(self, global_search=True, global_travel_m=0.0, reloc_requested=True,
-                       updates_since_init=0, bad_updates=0)
+                       updates_since_init=0, bad_updates=0, weak_updates=0, from_prior=False)
 
     def at_initial_pose(self) -> ModeState:
         """State after the belief was set from an initial pose or a GPS prior."""
         return replace(self, global_search=False, reloc_requested=False, updates_since_init=0,
-                       bad_updates=0)
+                       bad_updates=0, weak_updates=0, from_prior=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,11 +216,11 @@ def decide(state: ModeState, evidence: Evidence, config: LocalizerConfig) -> Dec
         grid = GridAction.FOLLOW
     if good:
         tracking = s.updates_since_init >= c.min_updates_to_track and ev.window_full
-        s = replace(s, bad_updates=0, ever_tracked=s.ever_tracked or tracking)
+        s = replace(s, bad_updates=0, weak_updates=0, ever_tracked=s.ever_tracked or tracking,
+                    from_prior=s.from_prior and not tracking)
         status = Status.TRACKING if tracking else Status.INITIALIZING
         return Decision(s, status, CovarianceChoice.LOCAL, None, grid)
     # local mode without a good fix
-    s = replace(s, bad_updates=s.bad_updates + 1)
     if ev.mass_near_peak >= c.low_confidence_min and ev.sigma_peak_m <= c.max_fix_sigma_m:
         status = Status.LOW_CONFIDENCE
     else:
@@ -216,9 +230,17 @@ def decide(state: ModeState, evidence: Evidence, config: LocalizerConfig) -> Dec
     cov = _widest(ev.cov_local, ev.cov_about_peak, inflation)
     if status == Status.LOW_CONFIDENCE and sigma_m(cov) > c.max_fix_sigma_m:
         status = Status.NO_FIX
-    if ev.tiles_searched == 0 or s.bad_updates >= c.lost_after_updates:
+    weak = (s.from_prior and status == Status.LOW_CONFIDENCE and inflation is None
+            and ev.tiles_searched > 0)
+    if weak:  # a prior agreed with, not yet peaked: not evidence of being lost, only slow
+        s = replace(s, weak_updates=s.weak_updates + 1)
+    else:
+        s = replace(s, bad_updates=s.bad_updates + 1, weak_updates=0)
+    if (ev.tiles_searched == 0 or s.bad_updates >= c.lost_after_updates
+            or s.weak_updates >= WEAK_UPDATES_FACTOR * c.lost_after_updates):
         # lost: the next update relocalises globally
-        s = replace(s, global_search=True, global_travel_m=0.0, bad_updates=0)
+        s = replace(s, global_search=True, global_travel_m=0.0, bad_updates=0, weak_updates=0,
+                    from_prior=False)
     return Decision(s, status, CovarianceChoice.WIDEST, inflation, grid)
 
 
