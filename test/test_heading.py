@@ -263,3 +263,18 @@ def test_gps_course_starts_heading_and_position():
     assert abs(float(wrap(mean - yaw))) < 3.0 * math.sqrt(var)
     assert math.sqrt(var) < 5.0 * DEG
     assert loc.filter.initialized
+
+
+def test_a_parked_vehicle_keeps_a_bounded_gps_track():
+    from cvl_ros.localizer.localizer import GPS_COURSE_MAX_FIXES
+
+    db = FakeDB()
+    model = OracleModel(db)
+    loc = Localizer(model, db, _config())
+    T = drive_poses(1, 1.5, (0.0, 0.0), 0.0)[0]
+    model.truth_cam_en = (T @ T_BODY_CAM)[:2, 3]
+    loc.add_frame(Frame(0, image(0), CAMERA, np.eye(4), None, T_BODY_CAM))
+    lat, lon = loc.map_to_latlon(0.0, 0.0)
+    for _ in range(GPS_COURSE_MAX_FIXES + 50):
+        assert not loc.set_gps_prior(lat, lon, 1.0, np.eye(4))  # no baseline: no heading
+    assert len(loc._gps_track) == GPS_COURSE_MAX_FIXES and not loc.heading_known

@@ -99,6 +99,10 @@ def _default_T_body_cam() -> np.ndarray:
     return T
 
 
+#: Newest GPS fixes kept for the course of an unknown heading (10 Hz: 100 s).
+GPS_COURSE_MAX_FIXES = 1000
+
+
 class Localizer:
     """Cross-view localizer over a tile database; thread-safe (one internal lock)."""
 
@@ -396,6 +400,7 @@ class Localizer:
         sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0, 0.5)
         e, n = self.latlon_to_map(lat_deg, lon_deg)
         self._gps_track.append((e, n, float(odom[0, 3]), float(odom[1, 3]), sigma))
+        del self._gps_track[:-GPS_COURSE_MAX_FIXES]  # a parked vehicle: bounded memory
         tr = np.asarray(self._gps_track)
         course = gps_course_offset(tr[:, 0:2], tr[:, 2:4], tr[:, 4],
                                    self.config.gps_course_baseline_m)
