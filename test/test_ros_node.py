@@ -706,9 +706,17 @@ def test_map_odom_stamps_never_decrease(ros_executor, spin_until, resources):
     node._republish_tf()
     assert sent[-1][0] == 10_200 * ms and np.allclose(sent[-1][1], T1)
     # the same through the odometry time jump path
+    epoch = node._tf_epoch  # a frame of this run is being processed ...
     node._rejected(node.assembler.add_odom_pose(20_000 * ms, np.eye(4)))
     node._rejected(node.assembler.add_odom_pose(5_000 * ms, np.eye(4)))
     assert node._tf_last is None and node._tf_sent_ns is None
+    # ... and finishes after the jump: its correction must not seed the new run (else the new
+    # run's first estimate would send a stamp below it)
+    n = len(sent)
+    node._send_tf(20_010 * ms, (T2, 20_010 * ms), epoch=epoch)
+    assert len(sent) == n and node._tf_last is None
+    node._send_tf(5_050 * ms, (T3, 5_050 * ms), epoch=node._tf_epoch)
+    assert sent[-1][0] == 5_050 * ms + tol
 
 
 def _imu_msg(stamp_ns, R_enu_sensor, frame_id):

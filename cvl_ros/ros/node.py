@@ -96,6 +96,9 @@ class LocalizerNode(LifecycleNode):
         # map->odom: the worker (new estimates) and the re-send timer both publish it; the lock
         # keeps "stamps never decrease" true across the two threads
         self._tf_lock = threading.Lock()
+        # time resets so far: an estimate of a frame taken before the latest one (the previous
+        # run of a looping bag, finishing late) must not seed the new run's map->odom
+        self._tf_epoch = 0
         self._subs: list = []
         self._pubs: dict = {}
         self._srv = None
@@ -636,6 +639,7 @@ class LocalizerNode(LifecycleNode):
         went_back = self.assembler.note_image_stamp(stamp_ns)
         if went_back:
             self._time_reset(went_back)
+        epoch = self._tf_epoch
         loc = self.localizer
         if loc is None:
             self._pubs["geo_pose"].publish(convert.no_fix_geopose(str(self.p("map_frame")), stamp))
@@ -658,10 +662,10 @@ class LocalizerNode(LifecycleNode):
             self.counters["resets"] += 1
             self.last_reset_reason = est.reset_reason
         latency = time.monotonic() - recv_t
-        self._publish_estimate(est, stamp, latency)
+        self._publish_estimate(est, stamp, latency, epoch)
 
     # ------------------------------------------------------------------ outputs
-    def _publish_estimate(self, est, stamp, latency_s: float) -> None:
+    def _publish_estimate(self, est, stamp, latency_s: float, epoch: int | None = None) -> None:
         pubs = self._pubs
         if not pubs or threading.current_thread() is not self._worker:
             return  # inactive, or a previous activation's worker finishing late: dropped
@@ -681,7 +685,7 @@ class LocalizerNode(LifecycleNode):
         publish_tf = est.status == Status.TRACKING or (
             est.status == Status.LOW_CONFIDENCE and bool(self.p("tf_publish_low_confidence")))
         if publish_tf and "tf" in pubs and est.T_map_odom is not None:
-            self._send_tf(est.stamp_ns, (est.T_map_odom, est.stamp_ns))
+            self._send_tf(est.stamp_ns, (est.T_map_odom, est.stamp_ns), epoch=epoch)
         if bool(self.p("publish_heatmap")):
             src = est.posterior if str(self.p("heatmap_source")) == "posterior" else est.score_map
             if src is not None:
@@ -689,9 +693,11 @@ class LocalizerNode(LifecycleNode):
                     src, stamp, map_frame, colour=bool(self.p("heatmap_colour"))))
 
     def _send_tf(self, stamp_ns: int, correction: tuple[np.ndarray, int] | None = None,
-                 resend: tuple[np.ndarray, int] | None = None) -> None:
+                 resend: tuple[np.ndarray, int] | None = None, epoch: int | None = None) -> None:
         """Send map->odom: ``correction``, a new (T_map_odom, estimate stamp), or ``resend``,
         the correction a re-send was computed for (skipped when it was replaced meanwhile).
+        A correction of a frame taken before the latest time reset (``epoch``: the reset count
+        when its frame was taken) is dropped: the previous run is over.
 
         Stamped ``stamp_ns + transform_tolerance``, but never earlier than the stamp sent last:
         a re-send stamped with the clock may run ahead of the next estimate's image stamp, and
@@ -701,6 +707,8 @@ class LocalizerNode(LifecycleNode):
         from tf2_msgs.msg import TFMessage
 
         with self._tf_lock:
+            if epoch is not None and epoch != self._tf_epoch:
+                return
             if correction is not None:
                 self._tf_last = correction
             elif resend is not self._tf_last:
@@ -724,6 +732,7 @@ class LocalizerNode(LifecycleNode):
         with self._tf_lock:
             self._tf_last = None
             self._tf_sent_ns = None
+            self._tf_epoch += 1
 
     def _republish_tf(self) -> None:
         last, sent_ns = self._tf_last, self._tf_sent_ns
