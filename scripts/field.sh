@@ -7,12 +7,14 @@
 #                        used by training, validation, the demo or the tests)
 #   2. cvl-build-db      the tile database over the WHOLE mosaic (the area, not the route)
 #   3. cvl-kitti2bag     the drive as a bag with 2 % odometry drift and 1 deg/100 m yaw drift
-#   4. cvl-localize-bag  GPS only to initialise (--gps-init-only), and from a global start
-#                        (--no-gps-prior): summary.json with the field metrics and the plots
+#   4. cvl-localize-bag  GPS only to initialise (--gps-init-only), the same without any IMU
+#                        (--imu-topic=: the heading from the GPS course and the track), and
+#                        from a global start (--no-gps-prior): summary.json with the field
+#                        metrics and the plots
 # then field_summary.json and field_summary.md: one table of the summary keys per town and run.
 #
 # Usage: scripts/field.sh [--out DIR] [--towns "SEED:STYLE ..."] [--frames N] [--overwrite]
-#                         [--threads N] [--no-global-start]
+#                         [--threads N] [--no-global-start] [--skip-no-imu]
 # Environment (the same knobs; flags win):
 #   CVL_FIELD_OUT        output folder (default <repo>/runs/field, ignored by git)
 #   CVL_FIELD_TOWNS      towns as "SEED:STYLE ..." (default "201:old_town 202:hard")
@@ -21,6 +23,7 @@
 #   CVL_FIELD_THREADS    torch threads of each tool (default 1)
 #   CVL_FIELD_IMAGE_SIZE camera image size WxH (default 512x128, the demo model's)
 #   CVL_FIELD_GLOBAL_START  1 (default) = also run from a global start without GPS
+#   CVL_FIELD_NO_IMU     1 (default) = also run without any IMU (GPS to initialise)
 #   CVL_FIELD_OVERWRITE  1 = replace an earlier output of this script (as --overwrite)
 #
 # Output safety (docs/output-safety.md, cvl_ros/outputs.py): the script writes only into its
@@ -41,6 +44,7 @@ MODEL="${CVL_FIELD_MODEL:-$ROOT/models/cvlnet_demo}"
 THREADS="${CVL_FIELD_THREADS:-1}"
 IMAGE_SIZE="${CVL_FIELD_IMAGE_SIZE:-512x128}"
 GLOBAL_START="${CVL_FIELD_GLOBAL_START:-1}"
+NO_IMU="${CVL_FIELD_NO_IMU:-1}"
 OVERWRITE="${CVL_FIELD_OVERWRITE:-0}"
 TOOL="cvl-field"
 T0=$SECONDS
@@ -57,6 +61,7 @@ while [[ $# -gt 0 ]]; do
     --threads) THREADS="$2"; shift 2 ;;
     --overwrite) OVERWRITE=1; shift ;;
     --no-global-start) GLOBAL_START=0; shift ;;
+    --skip-no-imu) NO_IMU=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -173,13 +178,14 @@ for spec in $TOWNS; do
   own
 
   MODES=("gps_init:--gps-init-only")
+  [[ "$NO_IMU" == 1 ]] && MODES+=("no_imu:--gps-init-only --imu-topic=")
   [[ "$GLOBAL_START" == 1 ]] && MODES+=("global_start:--no-gps-prior")
   for mode in "${MODES[@]}"; do
     RUN="${mode%%:*}"
-    FLAG="${mode#*:}"
-    log "$NAME 4/4 cvl-localize-bag $FLAG"
+    read -r -a FLAGS <<<"${mode#*:}"
+    log "$NAME 4/4 cvl-localize-bag ${FLAGS[*]}"
     "$BIN/cvl-localize-bag" "$W/bag" --out "$W/$RUN" --checkpoint "$MODEL" --db "$W/db" \
-      --mosaic "$W/town/mosaic.png" --threads "$THREADS" --quiet "$FLAG" \
+      --mosaic "$W/town/mosaic.png" --threads "$THREADS" --quiet "${FLAGS[@]}" \
       >"$W/logs/localize_$RUN.log" 2>&1 \
       || { tail -n 30 "$W/logs/localize_$RUN.log" >&2; die "cvl-localize-bag failed"; }
     own
