@@ -192,6 +192,8 @@ def test_no_heading_source_gives_no_fix():
     loc = Localizer(model, db, _config())
     ests = [e for e in _drive(loc, model, drive_poses(20, 1.5, (0.0, 0.0), 0.2)) if e]
     assert ests and all(e.status == Status.INITIALIZING and not e.has_fix for e in ests)
+    assert model.encode_calls == len(ests)  # each keyframe encoded once, in the window once
+    assert [e.window_len for e in ests[:3]] == [1, 2, 2]
     assert all(e.yaw_var_rad2 == pytest.approx(math.pi**2) for e in ests)
     assert not loc.heading_known
 

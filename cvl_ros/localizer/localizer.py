@@ -541,7 +541,7 @@ class Localizer:
             # ---- predict
             estimating = c.estimate_heading
             if estimating and not self._heading_known:
-                return self._no_heading_estimate(frame, stamp, T_ob, t0)
+                return self._no_heading_estimate(stamp, T_ob, t0)
             R_off = rot_z(self.filter.yaw_center_rad if estimating else self._heading_offset())
             travel_m = 0.0
             if self.filter.initialized and self._last_update_odom is not None:
@@ -594,11 +594,10 @@ class Localizer:
         lever_en = lever[:2]
         tiles = [TileScores(self._centers[i] - lever_en, maps[k], self._score_cell_m)
                  for k, i in enumerate(idx)]
-        prob_before = self.filter.prob
-        self.filter.update(tiles, c.score_temperature, None, c.outlier_weight)
+        applied = self.filter.update(tiles, c.score_temperature, None, c.outlier_weight)
         # ---- decide the mode and the status (cvl_ros.localizer.modes), then apply it
         # (an update that covered no cell leaves the grid as predicted: reuse its statistics)
-        st = (prior if prior is not None and self.filter.prob is prob_before
+        st = (prior if prior is not None and applied["covered_fraction"] == 0.0
               else self.filter.stats(c.confidence_radius_m))
         if estimating:  # keep the yaw bins on the belief
             self.filter.recenter_yaw(math.radians(c.yaw_bin_min_deg),
@@ -629,17 +628,10 @@ class Localizer:
         the given offset."""  # noqa: D205, D209
         return self._yaw_offset
 
-    def _no_heading_estimate(self, frame: Frame, stamp: int, T_ob, t0) -> Estimate:
+    def _no_heading_estimate(self, stamp: int, T_ob, t0) -> Estimate:
         """An estimate without a fix while the estimated heading has no source yet (the
-        keyframe still enters the window; the position belief, if any, only widens)."""  # noqa: D205, D209
+        keyframe is already in the window; the position belief, if any, only widens)."""  # noqa: D205, D209
         c = self.config
-        torch = self._torch
-        with torch.inference_mode():
-            feats = self._encode(frame.image_rgb)
-        K_net = frame.camera.scaled_to(self._ground_hw[1], self._ground_hw[0]).K
-        T_bc = (np.asarray(frame.T_body_cam, dtype=np.float64)
-                if frame.T_body_cam is not None else _default_T_body_cam())
-        self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
         if self.filter.initialized and self._last_update_odom is not None:
             travel = float(np.linalg.norm(T_ob[:2, 3] - self._last_update_odom[:2, 3]))
             self.filter.predict(np.zeros(2), c.process_noise_m + travel)  # direction unknown
