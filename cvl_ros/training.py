@@ -77,6 +77,7 @@ DEFAULTS: dict = {
     "device": "auto",
     "threads": None,
     "out_dir": "runs/train",
+    "init_from": None,
     "model": {},
     "data": {
         "roots": [],
@@ -193,6 +194,27 @@ def build_model(cfg: dict):
         mcfg["pretrained_path"] = None
         mcfg["pretrained"] = False
     return CVLNet(CVLNetConfig.from_dict(mcfg))
+
+
+def init_weights(model, path) -> None:
+    """Start ``model`` from the weights of the checkpoint at ``path`` (fine-tuning).
+
+    The checkpoint is loaded safely (``load_checkpoint``: safetensors, no code). Its network must
+    be this config's network: the same tensor names and shapes; loss settings may differ. Raises
+    ``CheckpointError`` naming the first difference otherwise.
+    """
+    from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint
+
+    src, _ = load_checkpoint(path)
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in src.state_dict().items()}
+    if have != got:
+        diff = sorted(set(have) ^ set(got)) or sorted(k for k in have if have[k] != got[k])
+        raise CheckpointError(f"init_from {path}: its network differs from model: in the config "
+                              f"(first difference: {diff[0]}); give a checkpoint of the same "
+                              "architecture")
+    model.load_state_dict(src.state_dict())
+    LOG.info("weights initialised from %s (model hash %s)", path, src.model_hash())
 
 
 def make_dataset(root, split: str, model_cfg, data_cfg: dict, seq_len: int | None = None):
@@ -582,6 +604,8 @@ def _setup_model(cfg: dict, proc: _Process, resume: bool):
             LOG.warning("--resume: no checkpoint at %s, starting fresh", last)
         torch.manual_seed(proc.seed)  # identical initial weights on every rank
         model = build_model(cfg)
+        if cfg.get("init_from"):
+            init_weights(model, cfg["init_from"])
     model.to(proc.device)
     model.train()
     ocfg = cfg["optim"]

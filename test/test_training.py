@@ -10,6 +10,7 @@ from pathlib import Path
 
 import _tiny_cvl
 import pytest
+import torch
 import yaml
 
 from cvl_ros.cli import evaluate as eval_cli
@@ -57,6 +58,37 @@ def test_train_two_steps_checkpoint_csv_resume(tmp_path, tree):
     assert extra["train_state"]["step"] == 4
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+
+def test_init_from_starts_from_the_checkpoints_weights(tmp_path, tree, capsys):
+    """init_from (fine-tuning): a run with lr 1e-30 keeps the source's weights (another seed
+    would draw other initial weights; batch-norm statistics move, so only parameters compare);
+    the nll displacement term trains; a checkpoint of another network is refused in one line,
+    exit 2."""
+    src_cfg = _config(tmp_path, tree, "src")
+    assert train_cli.main(["--config", str(src_cfg), "optim.max_steps=1", "--no-progress"]) == 0
+    src = tmp_path / "src" / "last.safetensors"
+    source, _ = load_checkpoint(src)
+    cfg = _config(tmp_path, tree, "tune")
+    assert train_cli.main(["--config", str(cfg), f"init_from={src}", "seed=7", "optim.lr=1.0e-30",
+                           "model.displacement_loss_weight=1.0", "model.displacement_loss=nll",
+                           "model.displacement_temperature=1.0", "--no-progress"]) == 0
+    tuned, _ = load_checkpoint(tmp_path / "tune" / "last.safetensors")
+    got, want = dict(tuned.named_parameters()), dict(source.named_parameters())
+    assert set(got) == set(want)  # (a zero bias may move by 1e-30)
+    assert all(torch.allclose(got[k], want[k], rtol=0, atol=1e-20) for k in want)
+    rows = list(csv.DictReader(open(tmp_path / "tune" / "metrics.csv")))
+    assert all(float(r["displacement"]) > 0 for r in rows)
+    capsys.readouterr()
+    rc = train_cli.main(["--config", str(cfg), f"init_from={src}", "model.feature_dim=12",
+                         "out_dir=" + str(tmp_path / "other"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "init_from" in err and "Traceback" not in err
+    rc = train_cli.main(["--config", str(cfg), "init_from=" + str(tmp_path / "missing.st"),
+                         "out_dir=" + str(tmp_path / "other2"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "init_from" in err and "is not a file" in err
 
 
 def test_eval_json_shape(tmp_path, tree):

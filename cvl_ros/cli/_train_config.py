@@ -48,9 +48,9 @@ _MODEL_NUMBERS = {
     "triplet_alpha": (float, 0.0, 1000.0), "max_frames": (int, 1, 256),
     "pcsf_heads": (int, 1, 64), "pcsf_layers": (int, 0, 64),
     "uncertainty_min": (float, 0.0, 1.0), "displacement_loss_weight": (float, 0.0, 1000.0),
-    "backbone_frozen": (int, 0, 1000),
+    "displacement_temperature": (float, 0.0, 1000.0), "backbone_frozen": (int, 0, 1000),
 }
-_MODEL_STRICT = {"camera_height_m", "triplet_alpha"}
+_MODEL_STRICT = {"camera_height_m", "triplet_alpha", "displacement_temperature"}
 _AUGMENT = ("brightness", "contrast", "saturation", "channel_gain")
 _SECTIONS = ("model", "data", "optim", "val", "log")
 
@@ -125,6 +125,14 @@ def check_config(cfg: dict, source=None, overrides=(), defaults: dict | None = N
     out_dir = cfg.get("out_dir")
     if not isinstance(out_dir, str) or not out_dir.strip():
         raise CliError(f"{where('out_dir')}: out_dir must be a folder path, got {out_dir!r}")
+    init = cfg.get("init_from")
+    if init is not None and not (isinstance(init, str) and init.strip()):
+        raise CliError(f"{where('init_from')}: init_from must be null or a checkpoint file, "
+                       f"got {init!r}")
+    if check_paths and init is not None and not Path(init).is_file():
+        raise CliError(f"{where('init_from')}: init_from {init} is not a file; give a "
+                       "checkpoint written by cvl-train (e.g. models/cvlnet_demo/"
+                       "model.safetensors) or null to start from ImageNet weights")
     data = cfg["data"]
     roots = data.get("roots")
     if not isinstance(roots, list) or not roots or \

@@ -126,12 +126,13 @@ def main(argv=None) -> int:
     except (CliError, OutputError) as exc:
         return fail(PROG, exc)
     from cvl_ros.cli._train_config import run_folder_owns
+    from cvl_ros.model.cvlnet import CheckpointError
     from cvl_ros.outputs import mark_run_folder
     from cvl_ros.training import TrainingError, train
 
     try:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except TrainingError as exc:
+    except (TrainingError, CheckpointError) as exc:
         return fail(PROG, exc)
     finally:
         if out is not None and out.is_dir():

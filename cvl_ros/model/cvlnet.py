@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from cvl_ros.model.backbones import build_backbone
 from cvl_ros.model.fusion import FUSIONS, build_fusion
-from cvl_ros.model.loss import displacement_ce_loss, triplet_loss
+from cvl_ros.model.loss import displacement_ce_loss, displacement_nll_loss, triplet_loss
 from cvl_ros.model.matching import (
     GroundDescriptor,
     MatchResult,
@@ -60,7 +60,9 @@ CHECKPOINT_FORMAT = "cvl_ros.cvlnet/1"
 BACKBONES = ("mobilenet_v2", "vgg16", "resnet50")
 PROJECTIONS = ("gvp", "none", "unet")
 # config fields newer than checkpoint format 1 and their defaults (see ``CVLNet.model_hash``)
-_HASH_OMITTED_IF_DEFAULT = {"pcsf_frame_canvas": False}
+_HASH_OMITTED_IF_DEFAULT = {"pcsf_frame_canvas": False, "displacement_loss": "ce",
+                            "displacement_temperature": 0.1}
+DISPLACEMENT_LOSSES = ("ce", "nll")
 
 
 class CheckpointError(RuntimeError):
@@ -96,6 +98,7 @@ _CONFIG_RANGES = {
     "pcsf_frame_canvas": ("bool", None, False, None, False),
     "uncertainty_min": ("real", 0.0, True, 1.0, True),
     "displacement_loss_weight": ("real", 0.0, False, None, False),
+    "displacement_temperature": ("real", 0.0, True, None, False),
 }
 
 
@@ -117,7 +120,9 @@ class CVLNetConfig:
     one-layer PCSF without frame encoding, with each frame's Q/K/V computed once on its own
     north-up canvas and translated into the newest frame's grid, so that a sliding window
     caches them; see ``frame_states``). Loss: ``triplet_alpha``,
-    ``displacement_loss_weight`` (extension, default 0 = the paper's loss).
+    ``displacement_loss_weight`` (extension, default 0 = the paper's loss),
+    ``displacement_loss`` (``ce``: the shift rounded to a cell; ``nll``: the dense likelihood's
+    NLL of the sub-cell shift, ``cvl_ros.model.loss``) at ``displacement_temperature``.
     """
 
     backbone: str = "mobilenet_v2"
@@ -144,6 +149,8 @@ class CVLNetConfig:
     pcsf_frame_canvas: bool = False
     uncertainty_min: float = 0.05
     displacement_loss_weight: float = 0.0
+    displacement_loss: str = "ce"
+    displacement_temperature: float = 0.1
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,6 +166,9 @@ class CVLNetConfig:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.displacement_loss not in DISPLACEMENT_LOSSES:
+            raise ValueError(f"displacement_loss must be one of {DISPLACEMENT_LOSSES}, got "
+                             f"{self.displacement_loss!r}")
         if len(self.ground_hw) != 2:
             raise ValueError("ground_hw must be (H, W)")
         if self.pcsf_frame_canvas and (self.fusion != "pcsf" or self.projection != "gvp"
@@ -457,9 +467,11 @@ class CVLNet(nn.Module):
         w = self.config.displacement_loss_weight
         if w > 0 and self.search_radius > 0:
             idx = torch.arange(pred["score"].shape[0], device=pred["score"].device)
-            dl = displacement_ce_loss(pred["score_map"][idx, idx],
-                                      batch["displacement_m"].to(pred["score"].dtype),
-                                      self.config.cell_m)
+            loss_fn = (displacement_nll_loss if self.config.displacement_loss == "nll"
+                       else displacement_ce_loss)
+            dl = loss_fn(pred["score_map"][idx, idx],
+                         batch["displacement_m"].to(pred["score"].dtype), self.config.cell_m,
+                         self.config.displacement_temperature)
             out["displacement"] = dl
             out["total"] = out["total"] + w * dl
         return out
