@@ -125,6 +125,10 @@ class Localizer:
                             else mc.camera_height_m)
         self._torch = torch
         self._lock = threading.RLock()
+        # the GPS-course fixes arrive on the GPS callback's thread while an update may hold
+        # ``_lock``: their list has its own short lock so a fix never waits on inference
+        self._gps_track_lock = threading.Lock()
+        self._gps_track: list[tuple[float, float, float, float, float]] = []
         # requests made while an update holds the lock (initial pose, GPS prior, relocalise):
         # applied at the start of the next add_frame, so callers never wait on inference
         self._deferred: list = []
@@ -224,7 +228,8 @@ class Localizer:
             # heading estimated (estimate_heading): the filter's yaw axis, its sources
             self.filter.drop_yaw_axis()
             self._heading_known = False
-            self._gps_track: list[tuple[float, float, float, float, float]] = []
+            with self._gps_track_lock:
+                self._gps_track = []
             self._last_abs_yaw_ns: int | None = None
             self.abs_yaw_inconsistent = 0
             """Absolute headings (IMU) more than 3 sigma from the estimated heading."""
@@ -399,9 +404,10 @@ class Localizer:
             return False
         sigma = max(float(sigma_m) if math.isfinite(sigma_m) else 0.0, 0.5)
         e, n = self.latlon_to_map(lat_deg, lon_deg)
-        self._gps_track.append((e, n, float(odom[0, 3]), float(odom[1, 3]), sigma))
-        del self._gps_track[:-GPS_COURSE_MAX_FIXES]  # a parked vehicle: bounded memory
-        tr = np.asarray(self._gps_track)
+        with self._gps_track_lock:
+            self._gps_track.append((e, n, float(odom[0, 3]), float(odom[1, 3]), sigma))
+            del self._gps_track[:-GPS_COURSE_MAX_FIXES]  # a parked vehicle: bounded memory
+            tr = np.asarray(self._gps_track)
         course = gps_course_offset(tr[:, 0:2], tr[:, 2:4], tr[:, 4],
                                    self.config.gps_course_baseline_m)
         if course is None or course[1] > self._max_yaw_sigma():
@@ -412,7 +418,8 @@ class Localizer:
             if self._heading_known:
                 return
             self._set_yaw_belief(offset, yaw_sigma)
-            self._gps_track = []
+            with self._gps_track_lock:
+                self._gps_track = []
             if not self.filter.initialized or self._mode.global_search:
                 self._set_initial_pose_now(e, n, None, max(sigma,
                                                            self.config.gps_prior_min_sigma_m))
