@@ -90,6 +90,8 @@ VARIANTS = ([{"fusion": f} for f in ("pcsf", "conv2d", "conv3d", "lstm", "attn_c
                                       "attn_conv3d", "attn_lstm")]
             + [{"projection": "none"}, {"projection": "unet"}, {"use_ssm": False},
                {"use_uncertainty": False}, {"displacement_loss_weight": 1.0},
+               {"displacement_loss_weight": 1.0, "displacement_loss": "nll",
+                "displacement_temperature": 1.0},
                {"backbone": "vgg16"}, {"backbone": "resnet50"}, {"pcsf_separable": False}])
 
 
@@ -214,7 +216,8 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     ("grid_cells", 0), ("feature_dim", 0), ("descriptor_dim", -4), ("search_cells", -1),
     ("max_frames", 0), ("pcsf_heads", 0), ("pcsf_layers", 0), ("uncertainty_min", 0.0),
     ("uncertainty_min", 1.0), ("triplet_alpha", -10.0), ("displacement_loss_weight", -1.0),
-    ("backbone_frozen", -1), ("use_ssm", "yes"), ("ground_hw", [0, 512]),
+    ("displacement_temperature", 0.0), ("displacement_loss", "mse"), ("backbone_frozen", -1),
+    ("use_ssm", "yes"), ("ground_hw", [0, 512]),
     ("ground_hw", [128]), ("camera_height_m", "1.65"), ("grid_cells", True),
 ])
 def test_invalid_config_values_are_refused(field, value):
@@ -241,6 +244,22 @@ def test_checkpoint_with_an_invalid_config_is_refused(tmp_path):
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="not a JSON object"):
         load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_new_loss_fields_at_their_defaults_leave_the_hash_unchanged():
+    """A checkpoint written before displacement_loss/_temperature existed keeps its hash (and
+    its tile databases stay valid); a model trained with nll hashes differently."""
+    torch.manual_seed(0)
+    model = CVLNet(CVLNetConfig(**SMALL))
+    before = model.model_hash()
+    old = {k: v for k, v in model.config.to_dict().items()
+           if k not in ("displacement_loss", "displacement_temperature")}
+    reloaded = CVLNet(CVLNetConfig.from_dict(old))
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.model_hash() == before
+    nll = CVLNet(CVLNetConfig(**SMALL, displacement_loss="nll", displacement_temperature=1.0))
+    nll.load_state_dict(model.state_dict())
+    assert nll.model_hash() != before
 
 
 def test_validation_keeps_the_shipped_model_hash():
