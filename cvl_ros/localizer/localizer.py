@@ -38,6 +38,7 @@ from cvl_ros.localizer.modes import (
     reported_covariance,
     sigma_m,
 )
+from cvl_ros.localizer.odom_scale import OdometryScaleEstimator
 from cvl_ros.localizer.types import (
     Candidate,
     Estimate,
@@ -128,6 +129,8 @@ class Localizer:
         # the GPS-course fixes arrive on the GPS callback's thread while an update may hold
         # ``_lock``: their list has its own short lock so a fix never waits on inference
         self._gps_track_lock = threading.Lock()
+        self._odom_scale = OdometryScaleEstimator(self.config.odom_scale_baseline_m,
+                                                  self.config.odom_scale_max_error)
         self._gps_track: list[tuple[float, float, float, float, float]] = []
         # requests made while an update holds the lock (initial pose, GPS prior, relocalise):
         # applied at the start of the next add_frame, so callers never wait on inference
@@ -230,6 +233,7 @@ class Localizer:
             self._heading_known = False
             with self._gps_track_lock:
                 self._gps_track = []
+            self._odom_scale.reset()
             self._last_abs_yaw_ns: int | None = None
             self.abs_yaw_inconsistent = 0
             """Absolute headings (IMU) more than 3 sigma from the estimated heading."""
@@ -553,6 +557,7 @@ class Localizer:
             travel_m = 0.0
             if self.filter.initialized and self._last_update_odom is not None:
                 d = (R_off @ np.append(T_ob[:3, 3] - self._last_update_odom[:3, 3], 0.0))[:2]
+                d = d * self._odom_scale.scale  # the odometry's estimated scale error removed
                 travel_m = float(np.hypot(*d))
                 sigma = c.process_noise_m + c.odom_noise_fraction * travel_m
                 yaw_sigma = (math.radians(c.yaw_drift_deg_per_100m) * math.sqrt(travel_m / 100.0)
@@ -627,8 +632,18 @@ class Localizer:
                                   c.min_position_sigma_m)
         est = self._make_estimate(stamp, T_ob, R_off, idx, scores, disps, maps, global_search,
                                   st, decision.status, cov, t0)
+        if c.odom_scale_max_error > 0:  # the tracked path teaches the odometry's scale
+            if est.status is Status.TRACKING:
+                self._odom_scale.add(T_ob[:2, 3], (est.east_m, est.north_m))
+            else:
+                self._odom_scale.break_track()
         self._pending_reset_reason = ""
         return est
+
+    @property
+    def odom_scale(self) -> float:
+        """Estimated odometry translation scale in use (true = scale x odometry distance)."""
+        return self._odom_scale.scale
 
     def _heading_offset(self) -> float:
         """ENU yaw - odometry yaw in use: the heading belief's mean when it is estimated, else

@@ -58,6 +58,11 @@ class LocalizerConfig:
     """Position noise added per update (1 sigma)."""
     odom_noise_fraction: float = 0.05
     """Odometry noise, sigma as a fraction of the distance travelled between updates."""
+    odom_scale_max_error: float = 0.1
+    """The odometry's translation scale is estimated from the tracked path
+    (``cvl_ros.localizer.odom_scale``) within 1 +- this; 0 = not estimated (scale 1)."""
+    odom_scale_baseline_m: float = 300.0
+    """Odometry travel of TRACKING fixes the scale is estimated over [m]."""
     score_temperature: float = 0.1
     """Likelihood = exp((score - best score) / T); smaller trusts the matcher more."""
     outlier_weight: float = 0.05
@@ -160,6 +165,8 @@ class LocalizerConfig:
                 errors.append(f"{name} = {value!r} must be >= 0")
         if isinstance(self.match_upsample, (int, float)) and self.match_upsample > 4:
             errors.append(f"match_upsample = {self.match_upsample!r} must be at most 4")
+        if isinstance(self.odom_scale_max_error, (int, float)) and self.odom_scale_max_error >= 1:
+            errors.append(f"odom_scale_max_error = {self.odom_scale_max_error!r} must be < 1")
         if isinstance(self.yaw_bins, int) and self.yaw_bins % 2 == 0:
             errors.append(f"yaw_bins = {self.yaw_bins!r} must be odd")
         if (isinstance(self.yaw_bin_min_deg, (int, float))
@@ -174,7 +181,7 @@ class LocalizerConfig:
 _POSITIVE_FIELDS = frozenset({
     "window_length", "camera_height_m", "tracking_search_radius_m", "search_radius_sigma_factor",
     "global_max_tiles", "global_topk", "tile_batch", "match_upsample", "filter_cell_m",
-    "tracking_grid_extent_m",
+    "tracking_grid_extent_m", "odom_scale_baseline_m",
     "global_grid_max_cells", "score_temperature", "confidence_radius_m", "tracking_max_sigma_m",
     "max_fix_sigma_m", "min_updates_to_track", "lost_after_updates", "yaw_bins",
     "yaw_bin_min_deg", "yaw_bin_max_deg", "initial_yaw_sigma_deg", "imu_yaw_sigma_deg",

@@ -1,0 +1,94 @@
+"""Online estimate of the odometry's translation scale from the localizer's own tracked path.
+
+Wheel odometry measures distance with a scale error (tyre radius, load, slip): a few percent,
+nearly constant over a drive. A filter predicted with it and a random-walk noise model lags the
+truth by the scale error times its memory: with 2 % too long odometry the position belief runs
+about a metre ahead of the car (measured on the validation towns, docs/results.md "Odometry
+scale"). The scale is a property of the vehicle, observable from the path the filter tracks.
+
+``OdometryScaleEstimator`` fits, over the last ``baseline_m`` metres of TRACKING fixes, the
+tracked path (map frame) as a 2-D similarity transform of the raw odometry path (odometry
+frame): least squares over every fix, ``map = a * odom + b`` in complex numbers, so the frames'
+rotation and offset drop out and the fixes' noise averages instead of lengthening the path (a
+sum of step lengths would double a 1 m-step path under 1.5 m noise). ``|a|`` is the scale. The
+tracked path was predicted with the scale in use and pulled towards the truth by the matches,
+so the fit lies between the scale in use and the true one; taking it as the new scale is a
+fixed-point iteration towards the truth. It can pass the truth by a little while the filter's
+lag unwinds (at most about a fifth of the initial error for a filter that moves 2 % of the way
+to each match, a few percent of it at 20 %; ``test/test_odom_scale.py``). A break in tracking
+(relocalisation, LOW_CONFIDENCE, NO_FIX) clears the path, not the scale; a reset of the
+localizer clears both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["OdometryScaleEstimator"]
+
+
+class OdometryScaleEstimator:
+    """Scale ``s`` with true distance = ``s`` x odometry distance, from tracked fixes.
+
+    ``baseline_m``: odometry path the fit is taken over (the path kept); ``max_error``: ``s`` is
+    kept within ``1 +- max_error``.
+    """
+
+    def __init__(self, baseline_m: float = 300.0, max_error: float = 0.1) -> None:
+        if not (baseline_m > 0 and 0 <= max_error < 1):
+            raise ValueError(f"need baseline_m > 0 and 0 <= max_error < 1, got {baseline_m}, "
+                             f"{max_error}")
+        self.baseline_m = float(baseline_m)
+        self.max_error = float(max_error)
+        self.scale = 1.0
+        self.updates = 0
+        """How many times the scale was re-estimated since the last reset."""
+        self._odom: list[np.ndarray] = []
+        self._map: list[np.ndarray] = []
+        self._path: list[float] = []  # odometry path length at each fix
+
+    def reset(self) -> None:
+        """Forget the path and the scale (a new vehicle run)."""
+        self.break_track()
+        self.scale = 1.0
+        self.updates = 0
+
+    def break_track(self) -> None:
+        """Forget the path, keep the scale (tracking was interrupted)."""
+        self._odom, self._map, self._path = [], [], []
+
+    def add(self, odom_xy, map_xy) -> float:
+        """A TRACKING fix: raw odometry position (odom frame) and the reported map position.
+
+        Returns the scale in use after it (re-estimated once the path spans ``baseline_m``).
+        """
+        o = np.asarray(odom_xy, np.float64)[:2]
+        m = np.asarray(map_xy, np.float64)[:2]
+        if not (np.all(np.isfinite(o)) and np.all(np.isfinite(m))):
+            return self.scale
+        step = float(np.hypot(*(o - self._odom[-1]))) if self._odom else 0.0
+        self._odom.append(o)
+        self._map.append(m)
+        self._path.append((self._path[-1] + step) if self._path else 0.0)
+        while len(self._path) > 2 and self._path[-1] - self._path[1] >= self.baseline_m:
+            del self._odom[0], self._map[0], self._path[0]
+        if self._path[-1] - self._path[0] >= self.baseline_m:
+            ratio = self._ratio()
+            if ratio is not None:
+                lo, hi = 1.0 - self.max_error, 1.0 + self.max_error
+                self.scale = float(min(max(ratio, lo), hi))
+                self.updates += 1
+        return self.scale
+
+    def _ratio(self) -> float | None:
+        """``|a|`` of the least-squares fit ``map = a * odom + b`` (complex: 2-D similarity)."""
+        odom = np.asarray(self._odom)
+        track = np.asarray(self._map)
+        x = odom[:, 0] + 1j * odom[:, 1]
+        y = track[:, 0] + 1j * track[:, 1]
+        x = x - x.mean()
+        y = y - y.mean()
+        sxx = float(np.sum(np.abs(x) ** 2))
+        if sxx <= 0:
+            return None
+        return float(abs(np.sum(np.conj(x) * y)) / sxx)
