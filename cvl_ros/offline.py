@@ -88,7 +88,11 @@ def load_localizer(values: dict[str, object], checkpoint: str | Path | None = No
     if dbp is None:
         raise FileNotFoundError(f"tile database '{db_given}' not found; {BUILD_DB_HINT}")
     model, _ = load_checkpoint(ckpt)
-    calibration = load_calibration(ckpt, model.model_hash())
+    # the fitted temperature is read only when it is used (score_temperature 0): an explicit
+    # temperature (cvl-calibrate's candidates, a user's override) needs no calibration, so a
+    # stale one of an earlier model beside a new checkpoint does not stop its re-fit
+    calibration = (load_calibration(ckpt, model.model_hash())
+                   if not values.get("localizer.score_temperature") else None)
     database = TileDatabase.open(dbp, expected_model_hash=model.model_hash())
     loc = Localizer(model, database, P.localizer_config(values, calibration),
                     device=device or str(values["device"]))

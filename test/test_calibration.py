@@ -114,6 +114,16 @@ def test_cli_fits_writes_and_the_localizer_uses_it(tmp_path, capsys):
     # again without --overwrite: refused, file kept
     assert calibrate.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # a new checkpoint beside a calibration of the model before it (a retrained model copied
+    # in): the localizer refuses the stale calibration, and cvl-calibrate re-fits it (its
+    # candidate temperatures need no calibration)
+    path = C.calibration_path(ckpt)
+    path.write_text(path.read_text().replace(cal["model_hash"], "0123456789abcdef"))
+    with pytest.raises(C.CalibrationError, match="0123456789abcdef"):
+        offline.load_localizer(offline.load_params(None, {"device": "cpu"}), ckpt, db)
+    assert calibrate.main(argv + ["--overwrite"]) == 0
+    assert json.loads(path.read_text())["model_hash"] == cal["model_hash"]
+    capsys.readouterr()
     # bad inputs: clear errors, exit 2
     assert calibrate.main(["--checkpoint", str(ckpt), "--run", str(tmp_path), str(db)]) == 2
     assert "not a ROS 2 bag" in capsys.readouterr().err
