@@ -298,6 +298,7 @@ def test_pipeline_outputs_agree_and_tf_is_map_to_odom(ros_executor, spin_until, 
     values, st = probe.diag_values()
     assert values["window_fill"] == "2/2" and float(values["latency_s"]) >= 0
     assert int(values["frame_states_computed"]) >= 2
+    assert float(values["odom_scale"]) == node.localizer.odom_scale  # (1.0 on this short drive)
 
 
 def test_standard_geo_pose_is_published_on_each_fix(ros_executor, spin_until, resources):

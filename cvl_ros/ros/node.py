@@ -772,6 +772,7 @@ class LocalizerNode(LifecycleNode):
                               if self.localizer else "nan"),
             "imu_yaw_inconsistent": (str(self.localizer.abs_yaw_inconsistent)
                                      if self.localizer else "0"),
+            "odom_scale": f"{self.localizer.odom_scale:.4f}" if self.localizer else "1.0000",
         }
         for k, r in self.rates.items():
             values[f"{k}_rate_hz"] = f"{r.hz():.2f}"
