@@ -218,7 +218,7 @@ _RAW: tuple[Param, ...] = (
     Param('localizer.odom_scale_max_error', 0.1,
           'the odometry translation scale is estimated from the tracked path and kept within '
           '1 +- this [unitless]; 0 = not estimated (scale 1)', at_least=0.0),
-    Param('localizer.odom_scale_baseline_m', 300.0,
+    Param('localizer.odom_scale_baseline_m', 150.0,
           'odometry travel of TRACKING fixes the odometry scale is estimated over [m]'),
     Param('localizer.score_temperature', 0.0,
           'likelihood = exp((score - best score) / T); smaller trusts the matcher more '

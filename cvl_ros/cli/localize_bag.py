@@ -177,7 +177,9 @@ def _report(args, values, bag, dbp, ckpt, localizer, result, out) -> dict:
                # per-frame model states computed: one per keyframe when the cache holds
                "frame_states_computed": localizer.state_refreshes,
                # the likelihood temperature in use (0 in the params = the model's calibration)
-               "score_temperature": localizer.config.score_temperature},
+               "score_temperature": localizer.config.score_temperature,
+               # the odometry's estimated translation scale at the end of the run
+               "odom_scale": localizer.odom_scale},
     )
 
 

@@ -34,7 +34,7 @@ class OdometryScaleEstimator:
     kept within ``1 +- max_error``.
     """
 
-    def __init__(self, baseline_m: float = 300.0, max_error: float = 0.1) -> None:
+    def __init__(self, baseline_m: float = 150.0, max_error: float = 0.1) -> None:
         if not (baseline_m > 0 and 0 <= max_error < 1):
             raise ValueError(f"need baseline_m > 0 and 0 <= max_error < 1, got {baseline_m}, "
                              f"{max_error}")

@@ -61,7 +61,7 @@ class LocalizerConfig:
     odom_scale_max_error: float = 0.1
     """The odometry's translation scale is estimated from the tracked path
     (``cvl_ros.localizer.odom_scale``) within 1 +- this; 0 = not estimated (scale 1)."""
-    odom_scale_baseline_m: float = 300.0
+    odom_scale_baseline_m: float = 150.0
     """Odometry travel of TRACKING fixes the scale is estimated over [m]."""
     score_temperature: float = 0.1
     """Likelihood = exp((score - best score) / T); smaller trusts the matcher more."""
