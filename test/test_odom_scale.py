@@ -139,3 +139,69 @@ def test_localizer_learns_the_odometry_scale_and_loses_the_along_track_bias():
     assert on.odom_scale == pytest.approx(1 / 1.05, abs=0.01)
     assert bias_off > 0.3  # ahead of the car
     assert abs(bias_on) < 0.5 * bias_off
+
+
+def _yaw_track(true_rate: float, gain: float, n: int = 1500, noise_rad: float = 0.0,
+               seed: int = 0, est=None):
+    """A 1-step heading tracker: the offset belief is predicted with the rate in use and moves
+    a fraction ``gain`` towards the (noisy) true offset, a ramp of ``true_rate`` rad/m."""
+    from cvl_ros.localizer.odom_scale import YawDriftEstimator
+
+    rng = np.random.default_rng(seed)
+    est = est or YawDriftEstimator(300.0, math.radians(5.0) / 100.0)
+    belief, rates = 0.3, []
+    for i in range(1, n):
+        truth = 0.3 + true_rate * i
+        belief += est.rate * 1.0
+        belief += gain * (truth + rng.normal(0.0, noise_rad) - belief)
+        est.add(float(i), belief)
+        rates.append(est.rate)
+    return np.asarray(rates), est
+
+
+@pytest.mark.parametrize("true_deg_per_100m", [-1.0, 1.0, 3.0])
+@pytest.mark.parametrize("gain,max_overshoot", [(0.02, 0.3), (0.2, 0.05)])
+def test_yaw_drift_rate_converges_with_a_bounded_overshoot(true_deg_per_100m, gain,
+                                                           max_overshoot):
+    true_rate = math.radians(true_deg_per_100m) / 100.0
+    rates, est = _yaw_track(true_rate, gain)
+    err = (rates - true_rate) / -true_rate  # 1 = the initial error (rate 0)
+    assert err.max() <= 1.0 + 1e-9
+    assert -err.min() <= max_overshoot
+    assert abs(err[-1]) < 0.02
+    assert est.updates > 0
+
+
+def test_yaw_drift_rate_under_noise_bounds_and_wrap():
+    from cvl_ros.localizer.odom_scale import YawDriftEstimator
+
+    # 0.5 deg noise on every update: the slope over 300 m averages it
+    rates, _ = _yaw_track(math.radians(1.0) / 100.0, 0.2, noise_rad=math.radians(0.5), seed=3)
+    assert abs(rates[-1] - math.radians(1.0) / 100.0) < math.radians(0.1) / 100.0
+    est = YawDriftEstimator(50.0, math.radians(2.0) / 100.0)
+    for i in range(200):  # 10 deg/100 m: clamped
+        est.add(float(i), math.radians(0.1) * i)
+    assert est.rate == pytest.approx(math.radians(2.0) / 100.0)
+    est.reset()
+    for i in range(200):  # offsets crossing +-pi: unwrapped
+        est.add(float(i), float(np.angle(np.exp(1j * (3.1 + 0.0001 * i)))))
+    assert est.rate == pytest.approx(0.0001, rel=1e-6)
+    est.break_track()
+    assert est.rate == pytest.approx(0.0001, rel=1e-6)
+    assert est.add(float("nan"), 0.0) == est.rate
+    with pytest.raises(ValueError):
+        YawDriftEstimator(0.0, 1e-4)
+
+
+def test_shift_yaw_moves_every_bin_and_keeps_the_position_beliefs():
+    from cvl_ros.localizer import GridFilter
+
+    f = GridFilter()
+    f.init_gaussian((0.0, 0.0), 3.0, 40.0, 1.0)
+    f.set_yaw_axis(0.2, math.radians(2.0), 5, math.radians(1.0))
+    joint = f.joint.copy()
+    offsets = f.yaw_offsets()
+    f.shift_yaw(0.01)
+    np.testing.assert_allclose(f.yaw_offsets(), offsets + 0.01)
+    np.testing.assert_array_equal(f.joint, joint)
+    assert f.yaw_stats()[0] == pytest.approx(float((f.yaw_marginal() * offsets).sum()) + 0.01)

@@ -270,6 +270,12 @@ class GridFilter:
         if s > 0.05 or K > 1:
             self._normalise()
 
+    def shift_yaw(self, delta_rad: float) -> None:
+        """Move the whole heading belief by ``delta_rad`` (every bin's offset; the position
+        beliefs stay with their bins): a predicted change of the offset."""  # noqa: D205, D209
+        if self.yaw_bins > 1 and np.isfinite(delta_rad):
+            self.yaw_center_rad = float(self.yaw_center_rad + delta_rad)
+
     def update_yaw(self, likelihood: np.ndarray) -> None:
         """Multiply the yaw axis by a likelihood over the bins (an absolute heading)."""
         lik = np.asarray(likelihood, dtype=np.float64).reshape(-1)

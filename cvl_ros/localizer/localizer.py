@@ -38,7 +38,7 @@ from cvl_ros.localizer.modes import (
     reported_covariance,
     sigma_m,
 )
-from cvl_ros.localizer.odom_scale import OdometryScaleEstimator
+from cvl_ros.localizer.odom_scale import OdometryScaleEstimator, YawDriftEstimator
 from cvl_ros.localizer.types import (
     Candidate,
     Estimate,
@@ -131,6 +131,10 @@ class Localizer:
         self._gps_track_lock = threading.Lock()
         self._odom_scale = OdometryScaleEstimator(self.config.odom_scale_baseline_m,
                                                   self.config.odom_scale_max_error)
+        self._yaw_drift = YawDriftEstimator(
+            self.config.yaw_drift_baseline_m,
+            math.radians(self.config.yaw_drift_rate_max_deg_per_100m) / 100.0)
+        self._odom_path_m = 0.0  # odometry path length since the reset (the drift's abscissa)
         self._gps_track: list[tuple[float, float, float, float, float]] = []
         # requests made while an update holds the lock (initial pose, GPS prior, relocalise):
         # applied at the start of the next add_frame, so callers never wait on inference
@@ -234,6 +238,8 @@ class Localizer:
             with self._gps_track_lock:
                 self._gps_track = []
             self._odom_scale.reset()
+            self._yaw_drift.reset()
+            self._odom_path_m = 0.0
             self._last_abs_yaw_ns: int | None = None
             self.abs_yaw_inconsistent = 0
             """Absolute headings (IMU) more than 3 sigma from the estimated heading."""
@@ -563,6 +569,10 @@ class Localizer:
                 yaw_sigma = (math.radians(c.yaw_drift_deg_per_100m) * math.sqrt(travel_m / 100.0)
                              if estimating else 0.0)
                 self.filter.predict(d, sigma, yaw_sigma)
+                odom_m = float(np.hypot(*(T_ob[:2, 3] - self._last_update_odom[:2, 3])))
+                self._odom_path_m += odom_m
+                if estimating:  # the odometry's estimated heading drift, fed forward
+                    self.filter.shift_yaw(self._yaw_drift.rate * odom_m)
                 if self._grid_global:  # keep the whole-database grid on the database
                     center, extent, cell = self._global_grid()
                     self.filter.regrid(center, extent, cell)
@@ -637,8 +647,18 @@ class Localizer:
                 self._odom_scale.add(T_ob[:2, 3], (est.east_m, est.north_m))
             else:
                 self._odom_scale.break_track()
+        if estimating and c.yaw_drift_rate_max_deg_per_100m > 0:  # the heading's drift
+            if est.status is Status.TRACKING:
+                self._yaw_drift.add(self._odom_path_m, self.yaw_offset_belief[0])
+            else:
+                self._yaw_drift.break_track()
         self._pending_reset_reason = ""
         return est
+
+    @property
+    def yaw_drift_deg_per_100m(self) -> float:
+        """Estimated odometry heading drift in use (the offset's change per 100 m) [deg]."""
+        return math.degrees(self._yaw_drift.rate) * 100.0
 
     @property
     def odom_scale(self) -> float:
