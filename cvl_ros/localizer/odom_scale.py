@@ -27,7 +27,39 @@ import numpy as np
 __all__ = ["OdometryScaleEstimator"]
 
 
-class OdometryScaleEstimator:
+class _PathWindow:
+    """The TRACKING updates of the last ``baseline_m`` of odometry path, and the fit's count."""
+
+    def __init__(self, baseline_m: float) -> None:
+        self.baseline_m = float(baseline_m)
+        self.updates = 0
+        """How many times the estimate was re-fitted since the last reset."""
+        self._path: list[float] = []  # odometry path length at each update
+        self._values: list = []
+
+    def break_track(self) -> None:
+        """Forget the updates, keep the estimate (tracking was interrupted)."""
+        self._path, self._values = [], []
+
+    def _push(self, path_m: float, value) -> bool:
+        """Append an update, drop those beyond the baseline; True when the rest spans it."""
+        self._path.append(float(path_m))
+        self._values.append(value)
+        while len(self._path) > 2 and self._path[-1] - self._path[1] >= self.baseline_m:
+            del self._path[0], self._values[0]
+        return self._path[-1] - self._path[0] >= self.baseline_m
+
+
+def _centred_fit(x: np.ndarray, y: np.ndarray):
+    """Least-squares slope of ``y`` on ``x`` (complex for a 2-D similarity) as (numerator,
+    denominator), None if degenerate."""  # noqa: D205, D209
+    x = x - x.mean()
+    y = y - y.mean()
+    sxx = float(np.sum(np.abs(x) ** 2))
+    return (np.sum(np.conj(x) * y), sxx) if sxx > 0 else None
+
+
+class OdometryScaleEstimator(_PathWindow):
     """Scale ``s`` with true distance = ``s`` x odometry distance, from tracked fixes.
 
     ``baseline_m``: odometry path the fit is taken over (the path kept); ``max_error``: ``s`` is
@@ -38,24 +70,15 @@ class OdometryScaleEstimator:
         if not (baseline_m > 0 and 0 <= max_error < 1):
             raise ValueError(f"need baseline_m > 0 and 0 <= max_error < 1, got {baseline_m}, "
                              f"{max_error}")
-        self.baseline_m = float(baseline_m)
+        super().__init__(baseline_m)
         self.max_error = float(max_error)
         self.scale = 1.0
-        self.updates = 0
-        """How many times the scale was re-estimated since the last reset."""
-        self._odom: list[np.ndarray] = []
-        self._map: list[np.ndarray] = []
-        self._path: list[float] = []  # odometry path length at each fix
 
     def reset(self) -> None:
         """Forget the path and the scale (a new vehicle run)."""
         self.break_track()
         self.scale = 1.0
         self.updates = 0
-
-    def break_track(self) -> None:
-        """Forget the path, keep the scale (tracking was interrupted)."""
-        self._odom, self._map, self._path = [], [], []
 
     def add(self, odom_xy, map_xy) -> float:
         """A TRACKING fix: raw odometry position (odom frame) and the reported map position.
@@ -66,35 +89,20 @@ class OdometryScaleEstimator:
         m = np.asarray(map_xy, np.float64)[:2]
         if not (np.all(np.isfinite(o)) and np.all(np.isfinite(m))):
             return self.scale
-        step = float(np.hypot(*(o - self._odom[-1]))) if self._odom else 0.0
-        self._odom.append(o)
-        self._map.append(m)
-        self._path.append((self._path[-1] + step) if self._path else 0.0)
-        while len(self._path) > 2 and self._path[-1] - self._path[1] >= self.baseline_m:
-            del self._odom[0], self._map[0], self._path[0]
-        if self._path[-1] - self._path[0] >= self.baseline_m:
-            ratio = self._ratio()
-            if ratio is not None:
-                lo, hi = 1.0 - self.max_error, 1.0 + self.max_error
-                self.scale = float(min(max(ratio, lo), hi))
+        last = self._values[-1][0] if self._values else None
+        path = self._path[-1] + float(np.hypot(*(o - last))) if last is not None else 0.0
+        if self._push(path, (o, m)):
+            odom = np.asarray([v[0] for v in self._values])
+            track = np.asarray([v[1] for v in self._values])
+            fit = _centred_fit(odom[:, 0] + 1j * odom[:, 1], track[:, 0] + 1j * track[:, 1])
+            if fit is not None:  # map = a * odom + b: |a| is the scale
+                a = float(abs(fit[0])) / fit[1]
+                self.scale = float(min(max(a, 1.0 - self.max_error), 1.0 + self.max_error))
                 self.updates += 1
         return self.scale
 
-    def _ratio(self) -> float | None:
-        """``|a|`` of the least-squares fit ``map = a * odom + b`` (complex: 2-D similarity)."""
-        odom = np.asarray(self._odom)
-        track = np.asarray(self._map)
-        x = odom[:, 0] + 1j * odom[:, 1]
-        y = track[:, 0] + 1j * track[:, 1]
-        x = x - x.mean()
-        y = y - y.mean()
-        sxx = float(np.sum(np.abs(x) ** 2))
-        if sxx <= 0:
-            return None
-        return float(abs(np.sum(np.conj(x) * y)) / sxx)
 
-
-class YawDriftEstimator:
+class YawDriftEstimator(_PathWindow):
     """Odometry heading drift rate (rad per metre of odometry travel), from the heading belief.
 
     The heading is estimated as the offset ENU yaw - odometry yaw. Odometry whose heading drifts
@@ -111,22 +119,15 @@ class YawDriftEstimator:
         if not (baseline_m > 0 and max_rate >= 0):
             raise ValueError(f"need baseline_m > 0 and max_rate >= 0, got {baseline_m}, "
                              f"{max_rate}")
-        self.baseline_m = float(baseline_m)
+        super().__init__(baseline_m)
         self.max_rate = float(max_rate)
         self.rate = 0.0
-        self.updates = 0
-        self._path: list[float] = []
-        self._offset: list[float] = []
 
     def reset(self) -> None:
         """Forget the history and the rate."""
         self.break_track()
         self.rate = 0.0
         self.updates = 0
-
-    def break_track(self) -> None:
-        """Forget the history, keep the rate."""
-        self._path, self._offset = [], []
 
     def add(self, path_m: float, offset_rad: float) -> float:
         """A TRACKING update: odometry path length so far and the belief's mean offset.
@@ -135,19 +136,13 @@ class YawDriftEstimator:
         """
         if not (np.isfinite(path_m) and np.isfinite(offset_rad)):
             return self.rate
-        if self._offset:  # keep the offsets continuous across +-pi
-            prev = self._offset[-1]
+        if self._values:  # keep the offsets continuous across +-pi
+            prev = self._values[-1]
             offset_rad = prev + float(np.angle(np.exp(1j * (offset_rad - prev))))
-        self._path.append(float(path_m))
-        self._offset.append(float(offset_rad))
-        while len(self._path) > 2 and self._path[-1] - self._path[1] >= self.baseline_m:
-            del self._path[0], self._offset[0]
-        if self._path[-1] - self._path[0] >= self.baseline_m:
-            x = np.asarray(self._path) - np.mean(self._path)
-            y = np.asarray(self._offset) - np.mean(self._offset)
-            sxx = float(np.sum(x * x))
-            if sxx > 0:
-                slope = float(np.sum(x * y) / sxx)
+        if self._push(path_m, float(offset_rad)):
+            fit = _centred_fit(np.asarray(self._path), np.asarray(self._values))
+            if fit is not None:
+                slope = float(fit[0]) / fit[1]
                 self.rate = float(min(max(slope, -self.max_rate), self.max_rate))
                 self.updates += 1
         return self.rate
