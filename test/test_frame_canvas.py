@@ -156,11 +156,13 @@ def test_project_and_fuse_is_states_then_fusion_and_trains():
 
 
 def test_model_hash_omits_the_new_field_at_its_default():
-    """A checkpoint written before ``pcsf_frame_canvas`` existed keeps its hash."""
+    """A checkpoint written before ``pcsf_frame_canvas`` (and the later displacement-loss
+    fields) existed keeps its hash."""
     m = CVLNet(CVLNetConfig(pretrained=False, ground_hw=(32, 128), sat_px=64, grid_cells=8,
                             feature_dim=8), load_pretrained=False)
     old_cfg = m.config.to_dict()
-    del old_cfg["pcsf_frame_canvas"]
+    for name in ("pcsf_frame_canvas", "displacement_loss", "displacement_temperature"):
+        del old_cfg[name]
     h = hashlib.sha256()
     h.update(json.dumps(old_cfg, sort_keys=True).encode())
     for k, v in sorted(m.state_dict().items()):
