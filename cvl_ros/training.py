@@ -196,16 +196,31 @@ def build_model(cfg: dict):
     return CVLNet(CVLNetConfig.from_dict(mcfg))
 
 
+#: Model settings a fine-tune (``init_from``) may change: the loss and the initialisation.
+INIT_FROM_MAY_DIFFER = frozenset({"pretrained", "pretrained_path", "backbone_frozen",
+                                  "triplet_alpha", "displacement_loss_weight",
+                                  "displacement_loss", "displacement_temperature", "extra"})
+
+
 def init_weights(model, path) -> None:
     """Start ``model`` from the weights of the checkpoint at ``path`` (fine-tuning).
 
-    The checkpoint is loaded safely (``load_checkpoint``: safetensors, no code). Its network must
-    be this config's network: the same tensor names and shapes; loss settings may differ. Raises
-    ``CheckpointError`` naming the first difference otherwise.
+    The checkpoint (a file or its folder) is loaded safely (``load_checkpoint``: safetensors, no
+    code). Its network must be this config's network: the same configuration except the loss and
+    initialisation settings (``INIT_FROM_MAY_DIFFER``), and the same tensor names and shapes.
+    Raises ``CheckpointError`` naming the first difference otherwise.
     """
-    from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint
+    from cvl_ros.model.cvlnet import CheckpointError, load_checkpoint, resolve_checkpoint
 
-    src, _ = load_checkpoint(path)
+    src, _ = load_checkpoint(resolve_checkpoint(path))
+    want, got_cfg = model.config.to_dict(), src.config.to_dict()
+    differ = sorted(k for k in want if k not in INIT_FROM_MAY_DIFFER
+                    and want[k] != got_cfg.get(k))
+    if differ:
+        k = differ[0]
+        raise CheckpointError(f"init_from {path}: its model.{k} is {got_cfg.get(k)!r}, the "
+                              f"config's {want[k]!r}; give a checkpoint of the same network "
+                              "and geometry")
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in src.state_dict().items()}
     if have != got:

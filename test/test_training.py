@@ -85,6 +85,10 @@ def test_init_from_starts_from_the_checkpoints_weights(tmp_path, tree, capsys):
                          "out_dir=" + str(tmp_path / "other"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "init_from" in err and "Traceback" not in err
+    rc = train_cli.main(["--config", str(cfg), f"init_from={src}", "model.coverage_m=60.0",
+                         "out_dir=" + str(tmp_path / "other3"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.coverage_m" in err  # same shapes, another geometry: refused
     rc = train_cli.main(["--config", str(cfg), "init_from=" + str(tmp_path / "missing.st"),
                          "out_dir=" + str(tmp_path / "other2"), "--no-progress"])
     err = capsys.readouterr().err

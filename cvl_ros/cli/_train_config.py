@@ -129,7 +129,7 @@ def check_config(cfg: dict, source=None, overrides=(), defaults: dict | None = N
     if init is not None and not (isinstance(init, str) and init.strip()):
         raise CliError(f"{where('init_from')}: init_from must be null or a checkpoint file, "
                        f"got {init!r}")
-    if check_paths and init is not None and not Path(init).is_file():
+    if check_paths and init is not None and not Path(init).exists():
         raise CliError(f"{where('init_from')}: init_from {init} is not a file; give a "
                        "checkpoint written by cvl-train (e.g. models/cvlnet_demo/"
                        "model.safetensors) or null to start from ImageNet weights")

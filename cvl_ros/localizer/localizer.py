@@ -136,6 +136,7 @@ class Localizer:
             math.radians(self.config.yaw_drift_rate_max_deg_per_100m) / 100.0)
         self._odom_path_m = 0.0  # odometry path length since the reset (the drift's abscissa)
         self._gps_track: list[tuple[float, float, float, float, float]] = []
+        self._gps_track_epoch = 0
         # requests made while an update holds the lock (initial pose, GPS prior, relocalise):
         # applied at the start of the next add_frame, so callers never wait on inference
         self._deferred: list = []
@@ -237,6 +238,7 @@ class Localizer:
             self._heading_known = False
             with self._gps_track_lock:
                 self._gps_track = []
+                self._gps_track_epoch += 1  # a course computed before this reset is dropped
             self._odom_scale.reset()
             self._yaw_drift.reset()
             self._odom_path_m = 0.0
@@ -332,6 +334,8 @@ class Localizer:
         return self._run_or_defer(self._relocalize_now)
 
     def _relocalize_now(self) -> None:
+        self._odom_scale.break_track()  # the tracked path does not continue across a jump
+        self._yaw_drift.break_track()
         self.filter.clear()
         self._mode = self._mode.relocalized()
 
@@ -357,6 +361,8 @@ class Localizer:
     def _set_initial_pose_now(self, east_m: float, north_m: float, yaw_rad: float | None,
                               sigma_m: float) -> None:
         c = self.config
+        self._odom_scale.break_track()  # the tracked path does not continue across a jump
+        self._yaw_drift.break_track()
         sigma = max(sigma_m, c.filter_cell_m)
         extent = max(c.tracking_grid_extent_m, 8.0 * sigma)
         self.filter.init_gaussian((east_m, north_m), sigma, extent,
@@ -418,6 +424,7 @@ class Localizer:
             self._gps_track.append((e, n, float(odom[0, 3]), float(odom[1, 3]), sigma))
             del self._gps_track[:-GPS_COURSE_MAX_FIXES]  # a parked vehicle: bounded memory
             tr = np.asarray(self._gps_track)
+            epoch = self._gps_track_epoch
         course = gps_course_offset(tr[:, 0:2], tr[:, 2:4], tr[:, 4],
                                    self.config.gps_course_baseline_m)
         if course is None or course[1] > self._max_yaw_sigma():
@@ -425,8 +432,8 @@ class Localizer:
         offset, yaw_sigma = course
 
         def apply() -> None:
-            if self._heading_known:
-                return
+            if self._heading_known or epoch != self._gps_track_epoch:
+                return  # the heading started meanwhile, or a reset came between
             self._set_yaw_belief(offset, yaw_sigma)
             with self._gps_track_lock:
                 self._gps_track = []

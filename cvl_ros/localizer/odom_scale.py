@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["OdometryScaleEstimator"]
+__all__ = ["OdometryScaleEstimator", "YawDriftEstimator", "MAX_UPDATES"]
+
+#: Updates kept at most (a vehicle parked while tracking adds updates without travel).
+MAX_UPDATES = 5000
 
 
 class _PathWindow:
@@ -47,6 +50,7 @@ class _PathWindow:
         self._values.append(value)
         while len(self._path) > 2 and self._path[-1] - self._path[1] >= self.baseline_m:
             del self._path[0], self._values[0]
+        del self._path[:-MAX_UPDATES], self._values[:-MAX_UPDATES]  # parked: bounded memory
         return self._path[-1] - self._path[0] >= self.baseline_m
 
 

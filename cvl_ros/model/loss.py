@@ -16,8 +16,9 @@ score map (softmax over shifts), either
   shift's bilinear weights over its four neighbouring cells, so a shift of 0.3 cells trains
   0.7 / 0.3 of the mass onto the two cells around it and the likelihood's mean, not only its
   arg-max, is trained.
-  With ``T`` the temperature the localizer uses (1.0), the map a window produces is the
-  likelihood the filter multiplies in (docs/model.md).
+  At ``T`` 1.0 the map is one window's likelihood in the localizer's form
+  ``exp((s - s_max) / T)``; the localizer's fitted ``T`` for the shipped model is larger (the
+  NLL's minimum at 4 = 4 windows sharing each keyframe; docs/calibration.md).
 """
 
 from __future__ import annotations

@@ -274,7 +274,9 @@ class LocalizerNode(LifecycleNode):
 
             ckpt = resolve_checkpoint(self.p("checkpoint_path"))
             model, _ = load_checkpoint(ckpt)
-            calibration = load_calibration(ckpt, model.model_hash())
+            # read only when used (score_temperature 0), as cvl_ros.offline.load_localizer
+            if not float(self.p("localizer.score_temperature")):
+                calibration = load_calibration(ckpt, model.model_hash())
         except Exception as exc:  # reported in diagnostics
             self.missing.append(f"model: {exc}")
             model = None
