@@ -220,6 +220,9 @@ _RAW: tuple[Param, ...] = (
           '1 +- this [unitless]; 0 = not estimated (scale 1)', at_least=0.0),
     Param('localizer.odom_scale_baseline_m', 150.0,
           'odometry travel of TRACKING fixes the odometry scale is estimated over [m]'),
+    Param('localizer.odom_scale_memory_m', 0.0,
+          'the odometry scale in use is an exponential average of the fits over this much '
+          'travel [m]; 0 = the newest fit', at_least=0.0),
     Param('localizer.score_temperature', 0.0,
           'likelihood = exp((score - best score) / T); smaller trusts the matcher more '
           '[unitless] (matcher score units); 0 = the temperature fitted for the model '

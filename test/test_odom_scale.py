@@ -246,3 +246,29 @@ def test_localizer_feeds_the_odometry_heading_drift_forward():
     assert off.yaw_drift_deg_per_100m == 0.0
     assert on.yaw_drift_deg_per_100m < -2.0  # true: -6
     assert err_on < 0.7 * err_off, (math.degrees(err_on), math.degrees(err_off))
+
+
+def test_memory_averages_the_fits():
+    """memory_m: the scale in use is an exponential average of the window fits, so its
+    fluctuation under correlated fix noise shrinks while it still converges."""
+    def run(memory_m, seed):
+        rng = np.random.default_rng(seed)
+        truth = _path(2000)
+        odom = truth * 1.02
+        # along-track errors correlated over ~30 m (a random walk pulled back to zero)
+        err = np.zeros(len(truth))
+        for i in range(1, len(truth)):
+            err[i] = 0.97 * err[i - 1] + rng.normal(0.0, 0.35)
+        d = np.gradient(truth, axis=0)
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        fixes = truth + err[:, None] * d
+        est = OdometryScaleEstimator(150.0, 0.1, memory_m)
+        out = [est.add(o, m) for o, m in zip(odom, fixes)]
+        return np.asarray(out[1000:])  # the second kilometre
+
+    spread0 = np.mean([np.std(run(0.0, s)) for s in range(3)])
+    spread = np.mean([np.std(run(500.0, s)) for s in range(3)])
+    assert spread < 0.6 * spread0, (spread, spread0)
+    assert abs(np.mean(run(500.0, 0)) - 1 / 1.02) < 0.01
+    with pytest.raises(ValueError):
+        OdometryScaleEstimator(150.0, 0.1, -1.0)

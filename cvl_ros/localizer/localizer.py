@@ -130,7 +130,8 @@ class Localizer:
         # ``_lock``: their list has its own short lock so a fix never waits on inference
         self._gps_track_lock = threading.Lock()
         self._odom_scale = OdometryScaleEstimator(self.config.odom_scale_baseline_m,
-                                                  self.config.odom_scale_max_error)
+                                                  self.config.odom_scale_max_error,
+                                                  self.config.odom_scale_memory_m)
         self._yaw_drift = YawDriftEstimator(
             self.config.yaw_drift_baseline_m,
             math.radians(self.config.yaw_drift_rate_max_deg_per_100m) / 100.0)

@@ -70,12 +70,14 @@ class OdometryScaleEstimator(_PathWindow):
     kept within ``1 +- max_error``.
     """
 
-    def __init__(self, baseline_m: float = 150.0, max_error: float = 0.1) -> None:
-        if not (baseline_m > 0 and 0 <= max_error < 1):
-            raise ValueError(f"need baseline_m > 0 and 0 <= max_error < 1, got {baseline_m}, "
-                             f"{max_error}")
+    def __init__(self, baseline_m: float = 150.0, max_error: float = 0.1,
+                 memory_m: float = 0.0) -> None:
+        if not (baseline_m > 0 and 0 <= max_error < 1 and memory_m >= 0):
+            raise ValueError(f"need baseline_m > 0, 0 <= max_error < 1 and memory_m >= 0, got "
+                             f"{baseline_m}, {max_error}, {memory_m}")
         super().__init__(baseline_m)
         self.max_error = float(max_error)
+        self.memory_m = float(memory_m)
         self.scale = 1.0
 
     def reset(self) -> None:
@@ -94,14 +96,18 @@ class OdometryScaleEstimator(_PathWindow):
         if not (np.all(np.isfinite(o)) and np.all(np.isfinite(m))):
             return self.scale
         last = self._values[-1][0] if self._values else None
-        path = self._path[-1] + float(np.hypot(*(o - last))) if last is not None else 0.0
+        step = float(np.hypot(*(o - last))) if last is not None else 0.0
+        path = self._path[-1] + step if last is not None else 0.0
         if self._push(path, (o, m)):
             odom = np.asarray([v[0] for v in self._values])
             track = np.asarray([v[1] for v in self._values])
             fit = _centred_fit(odom[:, 0] + 1j * odom[:, 1], track[:, 0] + 1j * track[:, 1])
             if fit is not None:  # map = a * odom + b: |a| is the scale
                 a = float(abs(fit[0])) / fit[1]
-                self.scale = float(min(max(a, 1.0 - self.max_error), 1.0 + self.max_error))
+                a = float(min(max(a, 1.0 - self.max_error), 1.0 + self.max_error))
+                if self.memory_m > 0:  # an exponential average of the fits over memory_m
+                    a = self.scale + min(1.0, step / self.memory_m) * (a - self.scale)
+                self.scale = a
                 self.updates += 1
         return self.scale
 

@@ -63,6 +63,9 @@ class LocalizerConfig:
     (``cvl_ros.localizer.odom_scale``) within 1 +- this; 0 = not estimated (scale 1)."""
     odom_scale_baseline_m: float = 150.0
     """Odometry travel of TRACKING fixes the scale is estimated over [m]."""
+    odom_scale_memory_m: float = 0.0
+    """The scale in use is an exponential average of the fits over this much travel [m];
+    0 = the newest fit."""
     score_temperature: float = 0.1
     """Likelihood = exp((score - best score) / T); smaller trusts the matcher more."""
     outlier_weight: float = 0.05
