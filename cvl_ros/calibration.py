@@ -86,6 +86,16 @@ def load_calibration(checkpoint: str | os.PathLike, model_hash: str | None = Non
     return cal
 
 
+def calibration_in_use(checkpoint: str | os.PathLike, model_hash: str,
+                       score_temperature: float) -> Calibration | None:
+    """The calibration the localizer reads: only when ``localizer.score_temperature`` is 0.
+
+    An explicit temperature (a user's override, ``cvl-calibrate``'s candidates) needs none, so
+    a stale calibration of an earlier model beside a new checkpoint does not stop its re-fit.
+    """
+    return None if float(score_temperature) else load_calibration(checkpoint, model_hash)
+
+
 def save_calibration(cal: Calibration, checkpoint: str | os.PathLike,
                      overwrite: bool = False) -> Path:
     """Write the calibration beside the checkpoint (atomically).

@@ -76,7 +76,7 @@ def load_localizer(values: dict[str, object], checkpoint: str | Path | None = No
     ``checkpoint``/``db``/``device`` replace the parameters when given. Raises
     ``CheckpointError``/``FileNotFoundError``/``ValueError`` with what is missing.
     """
-    from cvl_ros.calibration import load_calibration
+    from cvl_ros.calibration import calibration_in_use
     from cvl_ros.database import TileDatabase
     from cvl_ros.localizer import Localizer
     from cvl_ros.model.cvlnet import load_checkpoint, resolve_checkpoint
@@ -88,11 +88,8 @@ def load_localizer(values: dict[str, object], checkpoint: str | Path | None = No
     if dbp is None:
         raise FileNotFoundError(f"tile database '{db_given}' not found; {BUILD_DB_HINT}")
     model, _ = load_checkpoint(ckpt)
-    # the fitted temperature is read only when it is used (score_temperature 0): an explicit
-    # temperature (cvl-calibrate's candidates, a user's override) needs no calibration, so a
-    # stale one of an earlier model beside a new checkpoint does not stop its re-fit
-    calibration = (load_calibration(ckpt, model.model_hash())
-                   if not values.get("localizer.score_temperature") else None)
+    calibration = calibration_in_use(ckpt, model.model_hash(),
+                                     values.get("localizer.score_temperature") or 0.0)
     database = TileDatabase.open(dbp, expected_model_hash=model.model_hash())
     loc = Localizer(model, database, P.localizer_config(values, calibration),
                     device=device or str(values["device"]))

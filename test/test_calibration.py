@@ -121,6 +121,10 @@ def test_cli_fits_writes_and_the_localizer_uses_it(tmp_path, capsys):
     path.write_text(path.read_text().replace(cal["model_hash"], "0123456789abcdef"))
     with pytest.raises(C.CalibrationError, match="0123456789abcdef"):
         offline.load_localizer(offline.load_params(None, {"device": "cpu"}), ckpt, db)
+    # (the node and the offline tools share the rule: read only when the temperature is 0)
+    assert C.calibration_in_use(ckpt, cal["model_hash"], 0.5) is None
+    with pytest.raises(C.CalibrationError):
+        C.calibration_in_use(ckpt, cal["model_hash"], 0.0)
     assert calibrate.main(argv + ["--overwrite"]) == 0
     assert json.loads(path.read_text())["model_hash"] == cal["model_hash"]
     capsys.readouterr()

@@ -269,14 +269,13 @@ class LocalizerNode(LifecycleNode):
         model = db = calibration = None
         ckpt = db_path = None
         try:
-            from cvl_ros.calibration import calibration_path, load_calibration
+            from cvl_ros.calibration import calibration_in_use, calibration_path
             from cvl_ros.model.cvlnet import load_checkpoint, resolve_checkpoint
 
             ckpt = resolve_checkpoint(self.p("checkpoint_path"))
             model, _ = load_checkpoint(ckpt)
-            # read only when used (score_temperature 0), as cvl_ros.offline.load_localizer
-            if not float(self.p("localizer.score_temperature")):
-                calibration = load_calibration(ckpt, model.model_hash())
+            calibration = calibration_in_use(ckpt, model.model_hash(),
+                                             self.p("localizer.score_temperature"))
         except Exception as exc:  # reported in diagnostics
             self.missing.append(f"model: {exc}")
             model = None
