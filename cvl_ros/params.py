@@ -276,13 +276,13 @@ _RAW: tuple[Param, ...] = (
     Param('localizer.yaw_drift_deg_per_100m', 3.0,
           'heading_source estimate: odometry heading drift, 1-sigma random walk per 100 m '
           'travelled [deg]'),
-    Param('localizer.yaw_drift_rate_max_deg_per_100m', 0.0,
-          "heading_source estimate: the odometry's steady heading drift is estimated from the "
-          'heading belief and fed forward, kept within +- this [deg] (per 100 m); 0 = not '
-          'estimated', at_least=0.0),
-    Param('localizer.yaw_drift_baseline_m', 300.0,
-          'heading_source estimate: odometry travel of TRACKING updates the heading drift is '
-          'estimated over [m]'),
+    Param('localizer.yaw_drift_rate_max_deg_per_100m', 5.0,
+          "heading_source estimate, no IMU: the odometry's steady heading drift is learnt from "
+          "the heading belief's corrections and fed forward, kept within +- this [deg] (per "
+          '100 m); 0 = not estimated', at_least=0.0),
+    Param('localizer.yaw_drift_time_constant_m', 300.0,
+          'heading_source estimate, no IMU: odometry travel over which the heading drift '
+          "integrates the belief's corrections [m]"),
     Param('localizer.initial_yaw_sigma_deg', 180.0,
           'heading_source estimate: 1-sigma of the heading about odom_yaw_offset_rad at '
           'start [deg]; more than the bins hold = unknown (wait for the IMU, a GPS course or '

@@ -112,26 +112,40 @@ class OdometryScaleEstimator(_PathWindow):
         return self.scale
 
 
-class YawDriftEstimator(_PathWindow):
+class YawDriftEstimator:
     """Odometry heading drift rate (rad per metre of odometry travel), from the heading belief.
 
     The heading is estimated as the offset ENU yaw - odometry yaw. Odometry whose heading drifts
-    steadily (a gyro bias, unequal wheel radii) makes that offset a ramp over the distance, and a
-    belief predicted with a random walk follows a ramp with a lag (1.5-2 deg behind at 1 deg/100 m
-    on the field drives without IMU). The fix is the same fixed point as the scale's: the slope
-    of the belief's mean offset over the last ``baseline_m`` of TRACKING updates (least squares
-    against the odometry path length) is the rate the prediction feeds forward next; the belief
-    lies between that prediction and the truth, so the slope moves towards the true rate.
-    ``max_rate``: the rate is kept within +- this (rad/m).
+    steadily (unequal wheel radii, a miscalibrated yaw rate) makes that offset a ramp over the
+    distance, and a belief predicted with a random walk follows a ramp with a lag (1.5-2 deg
+    behind at 1 deg/100 m on the field drives without IMU): every update's evidence corrects the
+    offset by about the rate times the distance since the last one. The rate is therefore the
+    integral of those corrections, the I term beside the belief's own P term: after each
+    TRACKING update the correction the evidence made since the previous one (the change of the
+    belief's mean offset less the drift fed forward in between) divided by
+    ``time_constant_m`` is added to the rate, and the prediction feeds the rate forward
+    (``GridFilter.shift_yaw``). A belief that corrects a fraction ``1 / L`` of its heading error
+    per metre and this integrator form a second-order loop with damping
+    ``0.5 * sqrt(time_constant_m / L)``: a time constant of two to four times the belief's
+    memory settles without ringing. (A first version re-fitted the rate as the slope of the
+    offset over the last 300 m; the window's delay made it overshoot and ring on validation
+    town 304.) ``max_rate``: the rate is kept within +- this (rad/m).
     """
 
-    def __init__(self, baseline_m: float = 300.0, max_rate: float = 5e-4) -> None:
-        if not (baseline_m > 0 and max_rate >= 0):
-            raise ValueError(f"need baseline_m > 0 and max_rate >= 0, got {baseline_m}, "
-                             f"{max_rate}")
-        super().__init__(baseline_m)
+    def __init__(self, time_constant_m: float = 600.0, max_rate: float = 5e-4) -> None:
+        if not (time_constant_m > 0 and max_rate >= 0):
+            raise ValueError(f"need time_constant_m > 0 and max_rate >= 0, got "
+                             f"{time_constant_m}, {max_rate}")
+        self.time_constant_m = float(time_constant_m)
         self.max_rate = float(max_rate)
         self.rate = 0.0
+        self.updates = 0
+        """How many corrections were integrated since the last reset."""
+        self._last: tuple[float, float] | None = None  # (path, offset) of the last update
+
+    def break_track(self) -> None:
+        """Tracking was interrupted: the next update starts a new difference (rate kept)."""
+        self._last = None
 
     def reset(self) -> None:
         """Forget the history and the rate."""
@@ -140,19 +154,20 @@ class YawDriftEstimator(_PathWindow):
         self.updates = 0
 
     def add(self, path_m: float, offset_rad: float) -> float:
-        """A TRACKING update: odometry path length so far and the belief's mean offset.
+        """A TRACKING update: odometry path length so far and the belief's mean offset, after
+        the prediction fed ``rate`` x the path since the previous update forward.
 
-        Returns the rate in use after it (re-estimated once the history spans ``baseline_m``).
-        """
+        Returns the rate in use after it.
+        """  # noqa: D205
+        path_m, offset_rad = float(path_m), float(offset_rad)
         if not (np.isfinite(path_m) and np.isfinite(offset_rad)):
             return self.rate
-        if self._values:  # keep the offsets continuous across +-pi
-            prev = self._values[-1]
-            offset_rad = prev + float(np.angle(np.exp(1j * (offset_rad - prev))))
-        if self._push(path_m, float(offset_rad)):
-            fit = _centred_fit(np.asarray(self._path), np.asarray(self._values))
-            if fit is not None:
-                slope = float(fit[0]) / fit[1]
-                self.rate = float(min(max(slope, -self.max_rate), self.max_rate))
-                self.updates += 1
+        if self._last is not None:
+            path0, offset0 = self._last
+            fed = self.rate * (path_m - path0)
+            correction = float(np.angle(np.exp(1j * (offset_rad - offset0 - fed))))
+            rate = self.rate + correction / self.time_constant_m
+            self.rate = float(min(max(rate, -self.max_rate), self.max_rate))
+            self.updates += 1
+        self._last = (path_m, offset_rad)
         return self.rate
