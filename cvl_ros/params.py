@@ -280,9 +280,8 @@ _RAW: tuple[Param, ...] = (
           "heading_source estimate, no IMU: the odometry's steady heading drift is learnt from "
           "the heading belief's corrections and fed forward, kept within +- this [deg] (per "
           '100 m); 0 = not estimated', at_least=0.0),
-    Param('localizer.yaw_drift_time_constant_m', 300.0,
-          'heading_source estimate, no IMU: odometry travel over which the heading drift '
-          "integrates the belief's corrections [m]"),
+    Param('localizer.yaw_drift_rate_sigma_deg_per_100m', 1.0,
+          'heading_source estimate, no IMU: prior 1-sigma of that drift [deg] (per 100 m)'),
     Param('localizer.initial_yaw_sigma_deg', 180.0,
           'heading_source estimate: 1-sigma of the heading about odom_yaw_offset_rad at '
           'start [deg]; more than the bins hold = unknown (wait for the IMU, a GPS course or '

@@ -133,7 +133,7 @@ class Localizer:
                                                   self.config.odom_scale_max_error,
                                                   self.config.odom_scale_memory_m)
         self._yaw_drift = YawDriftEstimator(
-            self.config.yaw_drift_time_constant_m,
+            math.radians(self.config.yaw_drift_rate_sigma_deg_per_100m) / 100.0,
             math.radians(self.config.yaw_drift_rate_max_deg_per_100m) / 100.0)
         self._odom_path_m = 0.0  # odometry path length since the reset (the drift's abscissa)
         self._gps_track: list[tuple[float, float, float, float, float]] = []
@@ -565,6 +565,8 @@ class Localizer:
             self.window.push(Keyframe(stamp, feats, K_net, T_ob, T_bc))
             # ---- predict
             estimating = c.estimate_heading
+            learn_drift = (estimating and c.yaw_drift_rate_max_deg_per_100m > 0
+                           and self._track_only_heading(stamp))
             if estimating and not self._heading_known:
                 return self._no_heading_estimate(stamp, T_ob, t0)
             R_off = rot_z(self.filter.yaw_center_rad if estimating else self._heading_offset())
@@ -579,14 +581,16 @@ class Localizer:
                 self.filter.predict(d, sigma, yaw_sigma)
                 odom_m = float(np.hypot(*(T_ob[:2, 3] - self._last_update_odom[:2, 3])))
                 self._odom_path_m += odom_m
-                if estimating and self._track_only_heading(stamp):  # the odometry's
-                    self.filter.shift_yaw(self._yaw_drift.rate * odom_m)  # drift, fed forward
+                if learn_drift:  # the odometry's estimated heading drift, fed forward
+                    self.filter.shift_yaw(self._yaw_drift.rate * odom_m)
+                    self._yaw_drift.predict(odom_m)
                 if self._grid_global:  # keep the whole-database grid on the database
                     center, extent, cell = self._global_grid()
                     self.filter.regrid(center, extent, cell)
             self._last_update_odom = T_ob.copy()
             if estimating:  # the window is rotated into ENU by the heading belief's mean
-                self._yaw_offset = self.yaw_offset_belief[0]
+                yaw_prior = self.yaw_offset_belief
+                self._yaw_offset = yaw_prior[0]
             R_off = rot_z(self._heading_offset())
             # ---- fused ground descriptor of the window
             kfs = self.window.frames()
@@ -625,6 +629,7 @@ class Localizer:
         tiles = [TileScores(self._centers[i] - lever_en, maps[k], self._score_cell_m)
                  for k, i in enumerate(idx)]
         applied = self.filter.update(tiles, c.score_temperature, None, c.outlier_weight)
+        yaw_post = self.yaw_offset_belief if estimating else None
         # ---- decide the mode and the status (cvl_ros.localizer.modes), then apply it
         # (an update that covered no cell leaves the grid as predicted: reuse its statistics)
         st = (prior if prior is not None and applied["covered_fraction"] == 0.0
@@ -655,11 +660,13 @@ class Localizer:
                 self._odom_scale.add(T_ob[:2, 3], (est.east_m, est.north_m))
             else:
                 self._odom_scale.break_track()
-        if estimating and c.yaw_drift_rate_max_deg_per_100m > 0:  # the heading's drift
-            if est.status is Status.TRACKING and self._track_only_heading(stamp):
-                self._yaw_drift.add(self._odom_path_m, self.yaw_offset_belief[0])
-            else:
-                self._yaw_drift.break_track()
+        if learn_drift and est.status is Status.TRACKING:  # the heading's drift, learnt
+            shift = self._yaw_drift.update(float(wrap(yaw_post[0] - yaw_prior[0])),
+                                           yaw_prior[1], yaw_post[1])
+            if shift:
+                self.filter.shift_yaw(shift)
+        elif estimating:
+            self._yaw_drift.break_track()
         self._pending_reset_reason = ""
         return est
 

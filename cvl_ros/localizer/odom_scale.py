@@ -118,56 +118,67 @@ class YawDriftEstimator:
     The heading is estimated as the offset ENU yaw - odometry yaw. Odometry whose heading drifts
     steadily (unequal wheel radii, a miscalibrated yaw rate) makes that offset a ramp over the
     distance, and a belief predicted with a random walk follows a ramp with a lag (1.5-2 deg
-    behind at 1 deg/100 m on the field drives without IMU): every update's evidence corrects the
-    offset by about the rate times the distance since the last one. The rate is therefore the
-    integral of those corrections, the I term beside the belief's own P term: after each
-    TRACKING update the correction the evidence made since the previous one (the change of the
-    belief's mean offset less the drift fed forward in between) divided by
-    ``time_constant_m`` is added to the rate, and the prediction feeds the rate forward
-    (``GridFilter.shift_yaw``). A belief that corrects a fraction ``1 / L`` of its heading error
-    per metre and this integrator form a second-order loop with damping
-    ``0.5 * sqrt(time_constant_m / L)``: a time constant of two to four times the belief's
-    memory settles without ringing. (A first version re-fitted the rate as the slope of the
-    offset over the last 300 m; the window's delay made it overshoot and ring on validation
-    town 304.) ``max_rate``: the rate is kept within +- this (rad/m).
+    behind at 1 deg/100 m on the field drives without IMU). The rate is a constant bias of the
+    prediction, estimated beside the belief by the separate-bias form of the Kalman filter
+    (Friedland 1969): the belief is predicted with the rate in use, ``sensitivity`` is how far
+    its mean has moved per unit of rate error (it grows by the distance travelled and shrinks by
+    the fraction each update corrects), and each update's correction of the mean is read as an
+    innovation, to be explained by the rate error in proportion to that sensitivity and to the
+    rate's variance. So a correction of an initial heading error (sensitivity still near zero)
+    hardly moves the rate, a steady lag does. Each update is a Gaussian one of the belief:
+    gain ``K = 1 - var_post / var_prior``, innovation ``correction / K``, variance
+    ``var_prior / K``. A changed rate also moves the belief by ``sensitivity x change`` (the
+    shift :meth:`update` returns), as if it had been fed forward all along.
+
+    ``rate_sigma``: prior 1-sigma of the rate (rad/m); ``max_rate``: the rate is kept within
+    +- this (rad/m).
     """
 
-    def __init__(self, time_constant_m: float = 600.0, max_rate: float = 5e-4) -> None:
-        if not (time_constant_m > 0 and max_rate >= 0):
-            raise ValueError(f"need time_constant_m > 0 and max_rate >= 0, got "
-                             f"{time_constant_m}, {max_rate}")
-        self.time_constant_m = float(time_constant_m)
+    def __init__(self, rate_sigma: float = 1.75e-4, max_rate: float = 8.7e-4) -> None:
+        if not (rate_sigma > 0 and max_rate >= 0):
+            raise ValueError(f"need rate_sigma > 0 and max_rate >= 0, got {rate_sigma}, "
+                             f"{max_rate}")
+        self.rate_sigma = float(rate_sigma)
         self.max_rate = float(max_rate)
-        self.rate = 0.0
-        self.updates = 0
-        """How many corrections were integrated since the last reset."""
-        self._last: tuple[float, float] | None = None  # (path, offset) of the last update
-
-    def break_track(self) -> None:
-        """Tracking was interrupted: the next update starts a new difference (rate kept)."""
-        self._last = None
+        self.reset()
 
     def reset(self) -> None:
-        """Forget the history and the rate."""
-        self.break_track()
+        """Forget the rate (back to 0 with the prior variance) and the sensitivity."""
         self.rate = 0.0
+        self.rate_var = self.rate_sigma**2
+        self.sensitivity = 0.0
         self.updates = 0
+        """How many updates moved the rate since the last reset."""
 
-    def add(self, path_m: float, offset_rad: float) -> float:
-        """A TRACKING update: odometry path length so far and the belief's mean offset, after
-        the prediction fed ``rate`` x the path since the previous update forward.
+    def break_track(self) -> None:
+        """Tracking was interrupted: the belief's link to the rate is lost (rate kept)."""
+        self.sensitivity = 0.0
 
-        Returns the rate in use after it.
-        """  # noqa: D205
-        path_m, offset_rad = float(path_m), float(offset_rad)
-        if not (np.isfinite(path_m) and np.isfinite(offset_rad)):
-            return self.rate
-        if self._last is not None:
-            path0, offset0 = self._last
-            fed = self.rate * (path_m - path0)
-            correction = float(np.angle(np.exp(1j * (offset_rad - offset0 - fed))))
-            rate = self.rate + correction / self.time_constant_m
-            self.rate = float(min(max(rate, -self.max_rate), self.max_rate))
+    def predict(self, distance_m: float) -> None:
+        """The belief was predicted over ``distance_m`` of odometry travel with the rate in use:
+        an error of the rate has moved its mean by that much more per unit."""  # noqa: D205, D209
+        if np.isfinite(distance_m) and distance_m > 0:
+            self.sensitivity += float(distance_m)
+
+    def update(self, correction_rad: float, var_prior: float, var_post: float) -> float:
+        """An update moved the belief's mean offset by ``correction_rad`` and its variance from
+        ``var_prior`` to ``var_post``. Returns the shift of the belief's mean for the rate's
+        change (0 when it did not change)."""  # noqa: D205, D209
+        c, vp, vq = float(correction_rad), float(var_prior), float(var_post)
+        if not (np.isfinite(c) and np.isfinite(vp) and np.isfinite(vq) and vp > 0):
+            return 0.0
+        gain = min(max(1.0 - vq / vp, 0.0), 0.999)
+        h, p = self.sensitivity, self.rate_var
+        shift = 0.0
+        if gain > 0.0 and h > 0.0:
+            denom = gain * h * h * p + vp
+            new = self.rate + p * h * c / denom
+            new = float(min(max(new, -self.max_rate), self.max_rate))
+            self.rate_var = p * vp / denom
+            self.sensitivity = (1.0 - gain) * h
+            shift = self.sensitivity * (new - self.rate)
+            self.rate = new
             self.updates += 1
-        self._last = (path_m, offset_rad)
-        return self.rate
+        else:
+            self.sensitivity = (1.0 - gain) * h
+        return shift

@@ -119,8 +119,8 @@ class LocalizerConfig:
     the heading belief's corrections and fed forward
     (``cvl_ros.localizer.odom_scale.YawDriftEstimator``), kept within +- this; 0 = not
     estimated."""
-    yaw_drift_time_constant_m: float = 300.0
-    """Odometry travel over which the heading drift integrates the belief's corrections [m]."""
+    yaw_drift_rate_sigma_deg_per_100m: float = 1.0
+    """Prior 1-sigma of the odometry's heading drift (per 100 m) [deg]."""
     initial_yaw_sigma_deg: float = 180.0
     """1-sigma of the initial heading belief about ``odom_yaw_offset_rad`` when the heading is
     estimated; more than the bins hold (e.g. 180) = unknown: wait for an IMU, a GPS course or
@@ -191,7 +191,7 @@ class LocalizerConfig:
 _POSITIVE_FIELDS = frozenset({
     "window_length", "camera_height_m", "tracking_search_radius_m", "search_radius_sigma_factor",
     "global_max_tiles", "global_topk", "tile_batch", "match_upsample", "filter_cell_m",
-    "tracking_grid_extent_m", "odom_scale_baseline_m", "yaw_drift_time_constant_m",
+    "tracking_grid_extent_m", "odom_scale_baseline_m", "yaw_drift_rate_sigma_deg_per_100m",
     "global_grid_max_cells", "score_temperature", "confidence_radius_m", "tracking_max_sigma_m",
     "max_fix_sigma_m", "min_updates_to_track", "lost_after_updates", "yaw_bins",
     "yaw_bin_min_deg", "yaw_bin_max_deg", "initial_yaw_sigma_deg", "imu_yaw_sigma_deg",
