@@ -179,7 +179,9 @@ def _report(args, values, bag, dbp, ckpt, localizer, result, out) -> dict:
                # the likelihood temperature in use (0 in the params = the model's calibration)
                "score_temperature": localizer.config.score_temperature,
                # the odometry's estimated translation scale at the end of the run
-               "odom_scale": localizer.odom_scale},
+               "odom_scale": localizer.odom_scale,
+               # the odometry's learnt heading drift at the end (0 with an IMU)
+               "yaw_drift_deg_per_100m": localizer.yaw_drift_deg_per_100m},
     )
 
 
