@@ -209,10 +209,10 @@ _RAW: tuple[Param, ...] = (
     Param('localizer.global_grid_max_cells', 400,
           'cells per side of the grid covering the whole database while relocalising '
           '[count]'),
-    Param('localizer.process_noise_m', 0.1,
+    Param('localizer.process_noise_m', 0.3,
           'position noise added per update, 1-sigma [m]; the prediction sigma is this '
           'plus odom_noise_fraction x the distance travelled'),
-    Param('localizer.odom_noise_fraction', 0.02,
+    Param('localizer.odom_noise_fraction', 0.05,
           'odometry noise: 1-sigma as a fraction of the distance travelled between '
           'updates [unitless] (m per m)'),
     Param('localizer.odom_scale_max_error', 0.1,

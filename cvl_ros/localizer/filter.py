@@ -55,33 +55,6 @@ class PosteriorStats:
     second_mode_mass: float  # largest mass in a same-size box farther than 3 radii from the peak
 
 
-#: Below this standard deviation (cells) a blur is the 3-tap kernel of exactly its variance.
-_SMALL_BLUR_CELLS = float(np.sqrt(0.5))
-
-
-def blur(a: np.ndarray, sigma_cells: float, axes: tuple, mode: str) -> np.ndarray:
-    """``a`` convolved along ``axes`` with a kernel of variance ``sigma_cells**2`` (cells^2).
-
-    A sampled Gaussian below about one cell is not one: ``ndimage.gaussian_filter`` truncates
-    its kernel to ``int(3 sigma + 0.5)`` taps a side, no taps at all below 0.17 cells, and adds
-    about a third of the variance at 0.36 cells. So a small blur is the kernel ``[v/2, 1 - v,
-    v/2]``, whose variance is exactly ``v = sigma^2`` (up to 0.5 cells^2, where the sampled
-    Gaussian's is within 1 % of sigma^2 and takes over). Per-update process noise in a filter
-    of 1 m cells is mostly in the small range: without this it was not applied at all.
-    """
-    sig = float(sigma_cells)
-    if not sig > 0.0:
-        return a
-    if sig >= _SMALL_BLUR_CELLS:
-        sigmas = [sig if ax in axes else 0.0 for ax in range(a.ndim)]
-        return ndimage.gaussian_filter(a, sigmas, mode=mode, truncate=3.0)
-    v = sig * sig
-    kernel = np.array([v / 2.0, 1.0 - v, v / 2.0])
-    for ax in axes:
-        a = ndimage.convolve1d(a, kernel, axis=ax, mode=mode)
-    return a
-
-
 def _shift_cells(a: np.ndarray, drow: int, dcol: int) -> np.ndarray:
     """``a`` moved by whole cells (rows down, columns right), zero-filled."""
     out = np.zeros_like(a)
@@ -274,8 +247,9 @@ class GridFilter:
             self.prob = np.full((n, n), 1.0 / (n * n))
             return
         K = self.yaw_bins
-        if s > 0.0:
-            self.joint = blur(self.joint, s, (1, 2), "constant")
+        if s > 0.05:
+            self.joint = ndimage.gaussian_filter(self.joint, (0.0, s, s), mode="constant",
+                                                 truncate=3.0)
         if K > 1:
             # every bin moves by d rotated by its yaw difference: the centre bin's move is the
             # grid's (exact); the others' residuals accumulate exactly and are applied as whole
@@ -290,9 +264,10 @@ class GridFilter:
                 self.joint[k] = _shift_cells(self.joint[k], -dn, de)
                 self._yaw_residual_m[k] -= cells[k] * self.cell_m
             ys = float(yaw_sigma_rad) / self.yaw_step_rad if self.yaw_step_rad > 0 else 0.0
-            if ys > 0.0:
-                self.joint = blur(self.joint, ys, (0,), "nearest")
-        if s > 0.0 or K > 1:
+            if ys > 0.05:
+                self.joint = ndimage.gaussian_filter1d(self.joint, ys, axis=0, mode="nearest",
+                                                       truncate=3.0)
+        if s > 0.05 or K > 1:
             self._normalise()
 
     def shift_yaw(self, delta_rad: float) -> None:

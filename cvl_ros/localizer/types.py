@@ -54,9 +54,9 @@ class LocalizerConfig:
     """Side of the square position grid while tracking (re-centred on the peak)."""
     global_grid_max_cells: int = 400
     """Cells per side of the grid covering the whole database while relocalising."""
-    process_noise_m: float = 0.1
+    process_noise_m: float = 0.3
     """Position noise added per update (1 sigma)."""
-    odom_noise_fraction: float = 0.02
+    odom_noise_fraction: float = 0.05
     """Odometry noise, sigma as a fraction of the distance travelled between updates."""
     odom_scale_max_error: float = 0.1
     """The odometry's translation scale is estimated from the tracked path
