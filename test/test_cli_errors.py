@@ -193,7 +193,7 @@ CASES = [
     C("cvl-train", ["--config", "{good_yaml}", "model.displacement_temperature=0"],
       "model.displacement_temperature", "> 0"),
     C("cvl-train", ["--config", "{good_yaml}", "init_from={t}/nope.safetensors"], "init_from",
-      "is not a file"),
+      "does not exist"),
     C("cvl-train", ["--config", "{good_yaml}", "init_from=7"], "init_from", "checkpoint file"),
     C("cvl-train", ["--config", "{good_yaml}", "model.use_ssm=maybe"], "model.use_ssm"),
     C("cvl-train", ["--config", "{good_yaml}", "data.roots=[{t}/nowhere]"], "data.roots",

@@ -92,7 +92,18 @@ def test_init_from_starts_from_the_checkpoints_weights(tmp_path, tree, capsys):
     rc = train_cli.main(["--config", str(cfg), "init_from=" + str(tmp_path / "missing.st"),
                          "out_dir=" + str(tmp_path / "other2"), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and "init_from" in err and "is not a file" in err
+    assert rc == 2 and "init_from" in err and "does not exist" in err
+    # a fine-tune resumed from its own last checkpoint no longer needs the file it started from
+    moved = tmp_path / "src_moved.safetensors"
+    src.rename(moved)
+    assert train_cli.main(["--config", str(cfg), f"init_from={src}", "seed=7",
+                           "optim.lr=1.0e-30", "model.displacement_loss_weight=1.0",
+                           "model.displacement_loss=nll", "model.displacement_temperature=1.0",
+                           "--resume", "--no-progress"]) == 0
+    rc = train_cli.main(["--config", str(cfg), f"init_from={src}",
+                         "out_dir=" + str(tmp_path / "fresh"), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not exist" in err  # nothing to resume: the file is needed
 
 
 def test_eval_json_shape(tmp_path, tree):

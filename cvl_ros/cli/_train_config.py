@@ -88,9 +88,11 @@ def _get(cfg: dict, key: str):
 
 
 def check_config(cfg: dict, source=None, overrides=(), defaults: dict | None = None,
-                 check_paths: bool = True) -> None:
+                 check_paths: bool = True, check_init: bool = True) -> None:
     """Refuse a config that cannot train: unknown keys, wrong types, out-of-range numbers,
-    a bad device string, missing data roots. ``source`` names the YAML file in messages."""  # noqa: D205, D209
+    a bad device string, missing data roots. ``source`` names the YAML file in messages;
+    ``check_init`` False: ``init_from`` need not exist (a resumed run starts from its own last
+    checkpoint, not from it)."""  # noqa: D205, D209
     from cvl_ros.training import DEFAULTS
 
     defaults = DEFAULTS if defaults is None else defaults
@@ -129,8 +131,8 @@ def check_config(cfg: dict, source=None, overrides=(), defaults: dict | None = N
     if init is not None and not (isinstance(init, str) and init.strip()):
         raise CliError(f"{where('init_from')}: init_from must be null or a checkpoint file, "
                        f"got {init!r}")
-    if check_paths and init is not None and not Path(init).exists():
-        raise CliError(f"{where('init_from')}: init_from {init} is not a file; give a "
+    if check_paths and check_init and init is not None and not Path(init).exists():
+        raise CliError(f"{where('init_from')}: init_from {init} does not exist; give a "
                        "checkpoint written by cvl-train (e.g. models/cvlnet_demo/"
                        "model.safetensors) or null to start from ImageNet weights")
     data = cfg["data"]

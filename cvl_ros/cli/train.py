@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_checked_config(path, overrides, prog: str = PROG) -> dict:
-    """``training.load_config`` with every user error as a ``CliError`` (file, YAML, types)."""
+def load_checked_config(path, overrides, prog: str = PROG, resume: bool = False) -> dict:
+    """``training.load_config`` with every user error as a ``CliError`` (file, YAML, types).
+
+    ``resume``: a run that continues from ``<out_dir>/last.safetensors`` does not need its
+    ``init_from`` checkpoint any more.
+    """
     import yaml
 
     from cvl_ros.cli._args import CliError
@@ -75,7 +79,10 @@ def load_checked_config(path, overrides, prog: str = PROG) -> dict:
             raise CliError(f"--config {path}: broken YAML{at}: {problem}; fix the file") \
                 from None
         raise CliError(f"--config {path}: {exc}") from None
-    check_config(cfg, source=f"--config {path}", overrides=overrides)
+    out_dir = cfg.get("out_dir")
+    resuming = (resume and isinstance(out_dir, str) and out_dir.strip() != ""
+                and (Path(out_dir) / "last.safetensors").is_file())
+    check_config(cfg, source=f"--config {path}", overrides=overrides, check_init=not resuming)
     return cfg
 
 
@@ -117,7 +124,7 @@ def main(argv=None) -> int:
 
     rank0 = int(os.environ.get("RANK", 0)) == 0
     try:
-        cfg = load_checked_config(args.config, args.overrides)
+        cfg = load_checked_config(args.config, args.overrides, resume=args.resume)
         try:
             resolve_device(cfg.get("device", "auto"), what="device")
         except CliError as exc:
