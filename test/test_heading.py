@@ -221,6 +221,8 @@ def test_wrong_initial_yaw_is_corrected_by_track_consistency(error_deg):
     assert last.yaw_var_rad2 < (2.0 * DEG) ** 2
     assert last.status == Status.TRACKING
     assert np.hypot(last.east_m - Twb[-1][0, 3], last.north_m - Twb[-1][1, 3]) < 2.0
+    # this odometry does not drift: correcting the initial error is not read as drift
+    assert abs(loc.yaw_drift_rate_deg_per_100m) < 0.5
 
 
 def test_imu_heading_starts_the_belief_and_is_a_measurement():

@@ -204,7 +204,7 @@ def test_cli_with_a_real_checkpoint_and_database(tmp_path, capsys):
     assert s["heading_source"] == "auto" and s["gps_priors_used"] >= 1
     assert s["frame_states_computed"] >= s["keyframes"]  # a features-only model: one each
     assert s["odom_scale"] == 1.0  # 12 images: no 150 m of TRACKING to fit a scale on
-    assert s["yaw_drift_deg_per_100m"] == 0.0  # the bag has an IMU: the drift is not learnt
+    assert s["yaw_drift_rate_deg_per_100m"] == 0.0  # the bag has an IMU: the drift is not learnt
     assert "median_error_m" in s and (tmp_path / "out" / "trajectory.png").is_file()
     assert "images=12" in capsys.readouterr().out
 

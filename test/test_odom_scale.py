@@ -197,7 +197,7 @@ def test_yaw_drift_estimate_equals_the_augmented_kalman_filter(seed):
     ref = _augmented_kalman(*args)
     np.testing.assert_allclose(ours[:, 0], ref[:, 0], atol=1e-10)
     np.testing.assert_allclose(ours[:, 1], ref[:, 1], atol=1e-12)
-    assert est.updates == n - 0  # every update had a sensitivity (the first after a step)
+    assert est.updates == n  # every update had a sensitivity (each follows a step)
     # and it learns: the rate ends near the truth, the heading error is small
     assert abs(ours[-1, 1] - true_rate) < math.radians(0.5) / 100.0
     assert abs(ours[-1, 0] - truth[-1]) < math.radians(1.0)
@@ -298,8 +298,8 @@ def test_localizer_feeds_the_odometry_heading_drift_forward():
     the heading error over the last 100 m shrinks against the run without it."""
     off, err_off = _oracle_heading_run(0.0)
     on, err_on = _oracle_heading_run(10.0)
-    assert off.yaw_drift_deg_per_100m == 0.0
-    assert on.yaw_drift_deg_per_100m < -2.0  # true: -6
+    assert off.yaw_drift_rate_deg_per_100m == 0.0
+    assert on.yaw_drift_rate_deg_per_100m < -2.0  # true: -6
     assert err_on < 0.7 * err_off, (math.degrees(err_on), math.degrees(err_off))
 
 
@@ -308,7 +308,7 @@ def test_heading_drift_is_not_learnt_while_an_imu_gives_the_heading():
     the drift is neither learnt nor fed forward, the run is the one without the estimator."""
     off, err_off = _oracle_heading_run(0.0, imu=True)
     on, err_on = _oracle_heading_run(10.0, imu=True)
-    assert on.yaw_drift_deg_per_100m == 0.0 and on._yaw_drift.updates == 0
+    assert on.yaw_drift_rate_deg_per_100m == 0.0 and on._yaw_drift.updates == 0
     assert err_on == err_off
 
 

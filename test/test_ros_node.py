@@ -299,8 +299,8 @@ def test_pipeline_outputs_agree_and_tf_is_map_to_odom(ros_executor, spin_until, 
     assert values["window_fill"] == "2/2" and float(values["latency_s"]) >= 0
     assert int(values["frame_states_computed"]) >= 2
     assert float(values["odom_scale"]) == node.localizer.odom_scale  # (1.0 on this short drive)
-    assert float(values["yaw_drift_deg_per_100m"]) == pytest.approx(
-        node.localizer.yaw_drift_deg_per_100m, abs=1e-3)
+    assert float(values["yaw_drift_rate_deg_per_100m"]) == pytest.approx(
+        node.localizer.yaw_drift_rate_deg_per_100m, abs=1e-3)
 
 
 def test_standard_geo_pose_is_published_on_each_fix(ros_executor, spin_until, resources):

@@ -12,8 +12,9 @@ Heading (``heading_source: estimate``): with :meth:`GridFilter.set_yaw_axis` the
 3-D histogram ``joint[k, row, col]`` over K bins of the odometry->ENU yaw offset
 ``yaw_center_rad + (k - (K-1)/2) * yaw_step_rad`` times the position grid. Prediction moves
 every bin by the odometry displacement rotated by its own yaw (the grid's centre by the centre
-bin's displacement, exactly; each bin's residual (R(dyaw_k) - I) d and the process-noise blur
-as one exact Fourier-domain shift and Gaussian), then blurs along the yaw axis by the odometry's
+bin's displacement, exactly; each bin's residual (R(dyaw_k) - I) d accumulated and applied in
+whole cells; the process noise as a sampled Gaussian blur, which on 1 m cells applies less than
+its sigma below about one cell: docs/node.md), then blurs along the yaw axis by the odometry's
 heading drift. A position likelihood multiplies every bin alike, so the heading is learnt from
 how well each bin's predicted track agrees with the matches (the track-consistency evidence),
 and an absolute heading (IMU) multiplies the yaw axis. Statistics of the position use the

@@ -135,7 +135,6 @@ class Localizer:
         self._yaw_drift = YawDriftEstimator(
             math.radians(self.config.yaw_drift_rate_sigma_deg_per_100m) / 100.0,
             math.radians(self.config.yaw_drift_rate_max_deg_per_100m) / 100.0)
-        self._odom_path_m = 0.0  # odometry path length since the reset (the drift's abscissa)
         self._gps_track: list[tuple[float, float, float, float, float]] = []
         self._gps_track_epoch = 0
         # requests made while an update holds the lock (initial pose, GPS prior, relocalise):
@@ -242,7 +241,6 @@ class Localizer:
                 self._gps_track_epoch += 1  # a course computed before this reset is dropped
             self._odom_scale.reset()
             self._yaw_drift.reset()
-            self._odom_path_m = 0.0
             self._last_abs_yaw_ns: int | None = None
             self.abs_yaw_inconsistent = 0
             """Absolute headings (IMU) more than 3 sigma from the estimated heading."""
@@ -580,7 +578,6 @@ class Localizer:
                              if estimating else 0.0)
                 self.filter.predict(d, sigma, yaw_sigma)
                 odom_m = float(np.hypot(*(T_ob[:2, 3] - self._last_update_odom[:2, 3])))
-                self._odom_path_m += odom_m
                 if learn_drift:  # the odometry's estimated heading drift, fed forward
                     self.filter.shift_yaw(self._yaw_drift.rate * odom_m)
                     self._yaw_drift.predict(odom_m)
@@ -672,17 +669,20 @@ class Localizer:
 
     def _track_only_heading(self, stamp_ns: int) -> bool:
         """Whether the heading is observed only through the track (no absolute heading fused
-        within the last ``imu_yaw_correlation_s``): then the belief lags a drifting odometry
-        heading and the drift is learnt and fed forward. An IMU observes the heading itself;
+        within the last ``imu_yaw_correlation_s``, at least 1 s): then the belief lags a
+        drifting odometry heading and the drift is learnt and fed forward. An IMU observes the
+        heading itself;
         the belief's changes then also hold the IMU's corrections of other errors (measured on
         validation towns 303/304: fed forward with an IMU, the yaw error grew 0.36 -> 0.71 deg
         and 0.94 -> 1.40 deg), so the drift estimate is neither learnt nor used."""  # noqa: D205, D209
         last = self._last_abs_yaw_ns
-        return last is None or (stamp_ns - last) * 1e-9 > self.config.imu_yaw_correlation_s
+        return last is None or (stamp_ns - last) * 1e-9 > max(self.config.imu_yaw_correlation_s,
+                                                              1.0)
 
     @property
-    def yaw_drift_deg_per_100m(self) -> float:
-        """Estimated odometry heading drift in use (the offset's change per 100 m) [deg]."""
+    def yaw_drift_rate_deg_per_100m(self) -> float:
+        """Learnt odometry heading drift (the offset's change per 100 m) [deg]; fed into the
+        prediction only while no absolute heading arrives, 0 until learnt."""  # noqa: D205, D209
         return math.degrees(self._yaw_drift.rate) * 100.0
 
     @property

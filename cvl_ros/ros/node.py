@@ -774,7 +774,7 @@ class LocalizerNode(LifecycleNode):
             "imu_yaw_inconsistent": (str(self.localizer.abs_yaw_inconsistent)
                                      if self.localizer else "0"),
             "odom_scale": f"{self.localizer.odom_scale:.4f}" if self.localizer else "1.0000",
-            "yaw_drift_deg_per_100m": (f"{self.localizer.yaw_drift_deg_per_100m:.3f}"
+            "yaw_drift_rate_deg_per_100m": (f"{self.localizer.yaw_drift_rate_deg_per_100m:.3f}"
                                        if self.localizer else "0.000"),
         }
         for k, r in self.rates.items():
