@@ -180,7 +180,7 @@ def _report(args, values, bag, dbp, ckpt, localizer, result, out) -> dict:
                "score_temperature": localizer.config.score_temperature,
                # the odometry's estimated translation scale at the end of the run
                "odom_scale": localizer.odom_scale,
-               # the odometry's learnt heading drift at the end (0 with an IMU)
+               # the odometry's learnt heading drift at the end (0 if never learnt: an IMU)
                "yaw_drift_rate_deg_per_100m": localizer.yaw_drift_rate_deg_per_100m},
     )
 

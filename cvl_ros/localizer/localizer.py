@@ -671,10 +671,9 @@ class Localizer:
         """Whether the heading is observed only through the track (no absolute heading fused
         within the last ``imu_yaw_correlation_s``, at least 1 s): then the belief lags a
         drifting odometry heading and the drift is learnt and fed forward. An IMU observes the
-        heading itself;
-        the belief's changes then also hold the IMU's corrections of other errors (measured on
-        validation towns 303/304: fed forward with an IMU, the yaw error grew 0.36 -> 0.71 deg
-        and 0.94 -> 1.40 deg), so the drift estimate is neither learnt nor used."""  # noqa: D205, D209
+        heading itself; the belief's changes then also hold the IMU's corrections of other
+        errors (measured on validation towns 303/304: learnt with an IMU, the yaw error grew
+        0.36 -> 0.71 deg and 0.94 -> 1.40 deg), so the drift is neither learnt nor used."""  # noqa: D205, D209
         last = self._last_abs_yaw_ns
         return last is None or (stamp_ns - last) * 1e-9 > max(self.config.imu_yaw_correlation_s,
                                                               1.0)

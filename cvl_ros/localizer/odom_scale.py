@@ -30,30 +30,6 @@ __all__ = ["OdometryScaleEstimator", "YawDriftEstimator", "MAX_UPDATES"]
 MAX_UPDATES = 5000
 
 
-class _PathWindow:
-    """The TRACKING updates of the last ``baseline_m`` of odometry path, and the fit's count."""
-
-    def __init__(self, baseline_m: float) -> None:
-        self.baseline_m = float(baseline_m)
-        self.updates = 0
-        """How many times the estimate was re-fitted since the last reset."""
-        self._path: list[float] = []  # odometry path length at each update
-        self._values: list = []
-
-    def break_track(self) -> None:
-        """Forget the updates, keep the estimate (tracking was interrupted)."""
-        self._path, self._values = [], []
-
-    def _push(self, path_m: float, value) -> bool:
-        """Append an update, drop those beyond the baseline; True when the rest spans it."""
-        self._path.append(float(path_m))
-        self._values.append(value)
-        while len(self._path) > 2 and self._path[-1] - self._path[1] >= self.baseline_m:
-            del self._path[0], self._values[0]
-        del self._path[:-MAX_UPDATES], self._values[:-MAX_UPDATES]  # parked: bounded memory
-        return self._path[-1] - self._path[0] >= self.baseline_m
-
-
 def _centred_fit(x: np.ndarray, y: np.ndarray):
     """Least-squares slope of ``y`` on ``x`` (complex for a 2-D similarity) as (numerator,
     denominator), None if degenerate."""  # noqa: D205, D209
@@ -63,7 +39,7 @@ def _centred_fit(x: np.ndarray, y: np.ndarray):
     return (np.sum(np.conj(x) * y), sxx) if sxx > 0 else None
 
 
-class OdometryScaleEstimator(_PathWindow):
+class OdometryScaleEstimator:
     """Scale ``s`` with true distance = ``s`` x odometry distance, from tracked fixes.
 
     ``baseline_m``: odometry path the fit is taken over (the path kept); ``max_error``: ``s`` is
@@ -75,10 +51,27 @@ class OdometryScaleEstimator(_PathWindow):
         if not (baseline_m > 0 and 0 <= max_error < 1 and memory_m >= 0):
             raise ValueError(f"need baseline_m > 0, 0 <= max_error < 1 and memory_m >= 0, got "
                              f"{baseline_m}, {max_error}, {memory_m}")
-        super().__init__(baseline_m)
+        self.baseline_m = float(baseline_m)
         self.max_error = float(max_error)
         self.memory_m = float(memory_m)
         self.scale = 1.0
+        self.updates = 0
+        """How many times the scale was re-fitted since the last reset."""
+        self._path: list[float] = []  # odometry path length at each fix
+        self._values: list = []  # (odometry xy, map xy) of each fix
+
+    def break_track(self) -> None:
+        """Forget the path, keep the scale (tracking was interrupted)."""
+        self._path, self._values = [], []
+
+    def _push(self, path_m: float, value) -> bool:
+        """Append a fix, drop those beyond the baseline; True when the rest spans it."""
+        self._path.append(float(path_m))
+        self._values.append(value)
+        while len(self._path) > 2 and self._path[-1] - self._path[1] >= self.baseline_m:
+            del self._path[0], self._values[0]
+        del self._path[:-MAX_UPDATES], self._values[:-MAX_UPDATES]  # parked: bounded memory
+        return self._path[-1] - self._path[0] >= self.baseline_m
 
     def reset(self) -> None:
         """Forget the path and the scale (a new vehicle run)."""
