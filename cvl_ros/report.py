@@ -36,6 +36,7 @@ CSV_COLUMNS = (
     # field metrics (appended; the columns above keep their order)
     "yaw_var_rad2", "match_lat_deg", "match_lon_deg", "gt_yaw_rad", "distance_m",
     "nees", "yaw_error_deg", "match_error_m", "odom_error_m",
+    "along_error_m", "cross_error_m", "along_z", "cross_z",
 )
 STATUS_NAMES = {0: "NO_FIX", 1: "INITIALIZING", 2: "TRACKING", 3: "LOW_CONFIDENCE",
                 4: "RELOCALIZING"}
@@ -92,6 +93,14 @@ class EstimateRow:
     match_error_m: float = field(default_factory=_nan)
     odom_error_m: float = field(default_factory=_nan)
     """Error of dead reckoning from the true first pose at this stamp (m)."""
+    along_error_m: float = field(default_factory=_nan)
+    """Estimate minus truth along the true heading (m; positive: ahead of the truth)."""
+    cross_error_m: float = field(default_factory=_nan)
+    """Estimate minus truth across the true heading (m; positive: left of the truth)."""
+    along_z: float = field(default_factory=_nan)
+    """``along_error_m`` over the reported 1-sigma in that direction (``sqrt(u^T C u)``)."""
+    cross_z: float = field(default_factory=_nan)
+    """``cross_error_m`` over the reported 1-sigma across the heading."""
 
     @property
     def has_fix(self) -> bool:
@@ -337,8 +346,10 @@ def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None,
     ``gt_lat_deg``/``gt_lon_deg``/``gt_yaw_rad`` (interpolated at each stamp), ``distance_m``
     (along the true path since ``start_ns``, default the first row), and for fixes ``error_m``
     (horizontal) and ``nees`` (:func:`mahalanobis2` of truth minus estimate under the reported
-    east/north covariance); ``yaw_error_deg`` where the row has a yaw; ``match_error_m`` where
-    it has a single-window match. All in the local ENU frame :attr:`GroundTruth.datum`.
+    east/north covariance), and where the truth has a heading, the error along and across it
+    (``along_error_m``, ``cross_error_m``) and each over the reported 1-sigma in its direction
+    (``along_z``, ``cross_z``); ``yaw_error_deg`` where the row has a yaw; ``match_error_m``
+    where it has a single-window match. All in the local ENU frame :attr:`GroundTruth.datum`.
     """
     if gt is None or not rows:
         return
@@ -360,9 +371,24 @@ def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None,
         if r.has_fix:
             d = np.array([te[i] - ee[i], tn[i] - en[i]])
             r.error_m = float(math.hypot(*d))
-            r.nees = mahalanobis2(d, [[r.cov_ee_m2, r.cov_en_m2], [r.cov_en_m2, r.cov_nn_m2]])
+            cov = np.array([[r.cov_ee_m2, r.cov_en_m2], [r.cov_en_m2, r.cov_nn_m2]])
+            r.nees = mahalanobis2(d, cov)
+            if math.isfinite(yaw[i]):
+                _along_cross(r, -d, float(yaw[i]), cov)
         if math.isfinite(me[i]):
             r.match_error_m = float(math.hypot(te[i] - me[i], tn[i] - mn[i]))
+
+
+def _along_cross(r: EstimateRow, err_en: np.ndarray, yaw_rad: float, cov: np.ndarray) -> None:
+    """Fill ``r``'s along/across-track error (``err_en`` = estimate minus truth, east/north)
+    and its z-scores under ``cov`` (NaN where the reported variance is not positive)."""  # noqa: D205, D209
+    u = np.array([math.cos(yaw_rad), math.sin(yaw_rad)])  # ahead
+    v = np.array([-u[1], u[0]])  # left
+    r.along_error_m, r.cross_error_m = float(err_en @ u), float(err_en @ v)
+    for axis, e, name in ((u, r.along_error_m, "along_z"), (v, r.cross_error_m, "cross_z")):
+        var = float(axis @ cov @ axis)
+        if math.isfinite(var) and var > 0.0:
+            setattr(r, name, e / math.sqrt(var))
 
 
 def gps_errors(bag: str | Path, gt: GroundTruth | None) -> tuple[list[int], list[float]]:
@@ -511,6 +537,10 @@ def field_metrics(rows: list[EstimateRow], gt: GroundTruth | None,
     - ``yaw_*``: over every estimate with a yaw; ``yaw_coverage95``: share whose true yaw lies
       within 1.96 sigma (``sqrt(yaw_var_rad2)``) of the reported yaw.
     - ``single_window_*``: the best single-window match (first candidate) of every estimate.
+    - ``along_track_*`` / ``cross_track_*`` (beside the issue's keys): over the fixes, the RMS
+      error along and across the true heading, and the RMS of each over the reported 1-sigma
+      in its direction (``*_z_rms``: 1 for an honest covariance, below 1 conservative, above
+      1 over-confident in that direction).
     """  # noqa: D205
     out: dict[str, Any] = dict.fromkeys(FIELD_KEYS)
     if gt is None:
@@ -549,6 +579,11 @@ def field_metrics(rows: list[EstimateRow], gt: GroundTruth | None,
     out["single_window_median_error_m"] = _pct(match, 50)
     out["single_window_p95_error_m"] = _pct(match, 95)
     out["single_window_estimates"] = len(match)
+    for axis in ("along", "cross"):
+        e = _finite(getattr(r, f"{axis}_error_m") for r in fixes)
+        z = _finite(getattr(r, f"{axis}_z") for r in fixes)
+        out[f"{axis}_track_rms_error_m"] = _rms(e)
+        out[f"{axis}_track_z_rms"] = _rms(z)
     dist = _finite(r.distance_m for r in rows)
     out["distance_travelled_m"] = max(dist) if dist else None
     if gps_errors_m:
@@ -560,6 +595,10 @@ def field_metrics(rows: list[EstimateRow], gt: GroundTruth | None,
 # --------------------------------------------------------------------------------------------
 # Summary and files
 # --------------------------------------------------------------------------------------------
+def _rms(values: list[float]) -> float | None:
+    return float(math.sqrt(np.mean(np.square(values)))) if values else None
+
+
 def _pct(values: list[float], q: float) -> float | None:
     v = [x for x in values if math.isfinite(x)]
     return float(np.percentile(v, q)) if v else None

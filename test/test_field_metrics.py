@@ -100,6 +100,63 @@ def test_too_small_covariance_has_coverage_near_zero():
     assert m["nees_mean"] == pytest.approx(2000.0, rel=0.25)
 
 
+def test_along_and_cross_track_errors_analytic():
+    # driving north (ENU yaw 90 deg): 2 m ahead and 1 m to the right of the truth
+    gt = _track(np.zeros(5), np.arange(5.0), yaw=np.full(5, math.pi / 2))
+    rows = _rows_at(gt, [1, 2], offsets=[(1.0, 2.0), (0.0, -3.0)],
+                    covs=[np.diag([4.0, 1.0]), np.diag([4.0, 9.0])])
+    report.attach_ground_truth(rows, gt)
+    a, b = rows
+    assert a.along_error_m == pytest.approx(2.0, abs=1e-4)   # um: geodesy round trip
+    assert a.cross_error_m == pytest.approx(-1.0, abs=1e-4)  # right of the truth
+    assert a.along_z == pytest.approx(2.0 / 1.0, abs=1e-4)   # sigma north = 1
+    assert a.cross_z == pytest.approx(-1.0 / 2.0, abs=1e-4)  # sigma east = 2
+    assert b.along_error_m == pytest.approx(-3.0, abs=1e-4) and b.along_z == pytest.approx(
+        -1.0, abs=1e-4)
+    assert b.cross_error_m == pytest.approx(0.0, abs=1e-4)
+    m = report.field_metrics(rows, gt)
+    assert m["along_track_rms_error_m"] == pytest.approx(math.sqrt((4 + 9) / 2), abs=1e-4)
+    assert m["cross_track_rms_error_m"] == pytest.approx(math.sqrt(1 / 2), abs=1e-4)
+    assert m["along_track_z_rms"] == pytest.approx(math.sqrt((4 + 1) / 2), abs=1e-4)
+    assert m["cross_track_z_rms"] == pytest.approx(math.sqrt(0.25 / 2), abs=1e-4)
+    # without a true heading there is no along/across split
+    gt0 = _track(np.zeros(5), np.arange(5.0))
+    rows0 = _rows_at(gt0, [1], offsets=[(1.0, 2.0)])
+    report.attach_ground_truth(rows0, gt0)
+    assert math.isnan(rows0[0].along_error_m) and math.isnan(rows0[0].cross_z)
+    assert report.field_metrics(rows0, gt0)["along_track_z_rms"] is None
+
+
+@pytest.mark.parametrize("scale,expect", [(1.0, 1.0), (0.25, 2.0)])
+def test_along_and_cross_z_of_a_gaussian_oracle(scale, expect):
+    """Errors drawn from C, reported as scale x C: the z RMS is 1 / sqrt(scale) on both axes,
+    and every z equals a slow reference (rotation matrix, explicit projection)."""
+    rng = np.random.default_rng(3)
+    n, heading = 3000, math.radians(30.0)
+    s = np.linspace(0.0, 600.0, n)
+    gt = _track(s * math.cos(heading), s * math.sin(heading), yaw=np.full(n, heading))
+    covs, offsets = [], []
+    for _ in range(n):
+        a = rng.normal(size=(2, 2))
+        c = a @ a.T * rng.uniform(0.5, 20.0) + 0.1 * np.eye(2)
+        covs.append(c)
+        offsets.append(rng.multivariate_normal(np.zeros(2), c))  # estimate minus truth
+    rows = _rows_at(gt, range(n), offsets=offsets, covs=[c * scale for c in covs])
+    report.attach_ground_truth(rows, gt)
+    m = report.field_metrics(rows, gt)
+    tol = 4 * math.sqrt(2 / n) / 2 * expect  # z^2 has variance 2; sqrt halves the relative sd
+    assert m["along_track_z_rms"] == pytest.approx(expect, abs=tol)
+    assert m["cross_track_z_rms"] == pytest.approx(expect, abs=tol)
+    rot = np.array([[math.cos(heading), math.sin(heading)],
+                    [-math.sin(heading), math.cos(heading)]])  # ENU -> (ahead, left)
+    for r, d, c in list(zip(rows, offsets, covs))[:50]:
+        ac = rot @ d
+        cv = rot @ (c * scale) @ rot.T
+        assert (r.along_error_m, r.cross_error_m) == pytest.approx(tuple(ac), abs=1e-3)
+        assert (r.along_z, r.cross_z) == pytest.approx(
+            (ac[0] / math.sqrt(cv[0, 0]), ac[1] / math.sqrt(cv[1, 1])), abs=1e-3)
+
+
 def test_mahalanobis_analytic_and_degenerate():
     assert report.mahalanobis2([2.0, 1.0], np.diag([4.0, 1.0])) == pytest.approx(2.0)
     # on the 95 % contour of a correlated covariance
@@ -335,6 +392,14 @@ def test_report_with_truth_odometry_and_gps(tmp_path):
     back = report.read_csv(tmp_path / "out" / "estimates.csv")
     assert back[5].yaw_var_rad2 == pytest.approx(1e-4)
     assert back[5].odom_error_m == pytest.approx(rows[5].odom_error_m, rel=1e-4)
+    assert back[5].along_error_m == pytest.approx(rows[5].along_error_m, rel=1e-4)
+    # the split keeps the length: along^2 + across^2 = error^2 (isotropic C = 2: z^2 = d^2 / 2)
+    fixes = [r for r in rows if r.has_fix]
+    ms = float(np.mean([r.error_m ** 2 for r in fixes]))
+    assert (data["along_track_rms_error_m"] ** 2 + data["cross_track_rms_error_m"] ** 2
+            == pytest.approx(ms, rel=1e-6))
+    assert (data["along_track_z_rms"] ** 2 + data["cross_track_z_rms"] ** 2
+            == pytest.approx(ms / 2.0, rel=1e-6))
 
 
 class _CountingLocalizer:
