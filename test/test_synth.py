@@ -349,3 +349,30 @@ def test_the_two_views_carry_the_cross_view_gap(small_world):
     for d in town["drives"]:
         daz = abs((d["video_sun_az_deg"] - town["satellite_sun_az_deg"] + 180.0) % 360.0 - 180.0)
         assert daz >= 60.0 - 1e-6
+
+
+def test_sat_lean_flag_changes_only_the_satellite_capture(small_world, tmp_path, capsys):
+    """--sat-lean-max-m-per-m widens the off-nadir lean of the satellite render only: the video
+    frames are byte-identical to the default run of the same seed, the mosaic is not, and
+    town.json records the range; an out-of-range value is a one-line error, exit 2."""
+    base, _ = small_world
+    out = tmp_path / "lean"
+    args = ["--seed", "7", "--out", str(out), "--style", "old_town", "--size-m", "180",
+            "--drives", "2", "--frames-per-drive", "12", "--image-size", "160x48",
+            "--tile-px", "160", "--split", "both", "--quiet"]
+    assert main(args + ["--sat-lean-max-m-per-m", "0.3"]) == 0
+    a, b = _tree_digest(base), _tree_digest(out)
+    frames = [k for k in a if "/image_02/data/" in k]
+    assert frames and all(a[k] == b[k] for k in frames)
+    assert a["mosaic.png"] != b["mosaic.png"]
+    meta = json.loads((out / "town.json").read_text())
+    assert meta["style_settings"]["sat_lean_m_per_m"] == [0.0, 0.3]
+    assert json.loads((base / "town.json").read_text())["style_settings"][
+        "sat_lean_m_per_m"] == [0.03, 0.1]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(args[:3] + [str(tmp_path / "bad"), "--sat-lean-max-m-per-m", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--sat-lean-max-m-per-m" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()

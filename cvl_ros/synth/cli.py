@@ -17,6 +17,7 @@ mixes with the first and a failed run leaves the old dataset as it was.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -151,13 +152,17 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
              split: str = "both", n_test_drives: int | None = None, tile_px: int = 512,
              tile_spacing_m: float = 10.0, tile_stride: int = 1, gps_noise_m: float | None = None,
              heading_noise_deg: float | None = None, preview: bool = False,
-             build_tiles: bool = True, log=None, overwrite: bool = False) -> dict:
+             build_tiles: bool = True, log=None, overwrite: bool = False,
+             sat_lean_max_m_per_m: float | None = None) -> dict:
     """Generate a synthetic town dataset under ``out``; returns a summary dict.
 
     ``split``: ``train`` (every drive is a training drive), ``test`` (every drive is a test
     drive, Test-1 and Test-2), ``both`` (the last ``n_test_drives`` drives, default
     ``max(1, drives // 4)``, are test drives). ``gps_noise_m``/``heading_noise_deg`` override
     the style's GPS/heading error in ``oxts/`` (``oxts_true/`` always holds the exact poses).
+    ``sat_lean_max_m_per_m`` replaces the style's range of the satellite capture's off-nadir
+    lean (horizontal shift of a point per metre of its height, drawn once per town) by
+    ``[0, sat_lean_max_m_per_m]``.
 
     ``out`` must be new or empty, or (``overwrite``) a dataset cvl-synth wrote that holds
     nothing else (:func:`cvl_ros.outputs.prepare_output`; ``OutputError`` otherwise). The
@@ -166,6 +171,10 @@ def generate(out, seed: int = 0, style: str = "suburb", size_m: float = 500.0, d
     if split not in ("train", "test", "both"):
         raise ValueError(f"split must be train|test|both, got {split!r}")
     st = get_style(style) if isinstance(style, str) else style
+    if sat_lean_max_m_per_m is not None:
+        if not 0.0 <= float(sat_lean_max_m_per_m) <= 1.0:
+            raise ValueError(f"sat_lean_max_m_per_m must be 0-1 m/m, got {sat_lean_max_m_per_m}")
+        st = dataclasses.replace(st, sat_lean_m_per_m=(0.0, float(sat_lean_max_m_per_m)))
     with prepare_output(out, tool=TOOL, overwrite=overwrite) as tmp:
         summary = _generate(tmp, seed, st, size_m, drives, frames_per_drive, image_size, split,
                             n_test_drives, tile_px, tile_spacing_m, tile_stride, gps_noise_m,
@@ -480,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heading-noise-deg", type=number(float, 0.0, 90.0, unit="deg"),
                    default=None, metavar="DEG",
                    help="sigma of the heading error in oxts/ (0-90; default: the style's)")
+    p.add_argument("--sat-lean-max-m-per-m", type=number(float, 0.0, 1.0, unit="m/m"),
+                   default=None, metavar="K",
+                   help="off-nadir lean of the satellite capture: drawn per town in [0, K] m of "
+                   "horizontal shift per m of height, in a random direction (0-1; default: the "
+                   "style's range, 0-0.05 for the training styles, 0.03-0.1 for the test styles)")
     p.add_argument("--no-tiles", action="store_true", help="skip satmap/ and split files")
     p.add_argument("--preview", action="store_true", help="also write preview.png")
     p.add_argument("--bench", action="store_true",
@@ -514,7 +528,7 @@ def main(argv=None) -> int:
             tile_spacing_m=args.tile_spacing_m, tile_stride=args.tile_stride,
             gps_noise_m=args.gps_noise_m, heading_noise_deg=args.heading_noise_deg,
             preview=args.preview, build_tiles=not args.no_tiles, log=log,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, sat_lean_max_m_per_m=args.sat_lean_max_m_per_m)
     except (ValueError, RuntimeError) as e:  # OutputError is a ValueError
         print(f"cvl-synth: error: {e}", file=sys.stderr)
         return 2
