@@ -36,7 +36,7 @@ CSV_COLUMNS = (
     # field metrics (appended; the columns above keep their order)
     "yaw_var_rad2", "match_lat_deg", "match_lon_deg", "gt_yaw_rad", "distance_m",
     "nees", "yaw_error_deg", "match_error_m", "odom_error_m",
-    "along_error_m", "cross_error_m", "along_z", "cross_z",
+    "along_error_m", "cross_error_m", "along_z", "cross_z", "east_error_m", "north_error_m",
 )
 STATUS_NAMES = {0: "NO_FIX", 1: "INITIALIZING", 2: "TRACKING", 3: "LOW_CONFIDENCE",
                 4: "RELOCALIZING"}
@@ -93,6 +93,10 @@ class EstimateRow:
     match_error_m: float = field(default_factory=_nan)
     odom_error_m: float = field(default_factory=_nan)
     """Error of dead reckoning from the true first pose at this stamp (m)."""
+    east_error_m: float = field(default_factory=_nan)
+    """Estimate minus truth, east (m; the truth's local ENU frame; fixes)."""
+    north_error_m: float = field(default_factory=_nan)
+    """Estimate minus truth, north (m)."""
     along_error_m: float = field(default_factory=_nan)
     """Estimate minus truth along the true heading (m; positive: ahead of the truth)."""
     cross_error_m: float = field(default_factory=_nan)
@@ -345,8 +349,9 @@ def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None,
 
     ``gt_lat_deg``/``gt_lon_deg``/``gt_yaw_rad`` (interpolated at each stamp), ``distance_m``
     (along the true path since ``start_ns``, default the first row), and for fixes ``error_m``
-    (horizontal) and ``nees`` (:func:`mahalanobis2` of truth minus estimate under the reported
-    east/north covariance), and where the truth has a heading, the error along and across it
+    (horizontal), ``east_error_m``/``north_error_m`` (estimate minus truth) and ``nees``
+    (:func:`mahalanobis2` of truth minus estimate under the reported east/north covariance),
+    and where the truth has a heading, the error along and across it
     (``along_error_m``, ``cross_error_m``) and each over the reported 1-sigma in its direction
     (``along_z``, ``cross_z``); ``yaw_error_deg`` where the row has a yaw; ``match_error_m``
     where it has a single-window match. All in the local ENU frame :attr:`GroundTruth.datum`.
@@ -371,6 +376,7 @@ def attach_ground_truth(rows: list[EstimateRow], gt: GroundTruth | None,
         if r.has_fix:
             d = np.array([te[i] - ee[i], tn[i] - en[i]])
             r.error_m = float(math.hypot(*d))
+            r.east_error_m, r.north_error_m = float(-d[0]), float(-d[1])
             cov = np.array([[r.cov_ee_m2, r.cov_en_m2], [r.cov_en_m2, r.cov_nn_m2]])
             r.nees = mahalanobis2(d, cov)
             if math.isfinite(yaw[i]):
@@ -541,6 +547,9 @@ def field_metrics(rows: list[EstimateRow], gt: GroundTruth | None,
       error along and across the true heading, and the RMS of each over the reported 1-sigma
       in its direction (``*_z_rms``: 1 for an honest covariance, below 1 conservative, above
       1 over-confident in that direction).
+    - ``mean_east_error_m`` / ``mean_north_error_m`` (beside the issue's keys): the mean of the
+      fixes' errors in the map frame, a constant offset of the whole run (e.g. imagery whose
+      roofs lean off their footprints); ``bias_m`` is its length.
     """  # noqa: D205
     out: dict[str, Any] = dict.fromkeys(FIELD_KEYS)
     if gt is None:
@@ -584,6 +593,11 @@ def field_metrics(rows: list[EstimateRow], gt: GroundTruth | None,
         z = _finite(getattr(r, f"{axis}_z") for r in fixes)
         out[f"{axis}_track_rms_error_m"] = _rms(e)
         out[f"{axis}_track_z_rms"] = _rms(z)
+    de = _finite(r.east_error_m for r in fixes)
+    dn = _finite(r.north_error_m for r in fixes)
+    out["mean_east_error_m"] = float(np.mean(de)) if de else None
+    out["mean_north_error_m"] = float(np.mean(dn)) if dn else None
+    out["bias_m"] = float(math.hypot(np.mean(de), np.mean(dn))) if de and dn else None
     dist = _finite(r.distance_m for r in rows)
     out["distance_travelled_m"] = max(dist) if dist else None
     if gps_errors_m:

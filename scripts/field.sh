@@ -219,6 +219,8 @@ KEYS = [
     ("cross_track_rms_error_m", "across-track RMS error (m)", 2),
     ("along_track_z_rms", "along-track z RMS (1 = honest)", 2),
     ("cross_track_z_rms", "across-track z RMS (1 = honest)", 2),
+    ("mean_east_error_m", "mean error east: constant offset (m)", 2),
+    ("mean_north_error_m", "mean error north: constant offset (m)", 2),
     ("tracking_fixes_over_10m", "TRACKING fixes > 10 m off", 0),
     ("first_tracking_distance_m", "distance to the first TRACKING fix (m)", 1),
     ("odometry_only_median_error_m", "dead reckoning: median error (m)", 2),

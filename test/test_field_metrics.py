@@ -127,6 +127,25 @@ def test_along_and_cross_track_errors_analytic():
     assert report.field_metrics(rows0, gt0)["along_track_z_rms"] is None
 
 
+def test_mean_map_frame_error_is_the_constant_offset():
+    # a run whose every fix is off by the same (+0.8 east, -1.5 north) plus zero-mean noise in
+    # pairs (+-e): the mean error is the offset, bias_m its length; NO_FIX rows do not count
+    gt = _track(np.linspace(0.0, 300.0, 40), np.zeros(40), yaw=np.zeros(40))
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0.0, 2.0, (10, 2))
+    offs = [(0.8 + s * e, -1.5 + s * n) for e, n in noise for s in (1.0, -1.0)]
+    rows = _rows_at(gt, range(20), offsets=offs)
+    rows += _rows_at(gt, range(20, 25), status="NO_FIX", offsets=[(50.0, 50.0)] * 5)
+    report.attach_ground_truth(rows, gt)
+    assert rows[1].east_error_m == pytest.approx(offs[1][0], abs=1e-4)
+    assert rows[1].north_error_m == pytest.approx(offs[1][1], abs=1e-4)
+    m = report.field_metrics(rows, gt)
+    assert m["mean_east_error_m"] == pytest.approx(0.8, abs=1e-4)
+    assert m["mean_north_error_m"] == pytest.approx(-1.5, abs=1e-4)
+    assert m["bias_m"] == pytest.approx(math.hypot(0.8, 1.5), abs=1e-4)
+    assert report.field_metrics(rows[20:], gt)["bias_m"] is None
+
+
 @pytest.mark.parametrize("scale,expect", [(1.0, 1.0), (0.25, 2.0)])
 def test_along_and_cross_z_of_a_gaussian_oracle(scale, expect):
     """Errors drawn from C, reported as scale x C: the z RMS is 1 / sqrt(scale) on both axes,
