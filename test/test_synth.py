@@ -367,8 +367,13 @@ def test_sat_lean_flag_changes_only_the_satellite_capture(small_world, tmp_path,
     assert a["mosaic.png"] != b["mosaic.png"]
     meta = json.loads((out / "town.json").read_text())
     assert meta["style_settings"]["sat_lean_m_per_m"] == [0.0, 0.3]
-    assert json.loads((base / "town.json").read_text())["style_settings"][
-        "sat_lean_m_per_m"] == [0.03, 0.1]
+    base_meta = json.loads((base / "town.json").read_text())
+    assert base_meta["style_settings"]["sat_lean_m_per_m"] == [0.03, 0.1]
+    # the drawn lean is recorded; the same draw, scaled into the wider range: same direction
+    la, lb = np.array(base_meta["satellite_lean_en_m_per_m"]), np.array(
+        meta["satellite_lean_en_m_per_m"])
+    assert 0.03 <= np.linalg.norm(la) <= 0.1 and 0.0 <= np.linalg.norm(lb) <= 0.3
+    assert la @ lb == pytest.approx(np.linalg.norm(la) * np.linalg.norm(lb), rel=1e-3)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(args[:3] + [str(tmp_path / "bad"), "--sat-lean-max-m-per-m", "2"])

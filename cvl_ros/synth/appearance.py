@@ -41,6 +41,8 @@ class Lighting:
     wb: tuple[float, float, float]
     saturation: float
     haze: float
+    lean_en_m_per_m: tuple[float, float] = (0.0, 0.0)
+    """Off-nadir lean (satellite capture): horizontal east/north shift per metre of height."""
 
     @property
     def sun_dir(self) -> np.ndarray:

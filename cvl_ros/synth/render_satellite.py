@@ -10,6 +10,7 @@ the street, a small off-nadir lean of tall things, and a global colour/exposure 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
@@ -160,4 +161,5 @@ def render_satellite(town: Town, seed: int = 0, m_per_px: float = SAT_M_PER_PX,
     if st.sat_blur_px > 0:
         x = cv2.GaussianBlur(x, (0, 0), st.sat_blur_px)
     x += rng.normal(0, 3.0, x.shape).astype(np.float32)
+    light = dataclasses.replace(light, lean_en_m_per_m=(float(lean[0]), float(lean[1])))
     return np.clip(x, 0, 255).astype(np.uint8), light
