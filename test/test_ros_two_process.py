@@ -148,7 +148,7 @@ def test_cvl_localize_stays_up_unconfigured_with_the_reason(tmp_path, ros_execut
 
 
 def test_two_processes(tmp_path, ros_executor, spin_until):
-    from test_ros_node import Probe, _wait_connected
+    from test_ros_node import Probe
 
     from cvl_ros.ros.convert import stamp_to_ns
 
@@ -170,7 +170,17 @@ def test_two_processes(tmp_path, ros_executor, spin_until):
         probe = Probe(ros_executor.context)
         ros_executor.add_node(probe.node)
 
-        _wait_connected(ros_executor, spin_until, probe, None)
+        # the node is another process: its start (importing torch, loading the model) is
+        # part of this wait, which takes longer than in-process on a loaded machine
+        def connected():
+            if proc.poll() is not None:
+                pytest.fail(f"the node exited ({proc.returncode}) before subscribing:\n"
+                            + (tmp_path / "node.log").read_text())
+            return (probe.pub_img.get_subscription_count() > 0
+                    and probe.pub_odom.get_subscription_count() > 0
+                    and probe.pub_info.get_subscription_count() > 0)
+
+        spin_until(ros_executor, connected, 60.0, "the node process's subscriptions")
         # discovery is asymmetric: the first messages may go before the node has matched our
         # publishers, so frames are fed until outputs flow, then every frame must get one
         drive = Drive(n=12)
