@@ -595,9 +595,9 @@ def field_metrics(rows: list[EstimateRow], gt: GroundTruth | None,
         out[f"{axis}_track_z_rms"] = _rms(z)
     de = _finite(r.east_error_m for r in fixes)
     dn = _finite(r.north_error_m for r in fixes)
-    out["mean_east_error_m"] = float(np.mean(de)) if de else None
-    out["mean_north_error_m"] = float(np.mean(dn)) if dn else None
-    out["bias_m"] = float(math.hypot(np.mean(de), np.mean(dn))) if de and dn else None
+    mean_en = (float(np.mean(de)), float(np.mean(dn))) if de and dn else (None, None)
+    out["mean_east_error_m"], out["mean_north_error_m"] = mean_en
+    out["bias_m"] = math.hypot(*mean_en) if de and dn else None
     dist = _finite(r.distance_m for r in rows)
     out["distance_travelled_m"] = max(dist) if dist else None
     if gps_errors_m:
